@@ -1,0 +1,49 @@
+# One-command set-up: every target creates .venv (pinned dependencies) if it is missing or stale.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RAW_VIDEOS := data/01_raw/videos
+
+# Telemetry off for Kedro, MLflow and anything honouring DO_NOT_TRACK.
+export KEDRO_DISABLE_TELEMETRY := 1
+export DO_NOT_TRACK := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv run sample-data test test-slow lint viz mlflow-ui clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip check
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Renders the built-in sample videos only when the raw folder holds no video (user videos are never touched).
+sample-data: venv
+	$(BIN)/kedro run --pipelines=sample_data
+
+run: sample-data
+	$(BIN)/kedro run
+
+test: venv
+	$(BIN)/pytest -q -m "not slow"
+
+test-slow: venv
+	$(BIN)/pytest -q -m slow
+
+lint: venv
+	$(BIN)/ruff check src tests
+
+viz: venv
+	$(BIN)/kedro viz run --host 127.0.0.1 --no-browser
+
+mlflow-ui: venv
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf data/02_intermediate/* data/03_primary/* data/04_feature/* data/05_model_input/* \
+	       data/07_model_output/* data/08_reporting/*

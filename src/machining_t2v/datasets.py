@@ -1,0 +1,250 @@
+"""Kedro datasets for what the stock kedro-datasets do not cover.
+
+- ``VideoFolderDataset``: a folder of process videos with their caption sidecars and
+  ``metadata.csv``; loading lists the files (decoding happens in the nodes, one video at a
+  time), saving writes rendered sample videos but never into a folder that already holds videos.
+- ``ClipStripDataset``: one training clip (F, H, W, 3) stored as a lossless PNG film strip, so
+  a user can open the clips the motion LoRA trains on in any image viewer.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from kedro.io import AbstractDataset, DatasetError
+
+from machining_t2v.video_io import VIDEO_EXTENSIONS, write_video
+
+logger = logging.getLogger(__name__)
+
+METADATA_FILE = "metadata.csv"
+
+
+@dataclass(frozen=True)
+class RawVideo:
+    """One video of the raw folder: its name relative to the folder, full path and sidecar caption."""
+
+    name: str  # posix path relative to the folder, e.g. "milling/pocket_01.mp4"
+    path: Path
+    sidecar_caption: str | None = None
+
+
+@dataclass
+class RawVideoFolder:
+    """The raw video folder as the pipelines see it."""
+
+    root: Path
+    videos: list[RawVideo]
+    metadata: list[dict[str, str]] = field(default_factory=list)  # rows of metadata.csv, if any
+
+    def metadata_for(self, video: RawVideo) -> dict[str, str] | None:
+        """The metadata.csv row whose ``file`` column names this video (full relative name or file name)."""
+        for row in self.metadata:
+            listed = (row.get("file") or "").strip()
+            if listed and (listed == video.name or listed == PurePosixPath(video.name).name):
+                return row
+        return None
+
+
+@dataclass(frozen=True)
+class SampleVideo:
+    """A rendered video to be written into the raw folder, with the metadata row that describes it."""
+
+    frames: np.ndarray  # uint8 RGB (T, H, W, 3)
+    fps: float
+    metadata: dict[str, str]  # written to metadata.csv; must contain "file"
+
+
+class VideoFolderDataset(AbstractDataset[RawVideoFolder, dict[str, Callable[[], SampleVideo]]]):
+    """A folder of videos (searched recursively) plus optional ``.txt`` sidecars and ``metadata.csv``."""
+
+    def __init__(self, path: str, extensions: list[str] | None = None, metadata: dict[str, Any] | None = None):
+        self._root = Path(path)
+        self._extensions = tuple(e.lower() for e in (extensions or VIDEO_EXTENSIONS))
+        self.metadata = metadata
+
+    def _video_paths(self) -> list[Path]:
+        if not self._root.is_dir():
+            return []
+        return sorted(
+            p for p in self._root.rglob("*")
+            if p.is_file() and p.suffix.lower() in self._extensions and not p.name.startswith(".")
+        )  # fmt: skip
+
+    def _load(self) -> RawVideoFolder:
+        if not self._root.is_dir():
+            raise DatasetError(f"Video folder {self._root} does not exist; put your videos there or run "
+                               "`kedro run --pipelines=sample_data` to render the built-in samples.")
+        videos = []
+        for path in self._video_paths():
+            sidecar = path.with_suffix(".txt")
+            caption = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else None
+            videos.append(RawVideo(path.relative_to(self._root).as_posix(), path, caption or None))
+        metadata_path = self._root / METADATA_FILE
+        rows: list[dict[str, str]] = []
+        if metadata_path.is_file():
+            with metadata_path.open(newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                if reader.fieldnames is None or "file" not in reader.fieldnames:
+                    raise DatasetError(f"{metadata_path}: needs a 'file' column, found {reader.fieldnames}")
+                rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+        return RawVideoFolder(root=self._root, videos=videos, metadata=rows)
+
+    def _save(self, data: dict[str, Callable[[], SampleVideo]]) -> None:
+        """Write rendered videos, unless the folder already holds videos (those are never touched)."""
+        existing = self._video_paths()
+        if existing:
+            logger.info("%s already holds %d video(s); sample videos not rendered.", self._root, len(existing))
+            return
+        self._root.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for name, render in data.items():
+            target = self._root / name
+            # Names come from the renderer, but a folder dataset must never write outside its folder.
+            if not target.resolve().is_relative_to(self._root.resolve()):
+                raise DatasetError(f"Refusing to write {name!r}: it points outside {self._root}")
+            video = render() if callable(render) else render
+            write_video(target, video.frames, video.fps)
+            rows.append(video.metadata)
+        if rows:
+            columns = list(dict.fromkeys(key for row in rows for key in row))
+            tmp = self._root / f".{METADATA_FILE}.tmp-{os.getpid()}"
+            with tmp.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, self._root / METADATA_FILE)
+        logger.info("Wrote %d sample videos and %s to %s", len(rows), METADATA_FILE, self._root)
+
+    def _exists(self) -> bool:
+        return bool(self._video_paths())
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._root), "extensions": list(self._extensions)}
+
+
+class ClipStripDataset(AbstractDataset[np.ndarray, np.ndarray]):
+    """A clip of square frames (F, S, S, 3) stored as one PNG of F frames side by side."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def _load(self) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(self._filepath) as image:
+            strip = np.asarray(image.convert("RGB"))
+        size, width = strip.shape[0], strip.shape[1]
+        if width % size:
+            raise DatasetError(f"{self._filepath}: width {width} is not a multiple of the frame size {size}")
+        return np.ascontiguousarray(strip.reshape(size, width // size, size, 3).transpose(1, 0, 2, 3))
+
+    def _save(self, data: np.ndarray) -> None:
+        from PIL import Image
+
+        if data.ndim != 4 or data.shape[1] != data.shape[2] or data.shape[3] != 3:
+            raise DatasetError(f"{self._filepath}: expected square RGB frames (F, S, S, 3), got {data.shape}")
+        strip = data.transpose(1, 0, 2, 3).reshape(data.shape[1], -1, 3)
+        self._filepath.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._filepath.with_name(f".{self._filepath.name}.tmp-{os.getpid()}")
+        Image.fromarray(np.ascontiguousarray(strip.astype(np.uint8))).save(tmp, format="PNG")
+        os.replace(tmp, self._filepath)
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+
+@dataclass
+class TrainedLora:
+    """A trained UNet LoRA as the training nodes hand it to the catalog.
+
+    ``state_dict`` has peft keys (``...attn1.to_q.lora_A.weight``); ``lora_config`` is the
+    peft ``LoraConfig`` as a dict; ``kind`` is "image" or "motion". After loading from disk,
+    ``path`` is the folder, which ``pipe.load_lora_weights(path)`` accepts.
+    """
+
+    state_dict: dict[str, Any]
+    lora_config: dict[str, Any]
+    kind: str
+    info: dict[str, Any] = field(default_factory=dict)  # base model, steps, ... (written to lora_info.json)
+    path: Path | None = None
+
+
+class LoraFolderDataset(AbstractDataset[TrainedLora, TrainedLora]):
+    """A LoRA folder in every format a user's tool may want.
+
+    - ``pytorch_lora_weights.safetensors``: diffusers format (``pipe.load_lora_weights``), with
+      the adapter config in its metadata so ``lora_alpha`` survives the reload;
+    - ``image_lora_kohya.safetensors`` (image LoRA): kohya / A1111 / ComfyUI layout;
+    - ``motion_lora_animatediff.safetensors`` (motion LoRA): original AnimateDiff MotionLoRA layout;
+    - ``lora_info.json``: kind, LoRA config and what produced it.
+    """
+
+    def __init__(self, path: str, kind: str, metadata: dict[str, Any] | None = None):
+        if kind not in ("image", "motion"):
+            raise DatasetError(f"LoraFolderDataset kind must be 'image' or 'motion', got {kind!r}")
+        self._path = Path(path)
+        self._kind = kind
+        self.metadata = metadata
+
+    def _save(self, data: TrainedLora) -> None:
+        import json
+
+        from machining_t2v import lora
+
+        if data.kind != self._kind:
+            raise DatasetError(f"{self._path} holds a {self._kind} LoRA, got a {data.kind} LoRA")
+        from peft import LoraConfig
+
+        config = LoraConfig(**{k: v for k, v in data.lora_config.items() if k in LoraConfig.__dataclass_fields__})
+        lora.save_diffusers_lora(data.state_dict, config, self._path, kind=self._kind)
+        alpha = float(data.lora_config["lora_alpha"])
+        if self._kind == "image":
+            lora.save_safetensors_atomic(
+                lora.to_kohya(data.state_dict, alpha), self._path / "image_lora_kohya.safetensors",
+                metadata=lora.kohya_metadata(rank=int(data.lora_config["r"]), alpha=alpha),
+            )  # fmt: skip
+        else:
+            lora.save_safetensors_atomic(
+                lora.to_animatediff_motion_lora(data.state_dict, alpha),
+                self._path / "motion_lora_animatediff.safetensors",
+            )
+        config_dict = {k: sorted(v) if isinstance(v, set) else v for k, v in config.to_dict().items()}
+        info = {"kind": self._kind, "lora_config": config_dict, **data.info}
+        tmp = self._path / f".lora_info.json.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+        os.replace(tmp, self._path / "lora_info.json")
+
+    def _load(self) -> TrainedLora:
+        import json
+
+        from safetensors.torch import load_file
+
+        from machining_t2v.lora import DIFFUSERS_LORA_FILENAME
+
+        weights = self._path / DIFFUSERS_LORA_FILENAME
+        info_path = self._path / "lora_info.json"
+        if not weights.is_file() or not info_path.is_file():
+            raise DatasetError(f"{self._path}: no trained {self._kind} LoRA here (expected "
+                               f"{DIFFUSERS_LORA_FILENAME} and lora_info.json); run the {self._kind}_ft pipeline")
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        state_dict = {key.removeprefix("unet."): value for key, value in load_file(weights).items()}
+        return TrainedLora(state_dict=state_dict, lora_config=info.pop("lora_config"), kind=info.pop("kind"),
+                           info=info, path=self._path)
+
+    def _exists(self) -> bool:
+        return (self._path / "lora_info.json").is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path), "kind": self._kind}

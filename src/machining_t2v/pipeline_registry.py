@@ -1,0 +1,26 @@
+"""Project pipelines.
+
+Single steps (``sample_data``, ``frames``, ``captions``) run on their own; ``data_prep``
+chains them. ``sample_data`` writes nothing when the raw folder already holds videos.
+
+Pipelines are imported explicitly rather than with ``find_pipelines``: Kedro only discovers
+the pipelines named on the command line, and the chains need their upstream steps.
+"""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline
+
+from machining_t2v.pipelines import captions, frames, sample_data
+
+
+def register_pipelines() -> dict[str, Pipeline]:
+    """Register the project's pipelines."""
+    data_prep = sample_data.create_pipeline() + frames.create_pipeline() + captions.create_pipeline()
+    return {
+        "sample_data": sample_data.create_pipeline(),
+        "frames": frames.create_pipeline(),
+        "captions": captions.create_pipeline(),
+        "data_prep": data_prep,
+        "__default__": data_prep,
+    }

@@ -1,0 +1,1 @@
+"""One folder per Kedro pipeline; each pipeline.py only wires nodes."""

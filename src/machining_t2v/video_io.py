@@ -1,0 +1,237 @@
+"""Video reading and writing shared by every pipeline.
+
+Reading goes through decord (sparse frame access with resizing while decoding); writing
+goes through OpenCV for the training-data containers (mp4v .mp4, VP9 .webm, MJPG .avi) and
+through the ffmpeg binary shipped by ``imageio-ffmpeg`` for browser-playable H.264 .mp4.
+Nothing here imports Kedro, so it also runs in notebooks and under ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".webm", ".mkv")
+
+# FourCC per container for OpenCV's writer; the pip wheels cannot encode H.264.
+_OPENCV_FOURCC = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".webm": "VP90", ".mkv": "VP90"}
+
+
+class VideoReadError(RuntimeError):
+    """A video file could not be opened or decoded; the message names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video holds: frame count, frame rate and frame size in pixels."""
+
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.num_frames / self.fps if self.fps > 0 else 0.0
+
+
+def _open_reader(path: str | Path, width: int = -1, height: int = -1):
+    """Open ``path`` with decord, turning every failure into a ``VideoReadError``."""
+    import decord
+
+    path = Path(path)
+    if not path.is_file():
+        raise VideoReadError(path, "file does not exist")
+    if path.stat().st_size == 0:
+        raise VideoReadError(path, "file is empty (0 bytes)")
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height)
+    except Exception as error:  # decord raises its own DECORDError and plain RuntimeErrors
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise VideoReadError(path, f"not a decodable video ({first_line[:160]})") from error
+    if len(reader) == 0:
+        raise VideoReadError(path, "video has no frames")
+    return reader
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Return frame count, fps and size of ``path``, decoding only its first frame."""
+    reader = _open_reader(path)
+    try:
+        height, width = reader[0].shape[:2]
+    except Exception as error:
+        raise VideoReadError(path, f"first frame does not decode ({str(error).strip()[:160]})") from error
+    return VideoInfo(num_frames=len(reader), fps=float(reader.get_avg_fps()), width=width, height=height)
+
+
+def resize_shape_for_crop(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """Size (w, h) to resize to so the shorter side equals ``resolution`` (aspect kept)."""
+    scale = resolution / min(width, height)
+    return max(resolution, round(width * scale)), max(resolution, round(height * scale))
+
+
+def center_crop(frames: np.ndarray, resolution: int) -> np.ndarray:
+    """Crop the central ``resolution`` x ``resolution`` square of (..., H, W, C) frames."""
+    height, width = frames.shape[-3], frames.shape[-2]
+    top = (height - resolution) // 2
+    left = (width - resolution) // 2
+    return frames[..., top : top + resolution, left : left + resolution, :]
+
+
+def read_frames(path: str | Path, indices: list[int], resolution: int | None = None) -> np.ndarray:
+    """Decode the frames at ``indices`` as uint8 RGB (N, H, W, 3).
+
+    With ``resolution`` each frame is resized so its shorter side equals it (area
+    interpolation), then centre-cropped to a square, which is what SD-family models train on.
+    """
+    if not indices:
+        return np.zeros((0, resolution or 0, resolution or 0, 3), np.uint8)
+    # Decoded at full size: decord's own resize-while-decoding fails on widths it cannot align.
+    reader = _open_reader(path)
+    bad = [i for i in indices if not 0 <= i < len(reader)]
+    if bad:
+        raise VideoReadError(path, f"frame indices {bad[:5]} outside 0..{len(reader) - 1}")
+    try:
+        frames = reader.get_batch(list(indices)).asnumpy()
+    except Exception as error:
+        raise VideoReadError(path, f"decoding failed ({str(error).strip()[:160]})") from error
+    if resolution is None:
+        return frames
+    height, width = frames.shape[1:3]
+    size = resize_shape_for_crop(width, height, resolution)
+    resized = np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in frames])
+    return np.ascontiguousarray(center_crop(resized, resolution))
+
+
+def clip_start_indices(num_video_frames: int, num_frames: int, stride: int, max_clips: int) -> list[int]:
+    """Start frames of up to ``max_clips`` clips of ``num_frames`` frames taken every ``stride`` frames.
+
+    Clips are spread evenly over the video (first starts at 0, last ends at the last frame) and
+    never overlap more than needed. A video shorter than one clip's span gives no clip.
+    """
+    if num_frames < 1 or stride < 1 or max_clips < 1:
+        raise ValueError(f"num_frames, stride and max_clips must be >= 1, got {num_frames}, {stride}, {max_clips}")
+    span = (num_frames - 1) * stride + 1
+    if num_video_frames < span:
+        return []
+    last_start = num_video_frames - span
+    # No more clips than fit without overlapping when the video is long enough for that.
+    count = min(max_clips, last_start // span + 1) if last_start >= span else 1
+    if count == 1:
+        return [last_start // 2]
+    return sorted({round(i * last_start / (count - 1)) for i in range(count)})
+
+
+def clip_frame_indices(start: int, num_frames: int, stride: int) -> list[int]:
+    """Frame indices of the clip that starts at ``start``."""
+    return [start + i * stride for i in range(num_frames)]
+
+
+def still_frame_indices(num_video_frames: int, count: int) -> list[int]:
+    """Indices of ``count`` still frames spread evenly, each at the centre of an equal segment."""
+    if num_video_frames < 1 or count < 1:
+        return []
+    count = min(count, num_video_frames)
+    return [int((i + 0.5) * num_video_frames / count) for i in range(count)]
+
+
+def stride_for_fps(video_fps: float, target_fps: float | None, frame_stride: int) -> int:
+    """Frame stride that samples ``target_fps`` from a ``video_fps`` video (``frame_stride`` if unset)."""
+    if not target_fps:
+        return frame_stride
+    if target_fps <= 0:
+        raise ValueError(f"target_fps must be positive, got {target_fps}")
+    return max(1, round(video_fps / target_fps))
+
+
+def motion_score(frames: np.ndarray) -> float:
+    """Mean absolute difference between consecutive frames, on the 0-255 scale (0 = static)."""
+    if len(frames) < 2:
+        return 0.0
+    diffs = np.abs(np.diff(frames.astype(np.int16), axis=0))
+    return float(diffs.mean())
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: float) -> Path:
+    """Write uint8 RGB frames (T, H, W, 3) with OpenCV; the codec follows the file extension.
+
+    The file is written under a temporary name and renamed, so a crash never leaves a
+    half-written video that a later run would try to read.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _OPENCV_FOURCC:
+        raise ValueError(f"{path}: unsupported video extension {suffix!r}; use one of {sorted(_OPENCV_FOURCC)}")
+    frames = _check_frames(path, frames)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_name(f".{path.stem}.tmp-{os.getpid()}{suffix}")
+    height, width = frames.shape[1:3]
+    writer = cv2.VideoWriter(str(tmp_path), cv2.VideoWriter_fourcc(*_OPENCV_FOURCC[suffix]), fps, (width, height))
+    if not writer.isOpened():
+        raise OSError(f"{path}: OpenCV could not open a {_OPENCV_FOURCC[suffix]} writer")
+    try:
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    os.replace(tmp_path, path)
+    return path
+
+
+def write_h264(path: str | Path, frames: np.ndarray, fps: float) -> Path:
+    """Write a browser-playable H.264 .mp4 (yuv420p) through the ffmpeg binary of imageio-ffmpeg."""
+    import imageio_ffmpeg
+
+    path = Path(path)
+    frames = _check_frames(path, frames)
+    # yuv420p needs even sizes; pad by repeating the last row/column.
+    height, width = frames.shape[1:3]
+    frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+    height, width = frames.shape[1:3]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_name(f".{path.stem}.tmp-{os.getpid()}.mp4")
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(tmp_path),
+    ]  # fmt: skip
+    result = subprocess.run(command, input=np.ascontiguousarray(frames).tobytes(), capture_output=True)
+    if result.returncode != 0:
+        tmp_path.unlink(missing_ok=True)
+        raise OSError(f"{path}: ffmpeg failed: {result.stderr.decode(errors='replace').strip()[:300]}")
+    os.replace(tmp_path, path)
+    return path
+
+
+def write_gif(path: str | Path, frames: np.ndarray, fps: float) -> Path:
+    """Write an animated GIF that loops forever (plays in every browser and in MLflow's UI)."""
+    from PIL import Image
+
+    path = Path(path)
+    frames = _check_frames(path, frames)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    return path
+
+
+def _check_frames(path: Path, frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise ValueError(f"{path}: expected frames shaped (T, H, W, 3) with T >= 1, got {frames.shape}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"{path}: expected uint8 frames, got {frames.dtype}")
+    return frames
