@@ -1,0 +1,853 @@
+"""The one training-loop core shared by image-LoRA and motion-LoRA fine-tuning.
+
+What differs between the two LoRA kinds (which model, which parameters train, frames
+vs clips, the loss) is passed in: the caller hands over a model whose trainable
+parameters have ``requires_grad=True`` and a ``compute_loss(model, indices, generator)``
+function. This module owns everything else: randomness, batching by sample index,
+the optimizer and learning-rate schedule, mixed precision and gradient accumulation
+(through ``accelerate``), gradient clipping, logging, checkpoints and exact resume.
+
+It deliberately imports nothing from Kedro or MLflow so that it runs unchanged under
+``accelerate launch``, in a notebook or from the console script; metrics leave
+through the ``on_log`` callback.
+
+Randomness contract (what makes resume bit-identical on CPU):
+
+* a *sampler* generator, seeded from ``config.seed`` and identical on every process,
+  draws the epoch permutations of ``range(num_samples)``;
+* a *loss* generator, seeded from ``config.seed`` and the process index, is handed
+  to ``compute_loss``, which must draw all of its randomness (noise, timesteps,
+  caption dropout, frame offsets...) from it, on CPU;
+* the torch / numpy / python global RNGs are seeded too (peft's LoRA dropout and
+  ``nn.Dropout`` use torch's global RNG);
+* every checkpoint stores all of these states plus the current permutation and the
+  position in it, so a resumed run draws exactly what the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import set_seed
+from torch import nn
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "NonFiniteLossError",
+    "TrainingConfig",
+    "TrainingResult",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_trainable",
+    "train",
+]
+
+CHECKPOINT_PREFIX = "checkpoint-"
+# Only fully written checkpoints match; ``checkpoint-12.tmp-345`` (being written or
+# left by a crash) and ``checkpoint-12.old-345`` (being replaced) never do.
+_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+_LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
+_MIXED_PRECISIONS = ("no", "fp16", "bf16")
+# Config keys that change the training trajectory; a resume with different values is
+# allowed (e.g. a new learning rate on purpose) but is no longer a faithful continuation.
+_TRAJECTORY_KEYS = (
+    "batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "lr_scheduler",
+    "lr_warmup_steps",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_weight_decay",
+    "adam_epsilon",
+    "max_grad_norm",
+    "seed",
+    "mixed_precision",
+)
+
+
+@dataclass
+class TrainingConfig:
+    """Hyper-parameters of the training loop (the model-specific ones live with the caller).
+
+    Attributes:
+        max_steps: Number of optimizer steps to reach (counting resumed ones).
+        batch_size: Global batch per micro-step; split across processes under DDP.
+        gradient_accumulation_steps: Micro-steps per optimizer step.
+        learning_rate: Default learning rate; a param group's own ``lr`` wins.
+        lr_scheduler: ``constant``, ``constant_with_warmup``, ``cosine`` or ``linear``.
+        lr_warmup_steps: Linear warm-up length in optimizer steps.
+        adam_beta1, adam_beta2, adam_weight_decay, adam_epsilon: AdamW settings.
+        max_grad_norm: Gradient-norm clip; ``<= 0`` disables clipping (norm still logged).
+        seed: Seed of every random stream the loop owns.
+        mixed_precision: ``no``, ``fp16`` or ``bf16``; fp16 without CUDA falls back to ``no``.
+        checkpoint_every: Periodic checkpoint interval in optimizer steps; 0 disables the
+            periodic ones (the final checkpoint is always written).
+        checkpoints_total_limit: Keep only this many newest checkpoints; None keeps all.
+        resume: None, ``"latest"`` (newest complete checkpoint in the checkpoint folder,
+            or a fresh start if there is none) or the path of one checkpoint folder.
+        log_every: Call ``on_log`` every this many optimizer steps.
+    """
+
+    max_steps: int = 200
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    mixed_precision: str = "no"
+    checkpoint_every: int = 50
+    checkpoints_total_limit: int | None = 2
+    resume: str | None = None
+    log_every: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.resume, os.PathLike):
+            self.resume = os.fspath(self.resume)
+        problems = []
+        if self.max_steps < 0:
+            problems.append(f"max_steps must be >= 0, got {self.max_steps}")
+        for name in ("batch_size", "gradient_accumulation_steps", "log_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr_warmup_steps", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            problems.append(
+                f"checkpoints_total_limit must be None or >= 1, got {self.checkpoints_total_limit}"
+            )
+        if self.lr_scheduler not in _LR_SCHEDULERS:
+            problems.append(
+                f"lr_scheduler must be one of {_LR_SCHEDULERS}, got {self.lr_scheduler!r}"
+            )
+        if self.mixed_precision not in _MIXED_PRECISIONS:
+            problems.append(
+                f"mixed_precision must be one of {_MIXED_PRECISIONS}, got {self.mixed_precision!r}"
+            )
+        if problems:
+            raise ValueError("Invalid TrainingConfig: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> TrainingConfig:
+        """Build a config from a mapping (e.g. Kedro parameters), rejecting unknown keys.
+
+        Raises:
+            ValueError: naming every unknown key, or describing invalid values.
+        """
+        d = dict(d or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown TrainingConfig key(s): {', '.join(unknown)}. Known keys: {', '.join(sorted(known))}"
+            )
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable copy of the config."""
+        return dataclasses.asdict(self)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss becomes NaN or infinite; no optimizer step was taken.
+
+    Attributes:
+        step: The optimizer step (1-based) whose loss was not finite.
+        last_checkpoint: The newest good checkpoint folder, or None if there is none.
+    """
+
+    def __init__(self, step: int, value: float, last_checkpoint: Path | None, checkpoint_dir: Path):
+        self.step = step
+        self.value = value
+        self.last_checkpoint = last_checkpoint
+        self._checkpoint_dir = checkpoint_dir
+        where = (
+            f"last good checkpoint: {last_checkpoint}"
+            if last_checkpoint is not None
+            else f"no checkpoint has been written yet in {checkpoint_dir}"
+        )
+        super().__init__(
+            f"Non-finite loss ({value}) at step {step}; training stopped before the optimizer "
+            f"step and no checkpoint of this state was written ({where}). Lower the learning "
+            f"rate or check the data, then resume from that checkpoint."
+        )
+
+    def __reduce__(self):
+        # The custom __init__ would break default exception pickling (multiprocessing runners).
+        return (type(self), (self.step, self.value, self.last_checkpoint, self._checkpoint_dir))
+
+
+@dataclass
+class TrainingResult:
+    """Outcome of :func:`train`.
+
+    Attributes:
+        global_step: Optimizer steps reached (including resumed ones).
+        losses: One mean loss per optimizer step, from step 1 (resumed history included).
+        steps_per_second: Optimizer steps per wall-clock second in this run.
+        peak_memory_mb: Peak CUDA memory allocated, or the process's peak RSS without CUDA.
+        resumed_from: The checkpoint folder this run resumed from, if any.
+        checkpoint_dir: The folder holding the ``checkpoint-<step>`` folders.
+        final_checkpoint: The checkpoint folder holding the final state, if any.
+    """
+
+    global_step: int
+    losses: list[float]
+    steps_per_second: float
+    peak_memory_mb: float
+    resumed_from: str | None
+    checkpoint_dir: Path
+    final_checkpoint: Path | None = field(default=None)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def list_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
+    """Return the complete ``checkpoint-<step>`` folders in ``checkpoint_dir``, oldest first."""
+    root = Path(checkpoint_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _CHECKPOINT_RE.match(child.name)
+        if match and child.is_dir() and (child / "state.json").is_file():
+            found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(_CHECKPOINT_RE.match(checkpoint.name).group(1))
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """Return the newest complete checkpoint folder in ``checkpoint_dir`` (None if none)."""
+    checkpoints = list_checkpoints(checkpoint_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def load_trainable(model: nn.Module, checkpoint: str | Path) -> list[str]:
+    """Copy the trainable weights of ``checkpoint`` into ``model`` in place.
+
+    The names must match the model's ``requires_grad`` parameters exactly, so a resume
+    onto a model with a different LoRA layout fails loudly instead of half-loading.
+
+    Returns:
+        The parameter names that were loaded.
+    """
+    path = Path(checkpoint) / "trainable.safetensors"
+    weights = safetensors.torch.load_file(str(path))
+    params = _trainable_named_parameters(model)
+    missing, unexpected = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not match the model's trainable parameters: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(weights[name])
+    return list(params)
+
+
+def _trainable_named_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    # fsync before the folder rename, so the rename never publishes empty files after a
+    # power cut (the rename itself is what protects against a crash of this process).
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _publish_dir(tmp: Path, final: Path) -> None:
+    """Atomically rename ``tmp`` to ``final``, replacing an existing ``final`` if needed."""
+    if final.exists():
+        # A directory cannot be os.replace'd over a non-empty one; move the old one aside
+        # under a name that never counts as a checkpoint, then drop it.
+        aside = final.with_name(f"{final.name}.old-{os.getpid()}")
+        os.replace(final, aside)
+        os.replace(tmp, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    with contextlib.suppress(OSError):  # directory fsync is not possible on every OS
+        fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _prune_checkpoints(checkpoint_dir: Path, limit: int | None) -> None:
+    if limit is None:
+        return
+    for old in list_checkpoints(checkpoint_dir)[:-limit]:
+        logger.info("Removing old checkpoint %s (checkpoints_total_limit=%d)", old, limit)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- randomness
+
+
+def _derive_seed(seed: int, *parts: object) -> int:
+    """A stable 63-bit seed for a named sub-stream (python's hash() is salted per process)."""
+    digest = hashlib.sha256(":".join(map(str, (seed, *parts))).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _global_rng_state() -> dict[str, Any]:
+    """Global RNG states as tensors/lists/ints only, so ``torch.load(weights_only=True)`` works."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+        "python": {"version": py_version, "state": list(py_state), "gauss_next": py_gauss},
+    }
+
+
+def _set_global_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            np_state["name"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    py_state = state["python"]
+    random.setstate((py_state["version"], tuple(py_state["state"]), py_state["gauss_next"]))
+
+
+@contextlib.contextmanager
+def _isolated_global_rng() -> Iterator[None]:
+    """Run a callback without letting it consume the training RNG streams.
+
+    Validation sampling draws from the global RNGs; without isolation an interrupted
+    and resumed run would validate at different steps and diverge from the
+    uninterrupted one.
+    """
+    state = _global_rng_state()
+    try:
+        yield
+    finally:
+        _set_global_rng_state(state)
+
+
+class _EpochSampler:
+    """Draws sample indices epoch by epoch: every sample once per epoch, reshuffled each epoch.
+
+    A batch may straddle two epochs. The current permutation and position are part of
+    the checkpoint, so a resume continues mid-epoch exactly.
+    """
+
+    def __init__(self, num_samples: int, seed: int):
+        self.num_samples = num_samples
+        self.generator = torch.Generator().manual_seed(seed)
+        self.perm = torch.empty(0, dtype=torch.long)
+        self.pos = 0
+
+    def next_batch(self, batch_size: int) -> torch.LongTensor:
+        parts = []
+        while batch_size > 0:
+            if self.pos >= len(self.perm):
+                self.perm = torch.randperm(self.num_samples, generator=self.generator)
+                self.pos = 0
+            take = min(batch_size, len(self.perm) - self.pos)
+            parts.append(self.perm[self.pos : self.pos + take])
+            self.pos += take
+            batch_size -= take
+        return torch.cat(parts)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "perm": self.perm.clone(), "pos": self.pos}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if len(state["perm"]) not in (0, self.num_samples):
+            raise ValueError(
+                f"Checkpoint was made with {len(state['perm'])} samples but num_samples is "
+                f"{self.num_samples}; resuming would not continue the same epochs."
+            )
+        self.generator.set_state(state["generator"])
+        self.perm = state["perm"].clone()
+        self.pos = int(state["pos"])
+
+
+# --------------------------------------------------------------------------- set-up helpers
+
+
+def _make_accelerator(config: TrainingConfig) -> Accelerator:
+    mixed_precision = config.mixed_precision
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        logger.warning("mixed_precision='fp16' needs CUDA; training in full precision instead.")
+        mixed_precision = "no"
+    # accelerate keeps its state in a process-wide singleton that refuses a second
+    # Accelerator with another precision; a notebook or a test suite that trains twice
+    # in one single-process interpreter needs that state cleared first.
+    shared = AcceleratorState._shared_state
+    if (
+        shared
+        and shared.get("_mixed_precision") != mixed_precision
+        and PartialState().num_processes == 1
+    ):
+        AcceleratorState._reset_state()
+    return Accelerator(
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+    )
+
+
+def _make_param_groups(
+    model: nn.Module, param_groups: list[dict] | None, config: TrainingConfig
+) -> list[dict]:
+    trainable = _trainable_named_parameters(model)
+    if param_groups is None:
+        groups = [{"params": list(trainable.values()), "lr": config.learning_rate}]
+    else:
+        # Copy, so the caller's dicts are not mutated by the optimizer (it adds keys).
+        groups = [{**g, "params": list(g["params"])} for g in param_groups]
+    grouped = {id(p) for g in groups for p in g["params"]}
+    frozen = [p for g in groups for p in g["params"] if not p.requires_grad]
+    if frozen:
+        raise ValueError(
+            f"{len(frozen)} parameter(s) in param_groups have requires_grad=False; only "
+            f"trainable parameters are optimised and checkpointed."
+        )
+    left_out = [n for n, p in trainable.items() if id(p) not in grouped]
+    if left_out:
+        logger.warning(
+            "%d trainable parameter(s) are in no param group and will not be updated: %s",
+            len(left_out),
+            left_out[:5],
+        )
+    if not grouped:
+        raise ValueError("No trainable parameters: set requires_grad=True on what should train.")
+    return groups
+
+
+def _make_lr_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainingConfig, num_processes: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    # accelerate's prepared scheduler steps once per process per optimizer step (it
+    # assumes a per-process dataloader), so the schedule is stretched to match, as in
+    # diffusers' training scripts.
+    warmup = config.lr_warmup_steps * num_processes
+    total = max(config.max_steps * num_processes, 1)
+    kind = config.lr_scheduler
+
+    def lr_lambda(step: int) -> float:
+        if kind == "constant":
+            return 1.0
+        if step < warmup:
+            return step / max(warmup, 1)
+        if kind == "constant_with_warmup":
+            return 1.0
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+    except ImportError:  # Windows
+        return float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes vs KiB
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class _Run:
+    """State of one call to :func:`train`: prepared objects, RNG streams, step and losses."""
+
+    def __init__(self, model, compute_loss, num_samples, config, checkpoint_dir, param_groups):
+        self.config = config
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.compute_loss = compute_loss
+        self.num_samples = num_samples
+        self.accelerator = _make_accelerator(config)
+        acc = self.accelerator
+        if config.batch_size % acc.num_processes:
+            raise ValueError(
+                f"batch_size={config.batch_size} must be divisible by the "
+                f"{acc.num_processes} processes it is split across."
+            )
+        set_seed(config.seed, device_specific=True)  # global RNGs: seed + process index
+        self.sampler = _EpochSampler(num_samples, config.seed)  # same on every process
+        self.generator = torch.Generator().manual_seed(
+            _derive_seed(config.seed, "loss", acc.process_index)
+        )
+        model.train()
+        groups = _make_param_groups(model, param_groups, config)
+        optimizer = torch.optim.AdamW(
+            groups,
+            lr=config.learning_rate,
+            betas=(config.adam_beta1, config.adam_beta2),
+            weight_decay=config.adam_weight_decay,
+            eps=config.adam_epsilon,
+        )
+        scheduler = _make_lr_scheduler(optimizer, config, acc.num_processes)
+        self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+        self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.global_step = 0
+        self.losses: list[float] = []
+        self.last_checkpoint: Path | None = None
+        self.last_saved_step: int | None = None
+
+    # ---- checkpoints
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoint-<step>`` atomically (main process) and prune old ones."""
+        acc, step = self.accelerator, self.global_step
+        final = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{step}"
+        if acc.is_main_process:
+            tmp = self.checkpoint_dir / f"{final.name}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            try:
+                unwrapped = acc.unwrap_model(self.model)
+                weights = {
+                    name: p.detach().to("cpu").contiguous().clone()
+                    for name, p in _trainable_named_parameters(unwrapped).items()
+                }
+                _write_durably(
+                    tmp / "trainable.safetensors",
+                    safetensors.torch.save(weights, metadata={"format": "pt", "step": str(step)}),
+                )
+                _write_durably(tmp / "optimizer.pt", _torch_bytes(self.optimizer.state_dict()))
+                _write_durably(tmp / "scheduler.pt", _torch_bytes(self.scheduler.state_dict()))
+                if acc.scaler is not None:
+                    _write_durably(tmp / "scaler.pt", _torch_bytes(acc.scaler.state_dict()))
+                rng = {
+                    "sampler": self.sampler.state_dict(),
+                    "loss_generator": self.generator.get_state(),
+                    "global": _global_rng_state(),
+                }
+                _write_durably(tmp / "rng.pt", _torch_bytes(rng))
+                state = {
+                    "global_step": step,
+                    "losses": self.losses,
+                    "num_samples": self.num_samples,
+                    "num_processes": acc.num_processes,
+                    "config": self.config.to_dict(),
+                }
+                # state.json last: list_checkpoints() also requires it to be present.
+                _write_durably(tmp / "state.json", json.dumps(state, indent=1).encode())
+                _publish_dir(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            _prune_checkpoints(self.checkpoint_dir, self.config.checkpoints_total_limit)
+            logger.info("Saved checkpoint %s", final)
+        acc.wait_for_everyone()
+        self.last_checkpoint, self.last_saved_step = final, step
+        return final
+
+    def remove_foreign_checkpoints(self) -> None:
+        """Delete checkpoints later than the starting step: they belong to another history.
+
+        Left in place, ``resume="latest"`` after a crash would jump into that other run,
+        and the total limit would prune this run's own (older-numbered) checkpoints.
+        """
+        foreign = [
+            p for p in list_checkpoints(self.checkpoint_dir) if _step_of(p) > self.global_step
+        ]
+        if foreign and self.accelerator.is_main_process:
+            logger.warning(
+                "Removing %d checkpoint(s) of a previous run from %s (this run starts at step %d): %s",
+                len(foreign),
+                self.checkpoint_dir,
+                self.global_step,
+                [p.name for p in foreign],
+            )
+            for path in foreign:
+                shutil.rmtree(path)
+        self.accelerator.wait_for_everyone()
+
+    def resume(self, resume: str) -> Path | None:
+        """Restore everything from a checkpoint; returns its path (None: fresh start)."""
+        if resume == "latest":
+            path = latest_checkpoint(self.checkpoint_dir)
+            if path is None:
+                logger.info(
+                    "resume='latest': no checkpoint in %s, starting fresh.", self.checkpoint_dir
+                )
+                return None
+        else:
+            path = Path(resume)
+            if not path.is_dir():
+                raise FileNotFoundError(f"Checkpoint to resume from not found: {path}")
+            if not (path / "state.json").is_file():
+                raise FileNotFoundError(
+                    f"Checkpoint to resume from is incomplete (no state.json): {path}"
+                )
+        acc = self.accelerator
+        state = json.loads((path / "state.json").read_text())
+        changed = [k for k in _TRAJECTORY_KEYS if state["config"].get(k) != getattr(self.config, k)]
+        if changed:
+            logger.warning(
+                "Resuming from %s with changed settings %s: the run will not continue "
+                "exactly as it would have.",
+                path,
+                {k: (state["config"].get(k), getattr(self.config, k)) for k in changed},
+            )
+        load_trainable(acc.unwrap_model(self.model), path)
+        self.optimizer.load_state_dict(_torch_load(path / "optimizer.pt"))
+        self.scheduler.load_state_dict(_torch_load(path / "scheduler.pt"))
+        if acc.scaler is not None and (path / "scaler.pt").is_file():
+            acc.scaler.load_state_dict(_torch_load(path / "scaler.pt"))
+        rng = _torch_load(path / "rng.pt")
+        self.sampler.load_state_dict(rng["sampler"])  # identical on all processes
+        if acc.process_index == 0:
+            self.generator.set_state(rng["loss_generator"])
+            _set_global_rng_state(rng["global"])
+        else:
+            # Only the main process's streams are stored; the others continue on fresh
+            # streams derived from the step, still deterministic but not bit-identical.
+            set_seed(
+                _derive_seed(self.config.seed, "resume", acc.process_index, state["global_step"])
+            )
+            self.generator.manual_seed(
+                _derive_seed(self.config.seed, "loss", acc.process_index, state["global_step"])
+            )
+        self.global_step = int(state["global_step"])
+        self.losses = [float(x) for x in state["losses"]]
+        self.last_checkpoint = path
+        if path.resolve().parent == self.checkpoint_dir.resolve():
+            self.last_saved_step = self.global_step
+        logger.info("Resumed from %s at step %d", path, self.global_step)
+        return path
+
+    # ---- one optimizer step
+
+    def step(self) -> tuple[float, float, float]:
+        """Run one optimizer step (all its micro-steps); returns (loss, lr, grad_norm)."""
+        acc, cfg = self.accelerator, self.config
+        micro_losses = []
+        for _ in range(cfg.gradient_accumulation_steps):
+            with acc.accumulate(self.model):
+                # Sample batch: the next global batch of indices, this process's shard of it.
+                indices = self.sampler.next_batch(cfg.batch_size)
+                indices = indices.tensor_split(acc.num_processes)[acc.process_index]
+                # Forward + loss: all randomness inside comes from self.generator.
+                loss = self.compute_loss(self.model, indices, self.generator)
+                # Every process must see the same value, or a NaN on one would hang the others.
+                mean_loss = acc.gather(loss.detach().float().reshape(1)).mean().item()
+                if not math.isfinite(mean_loss):
+                    raise NonFiniteLossError(
+                        self.global_step + 1, mean_loss, self.last_checkpoint, self.checkpoint_dir
+                    )
+                micro_losses.append(mean_loss)
+                # Backward: accelerate divides by the accumulation steps and defers the
+                # DDP all-reduce to the last micro-step.
+                acc.backward(loss)
+        # Clip: gradients are complete only after the last micro-step.
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+        grad_norm = acc.clip_grad_norm_(self.trainable, max_norm)
+        # Step: the lr reported is the one this step used.
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        self.losses.append(sum(micro_losses) / len(micro_losses))
+        return self.losses[-1], lr, float(grad_norm)
+
+
+def _torch_load(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def train(
+    model: nn.Module,
+    compute_loss: Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor],
+    num_samples: int,
+    config: TrainingConfig,
+    checkpoint_dir: str | Path,
+    *,
+    param_groups: list[dict] | None = None,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
+    on_validate: Callable[[int], None] | None = None,
+    validate_every: int = 0,
+    progress: bool = True,
+    description: str = "training",
+) -> TrainingResult:
+    """Train the ``requires_grad`` parameters of ``model`` until ``config.max_steps``.
+
+    Args:
+        model: The model; only parameters with ``requires_grad=True`` train and are
+            checkpointed, everything else is assumed fixed (rebuild it identically
+            before resuming).
+        compute_loss: ``compute_loss(model, indices, generator) -> scalar loss``. ``model``
+            is the prepared (possibly wrapped) model, ``indices`` a CPU LongTensor of
+            sample indices in ``range(num_samples)`` for this process's share of the
+            batch, ``generator`` a CPU ``torch.Generator`` from which all noise,
+            timesteps and caption dropout must be drawn.
+        num_samples: Size of the dataset the indices refer to.
+        config: Loop hyper-parameters.
+        checkpoint_dir: Folder for ``checkpoint-<step>`` folders (created if missing).
+        param_groups: AdamW param groups (``[{"params": [...], "lr": ...}]``); default one
+            group of all trainable parameters at ``config.learning_rate``.
+        on_log: Called every ``config.log_every`` steps with the step and
+            ``{"loss", "lr", "steps_per_second", "grad_norm"}`` (main process only).
+        on_checkpoint: Called with the step after a checkpoint is complete (main process).
+        on_validate: Called with the step every ``validate_every`` steps (main process),
+            model in eval mode under ``torch.no_grad()``; RNG use inside it does not
+            disturb training.
+        validate_every: Validation interval in optimizer steps; 0 disables it.
+        progress: Show a tqdm progress bar (main process only).
+        description: Progress-bar label.
+
+    Returns:
+        A :class:`TrainingResult`.
+
+    Raises:
+        NonFiniteLossError: when a loss is NaN/inf; nothing of that step is applied or saved.
+        FileNotFoundError: when ``config.resume`` names a missing checkpoint.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    run = _Run(model, compute_loss, num_samples, config, checkpoint_dir, param_groups)
+    acc = run.accelerator
+    if acc.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(acc.device)
+    try:
+        resumed = run.resume(config.resume) if config.resume is not None else None
+        run.remove_foreign_checkpoints()
+        start_step, start_time = run.global_step, time.perf_counter()
+        window_step, window_time = start_step, start_time
+        bar = tqdm(
+            total=config.max_steps,
+            initial=run.global_step,
+            desc=description,
+            unit="step",
+            disable=not progress or not acc.is_main_process,
+        )
+        with bar:
+            while run.global_step < config.max_steps:
+                loss, lr, grad_norm = run.step()
+                step = run.global_step
+                # Log
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.3g}")
+                if on_log is not None and step % config.log_every == 0 and acc.is_main_process:
+                    now = time.perf_counter()
+                    rate = (step - window_step) / max(now - window_time, 1e-9)
+                    window_step, window_time = step, now
+                    metrics = {
+                        "loss": loss,
+                        "lr": lr,
+                        "steps_per_second": rate,
+                        "grad_norm": grad_norm,
+                    }
+                    with _isolated_global_rng():
+                        on_log(step, metrics)
+                # Checkpoint (the final one is written after the loop)
+                if (
+                    config.checkpoint_every
+                    and step % config.checkpoint_every == 0
+                    and step < config.max_steps
+                ):
+                    run.save_checkpoint()
+                    if on_checkpoint is not None and acc.is_main_process:
+                        with _isolated_global_rng():
+                            on_checkpoint(step)
+                # Validate
+                if validate_every and step % validate_every == 0:
+                    if on_validate is not None and acc.is_main_process:
+                        run.model.eval()
+                        with _isolated_global_rng(), torch.no_grad():
+                            on_validate(step)
+                        run.model.train()
+                    acc.wait_for_everyone()
+        elapsed = time.perf_counter() - start_time
+        if run.last_saved_step != run.global_step:
+            run.save_checkpoint()
+            if on_checkpoint is not None and acc.is_main_process:
+                with _isolated_global_rng():
+                    on_checkpoint(run.global_step)
+        steps_done = run.global_step - start_step
+        result = TrainingResult(
+            global_step=run.global_step,
+            losses=list(run.losses),
+            steps_per_second=steps_done / elapsed if steps_done and elapsed > 0 else 0.0,
+            peak_memory_mb=_peak_memory_mb(acc.device),
+            resumed_from=str(resumed) if resumed is not None else None,
+            checkpoint_dir=run.checkpoint_dir,
+            final_checkpoint=run.last_checkpoint,
+        )
+        logger.info(
+            "%s: reached step %d (%d this run, %.2f steps/s, peak %.0f MB)",
+            description,
+            result.global_step,
+            steps_done,
+            result.steps_per_second,
+            result.peak_memory_mb,
+        )
+        return result
+    finally:
+        # Drop accelerate's references to the model and optimizer so a notebook can train again.
+        acc.free_memory()

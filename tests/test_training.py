@@ -1,0 +1,330 @@
+"""Tests for the shared training-loop core, on a tiny real torch regression problem."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+
+from machining_t2v.training import (
+    NonFiniteLossError,
+    TrainingConfig,
+    TrainingResult,
+    latest_checkpoint,
+    list_checkpoints,
+    train,
+)
+
+NUM_SAMPLES = 24
+_DATA_GEN = torch.Generator().manual_seed(1234)
+X = torch.randn(NUM_SAMPLES, 8, generator=_DATA_GEN)
+Y = X @ torch.randn(8, 1, generator=_DATA_GEN) + 0.5
+
+
+def make_model() -> nn.Module:
+    """A small MLP: frozen first-layer weight, trainable first-layer bias and head.
+
+    The dropout makes the result depend on torch's global RNG, like peft's LoRA dropout.
+    Built from a fixed seed so that every call returns the same initial model.
+    """
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 1))
+    model[0].weight.requires_grad_(False)
+    return model
+
+
+def compute_loss(
+    model: nn.Module, indices: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """MSE on the selected samples with input noise drawn from the loop's generator."""
+    x = X[indices]
+    noise = 0.01 * torch.randn(x.shape, generator=generator)
+    return nn.functional.mse_loss(model(x + noise), Y[indices])
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def config(**overrides) -> TrainingConfig:
+    base = {"max_steps": 12, "batch_size": 5, "learning_rate": 1e-2, "checkpoint_every": 4}
+    return TrainingConfig(**{**base, **overrides})
+
+
+class Interrupt(Exception):
+    """Stands in for a crash (power cut, pre-emption) in the middle of training."""
+
+
+def test_loss_falls_on_learnable_problem(tmp_path):
+    model = make_model()
+    result = train(model, compute_loss, NUM_SAMPLES, config(max_steps=80), tmp_path, progress=False)
+    assert isinstance(result, TrainingResult)
+    assert result.global_step == 80 and len(result.losses) == 80
+    first, last = sum(result.losses[:10]) / 10, sum(result.losses[-10:]) / 10
+    assert last < 0.5 * first, (first, last)
+    assert result.steps_per_second > 0 and result.peak_memory_mb > 0
+    assert result.resumed_from is None
+    assert result.checkpoint_dir == tmp_path
+    assert result.final_checkpoint == tmp_path / "checkpoint-80"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"gradient_accumulation_steps": 2, "lr_scheduler": "cosine", "lr_warmup_steps": 3},
+    ],
+    ids=["plain", "accum2-cosine-warmup"],
+)
+def test_resume_is_bit_identical(tmp_path, overrides):
+    cfg = config(**overrides)
+
+    def on_validate(step):
+        # Validation that consumes the global RNGs must not shift the training streams,
+        # or the resumed run (which validates at fewer steps) would diverge.
+        torch.rand(7)
+        random.random()
+
+    common = {"progress": False, "on_validate": on_validate, "validate_every": 2}
+
+    full_model = make_model()
+    full = train(full_model, compute_loss, NUM_SAMPLES, cfg, tmp_path / "full", **common)
+
+    def crash_at_6(step, metrics):
+        if step == 6:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(
+            make_model(),
+            compute_loss,
+            NUM_SAMPLES,
+            cfg,
+            tmp_path / "cut",
+            on_log=crash_at_6,
+            **common,
+        )
+    assert latest_checkpoint(tmp_path / "cut") == tmp_path / "cut" / "checkpoint-4"
+
+    resumed_model = make_model()
+    resumed = train(
+        resumed_model,
+        compute_loss,
+        NUM_SAMPLES,
+        TrainingConfig(**{**cfg.to_dict(), "resume": "latest"}),
+        tmp_path / "cut",
+        **common,
+    )
+    assert resumed.resumed_from == str(tmp_path / "cut" / "checkpoint-4")
+    assert resumed.losses == full.losses
+    full_state, resumed_state = trainable_state(full_model), trainable_state(resumed_model)
+    assert full_state.keys() == resumed_state.keys()
+    for name in full_state:
+        assert torch.equal(full_state[name], resumed_state[name]), name
+
+
+def test_resume_from_explicit_path_continues_the_same_run(tmp_path):
+    cfg = config(max_steps=8)
+    full = train(make_model(), compute_loss, NUM_SAMPLES, cfg, tmp_path / "a", progress=False)
+    model = make_model()
+    again = train(
+        model,
+        compute_loss,
+        NUM_SAMPLES,
+        config(max_steps=8, resume=str(tmp_path / "a" / "checkpoint-4")),
+        tmp_path / "b",
+        progress=False,
+    )
+    assert again.losses == full.losses
+    saved = safetensors.torch.load_file(
+        str(tmp_path / "a" / "checkpoint-8" / "trainable.safetensors")
+    )
+    for name, tensor in trainable_state(model).items():
+        assert torch.equal(tensor, saved[name]), name
+
+
+def test_checkpoint_limit_and_unfinished_folders(tmp_path):
+    stale = tmp_path / "checkpoint-999.tmp-123"
+    stale.mkdir(parents=True)
+    (stale / "trainable.safetensors").write_bytes(b"half-written")
+    cfg = config(max_steps=10, checkpoint_every=2, checkpoints_total_limit=2)
+    train(make_model(), compute_loss, NUM_SAMPLES, cfg, tmp_path, progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-8", "checkpoint-10"]
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert stale.is_dir(), "someone else's unfinished folder must be left alone"
+
+    resumed = train(
+        make_model(),
+        compute_loss,
+        NUM_SAMPLES,
+        config(max_steps=11, checkpoint_every=2, resume="latest"),
+        tmp_path,
+        progress=False,
+    )
+    assert resumed.resumed_from == str(tmp_path / "checkpoint-10")
+    assert resumed.global_step == 11 and len(resumed.losses) == 11
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-10", "checkpoint-11"]
+
+
+def test_frozen_params_unchanged_and_only_trainable_saved(tmp_path):
+    model = make_model()
+    frozen_before = model[0].weight.detach().clone()
+    trainable_before = trainable_state(model)
+    train(model, compute_loss, NUM_SAMPLES, config(max_steps=5), tmp_path, progress=False)
+    assert torch.equal(model[0].weight, frozen_before)
+    assert all(not torch.equal(trainable_before[n], p) for n, p in trainable_state(model).items())
+    saved = safetensors.torch.load_file(str(tmp_path / "checkpoint-5" / "trainable.safetensors"))
+    assert set(saved) == {"0.bias", "3.weight", "3.bias"}
+
+
+def test_param_groups_override_learning_rate(tmp_path):
+    model = make_model()
+    head_before = model[3].weight.detach().clone()
+    groups = [
+        {"params": [model[0].bias, model[3].bias], "lr": 1e-2},
+        {"params": [model[3].weight], "lr": 0.0},  # lr 0 also cancels AdamW's decay
+    ]
+    logged = []
+    train(
+        model,
+        compute_loss,
+        NUM_SAMPLES,
+        config(max_steps=4),
+        tmp_path,
+        param_groups=groups,
+        on_log=lambda step, metrics: logged.append((step, metrics)),
+        progress=False,
+    )
+    assert torch.equal(model[3].weight, head_before)
+    assert [step for step, _ in logged] == [1, 2, 3, 4]
+    assert set(logged[0][1]) >= {"loss", "lr", "steps_per_second"}
+    assert logged[0][1]["lr"] == pytest.approx(1e-2)
+
+
+def test_warmup_cosine_schedule(tmp_path):
+    lrs = []
+    cfg = config(max_steps=6, lr_scheduler="cosine", lr_warmup_steps=2)
+    train(
+        make_model(),
+        compute_loss,
+        NUM_SAMPLES,
+        cfg,
+        tmp_path,
+        on_log=lambda step, m: lrs.append(m["lr"]),
+        progress=False,
+    )
+    assert lrs[:3] == pytest.approx([0.0, 5e-3, 1e-2])
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:], strict=False))
+
+
+def test_nan_loss_stops_without_stepping_or_saving(tmp_path):
+    calls = {"n": 0}
+    seen = {}
+
+    def nan_at_step_7(model, indices, generator):
+        calls["n"] += 1
+        loss = compute_loss(model, indices, generator)
+        if calls["n"] == 7:
+            seen["weights"] = trainable_state(model)
+            return loss * float("nan")
+        return loss
+
+    model = make_model()
+    with pytest.raises(NonFiniteLossError) as err:
+        train(
+            model, nan_at_step_7, NUM_SAMPLES, config(checkpoint_every=5), tmp_path, progress=False
+        )
+    good = tmp_path / "checkpoint-5"
+    assert "step 7" in str(err.value) and str(good) in str(err.value)
+    assert err.value.step == 7 and err.value.last_checkpoint == good
+    for name, tensor in trainable_state(model).items():
+        assert torch.equal(tensor, seen["weights"][name]), "the optimizer must not step on NaN"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-5"]
+    state = json.loads((good / "state.json").read_text())
+    assert state["global_step"] == 5 and len(state["losses"]) == 5
+    safetensors.torch.load_file(str(good / "trainable.safetensors"))
+    torch.load(good / "optimizer.pt", weights_only=True)
+
+
+def test_resume_missing_path_and_unknown_config_key(tmp_path):
+    missing = tmp_path / "nope" / "checkpoint-3"
+    with pytest.raises(FileNotFoundError, match="checkpoint-3"):
+        train(
+            make_model(),
+            compute_loss,
+            NUM_SAMPLES,
+            config(resume=str(missing)),
+            tmp_path,
+            progress=False,
+        )
+    with pytest.raises(ValueError, match="lerning_rate"):
+        TrainingConfig.from_dict({"max_steps": 3, "lerning_rate": 1e-3})
+    with pytest.raises(ValueError, match="lr_scheduler"):
+        TrainingConfig.from_dict({"lr_scheduler": "exponential"})
+    assert TrainingConfig.from_dict({"max_steps": 3}).max_steps == 3
+
+
+def test_resume_latest_without_checkpoints_starts_fresh(tmp_path):
+    result = train(
+        make_model(),
+        compute_loss,
+        NUM_SAMPLES,
+        config(max_steps=2, resume="latest"),
+        tmp_path,
+        progress=False,
+    )
+    assert result.resumed_from is None and result.global_step == 2
+
+
+def test_checkpoint_files_are_weights_only_loadable(tmp_path):
+    cfg = config(max_steps=3, gradient_accumulation_steps=2)
+    train(make_model(), compute_loss, NUM_SAMPLES, cfg, tmp_path, progress=False)
+    ckpt = tmp_path / "checkpoint-3"
+    assert {p.name for p in ckpt.iterdir()} == {
+        "trainable.safetensors",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng.pt",
+        "state.json",
+    }
+    for name in ("optimizer.pt", "scheduler.pt", "rng.pt"):
+        torch.load(ckpt / name, weights_only=True)
+    rng = torch.load(ckpt / "rng.pt", weights_only=True)
+    # 3 steps x 2 micro-steps x 5 = 30 indices: one full epoch of 24 and 6 into the next.
+    assert rng["sampler"]["pos"] == 6 and len(rng["sampler"]["perm"]) == NUM_SAMPLES
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["global_step"] == 3 and state["config"]["gradient_accumulation_steps"] == 2
+
+
+def test_every_sample_seen_once_per_epoch(tmp_path):
+    seen = []
+
+    def recording_loss(model, indices, generator):
+        seen.extend(indices.tolist())
+        return compute_loss(model, indices, generator)
+
+    cfg = config(max_steps=6, batch_size=8, checkpoint_every=0)
+    train(make_model(), recording_loss, NUM_SAMPLES, cfg, tmp_path, progress=False)
+    assert sorted(seen[:24]) == list(range(24)) and sorted(seen[24:]) == list(range(24))
+    assert seen[:24] != seen[24:], "each epoch is reshuffled"
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-6"]
+
+
+def test_config_roundtrip_and_result_paths(tmp_path):
+    cfg = config(resume=Path(tmp_path))
+    assert cfg.resume == str(tmp_path)
+    assert TrainingConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_fresh_run_replaces_a_previous_runs_checkpoints(tmp_path):
+    train(make_model(), compute_loss, NUM_SAMPLES, config(max_steps=12), tmp_path, progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-8", "checkpoint-12"]
+    # A new fresh run must neither be pruned in favour of the old checkpoint-12 nor let
+    # resume="latest" jump into the old run after a crash.
+    train(make_model(), compute_loss, NUM_SAMPLES, config(max_steps=6), tmp_path, progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-6"]
