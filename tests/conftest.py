@@ -55,22 +55,34 @@ def add_audio_track(video: Path, out: Path) -> Path:
     return out
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch) -> Path:
-    """A copy of the project's conf/ and pyproject.toml in a temp folder, used as the working directory.
+def make_project(root: Path) -> Path:
+    """A copy of the project's conf/ and pyproject.toml in ``root``, with empty data layers.
 
-    Kedro resolves the catalog's relative paths against the working directory, so runs in the
-    copy never touch the repository's own data/ folder.
+    MLflow caches its SQLite store per tracking URI, so each copy gets an absolute
+    ``sqlite:///<root>/mlflow.db`` (in conf/local) instead of the relative default.
     """
-    root = tmp_path / "project"
-    root.mkdir()
+    root.mkdir(parents=True)
     shutil.copytree(PROJECT_ROOT / "conf" / "base", root / "conf" / "base")
     (root / "conf" / "local").mkdir()
+    mlflow_conf = (PROJECT_ROOT / "conf" / "base" / "mlflow.yml").read_text()
+    (root / "conf" / "local" / "mlflow.yml").write_text(
+        mlflow_conf.replace("sqlite:///mlflow.db", f"sqlite:///{root / 'mlflow.db'}"))
     shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
     (root / "src").mkdir()  # Kedro wants a source dir; the package itself is installed
     for layer in ("01_raw/videos", "02_intermediate", "03_primary", "05_model_input", "06_models",
                   "07_model_output", "08_reporting"):
         (root / "data" / layer).mkdir(parents=True)
+    return root
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A throw-away copy of the project, used as the working directory.
+
+    Kedro resolves the catalog's relative paths against the working directory, so runs in the
+    copy never touch the repository's own data/ folder.
+    """
+    root = make_project(tmp_path / "project")
     monkeypatch.chdir(root)
     return root
 

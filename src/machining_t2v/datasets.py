@@ -181,7 +181,7 @@ class TrainedLora:
     path: Path | None = None
 
 
-class LoraFolderDataset(AbstractDataset[TrainedLora, TrainedLora]):
+class LoraFolderDataset(AbstractDataset[TrainedLora, TrainedLora | None]):
     """A LoRA folder in every format a user's tool may want.
 
     - ``pytorch_lora_weights.safetensors``: diffusers format (``pipe.load_lora_weights``), with
@@ -189,13 +189,19 @@ class LoraFolderDataset(AbstractDataset[TrainedLora, TrainedLora]):
     - ``image_lora_kohya.safetensors`` (image LoRA): kohya / A1111 / ComfyUI layout;
     - ``motion_lora_animatediff.safetensors`` (motion LoRA): original AnimateDiff MotionLoRA layout;
     - ``lora_info.json``: kind, LoRA config and what produced it.
+
+    With ``allow_missing: true`` loading a folder that holds no LoRA gives ``None`` (a
+    consumer such as motion_ft then goes on without it). Saving a LoRA with no weights (what
+    motion_ft returns for the spatial LoRA outside dual mode) clears the folder, so no stale
+    LoRA from an earlier run is left to be mistaken for this run's.
     """
 
-    def __init__(self, path: str, kind: str, metadata: dict[str, Any] | None = None):
+    def __init__(self, path: str, kind: str, allow_missing: bool = False, metadata: dict[str, Any] | None = None):
         if kind not in ("image", "motion"):
             raise DatasetError(f"LoraFolderDataset kind must be 'image' or 'motion', got {kind!r}")
         self._path = Path(path)
         self._kind = kind
+        self._allow_missing = allow_missing
         self.metadata = metadata
 
     def _save(self, data: TrainedLora) -> None:
@@ -203,6 +209,12 @@ class LoraFolderDataset(AbstractDataset[TrainedLora, TrainedLora]):
 
         from machining_t2v import lora
 
+        if not data.state_dict:
+            stale = [p for p in self._path.glob("*") if p.suffix in (".safetensors", ".json")]
+            for path in stale:
+                path.unlink()
+            logger.info("No %s LoRA trained in this run; %s cleared of %d old files", self._kind, self._path, len(stale))
+            return
         if data.kind != self._kind:
             raise DatasetError(f"{self._path} holds a {self._kind} LoRA, got a {data.kind} LoRA")
         from peft import LoraConfig
@@ -226,7 +238,7 @@ class LoraFolderDataset(AbstractDataset[TrainedLora, TrainedLora]):
         tmp.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
         os.replace(tmp, self._path / "lora_info.json")
 
-    def _load(self) -> TrainedLora:
+    def _load(self) -> TrainedLora | None:
         import json
 
         from safetensors.torch import load_file
@@ -235,6 +247,8 @@ class LoraFolderDataset(AbstractDataset[TrainedLora, TrainedLora]):
 
         weights = self._path / DIFFUSERS_LORA_FILENAME
         info_path = self._path / "lora_info.json"
+        if self._allow_missing and not info_path.is_file():
+            return None
         if not weights.is_file() or not info_path.is_file():
             raise DatasetError(f"{self._path}: no trained {self._kind} LoRA here (expected "
                                f"{DIFFUSERS_LORA_FILENAME} and lora_info.json); run the {self._kind}_ft pipeline")
@@ -248,3 +262,37 @@ class LoraFolderDataset(AbstractDataset[TrainedLora, TrainedLora]):
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path), "kind": self._kind}
+
+
+class VideoSamplesDataset(AbstractDataset[dict[str, np.ndarray], dict[str, Path]]):
+    """Sample videos, each written as a looping GIF and a browser-playable H.264 .mp4.
+
+    Saving takes ``{name: uint8 frames (T, H, W, 3)}`` and replaces the folder's previous
+    samples; loading gives ``{name: path of the .mp4}``.
+    """
+
+    def __init__(self, path: str, fps: float = 8.0, metadata: dict[str, Any] | None = None):
+        self._path = Path(path)
+        self._fps = fps
+        self.metadata = metadata
+
+    def _save(self, data: dict[str, np.ndarray]) -> None:
+        from machining_t2v.video_io import write_gif, write_h264
+
+        self._path.mkdir(parents=True, exist_ok=True)
+        for old in [*self._path.glob("*.gif"), *self._path.glob("*.mp4")]:
+            old.unlink()
+        for name, frames in data.items():
+            if "/" in name or name.startswith("."):
+                raise DatasetError(f"Sample video name {name!r} must be a plain file name")
+            write_gif(self._path / f"{name}.gif", frames, self._fps)
+            write_h264(self._path / f"{name}.mp4", frames, self._fps)
+
+    def _load(self) -> dict[str, Path]:
+        return {path.stem: path for path in sorted(self._path.glob("*.mp4"))}
+
+    def _exists(self) -> bool:
+        return any(self._path.glob("*.mp4"))
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path), "fps": self._fps}

@@ -1,0 +1,173 @@
+"""Diffusion-specific pieces shared by the image and motion LoRA trainers.
+
+The training-loop core (``training.py``) knows nothing about diffusion; this module gives it
+the loss: cached VAE latents and text embeddings in, noise-prediction MSE out. Stills are
+latents shaped (N, C, h, w); clips are (N, C, F, h, w) and their text states are repeated per
+frame, as ``UNetMotionModel`` expects. No Kedro import.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.training_utils import compute_snr
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LossConfig:
+    """How the noise-prediction loss is formed (see diffusers' text-to-image LoRA example)."""
+
+    caption_dropout: float = 0.0  # share of samples trained with the empty caption (keeps CFG working)
+    snr_gamma: float | None = None  # min-SNR weighting (Hang et al. 2023); None = plain MSE
+    noise_offset: float = 0.0  # offset noise for darker/brighter images; 0 = off
+    appearance_debias: float | None = None  # clips only: MotionDirector's beta; None = plain loss
+
+
+@dataclass
+class TrainingCache:
+    """Everything the loss needs per sample, computed once per run instead of every step."""
+
+    latents: torch.Tensor  # (N, C, h, w) for stills or (N, C, F, h, w) for clips, already scaled
+    text_embeddings: torch.Tensor  # (N, L, D), one per sample
+    empty_text_embedding: torch.Tensor  # (1, L, D): the unconditional caption used for caption dropout
+
+
+def images_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) frames -> float (..., 3, H, W) in [-1, 1], the VAE's input range."""
+    tensor = torch.from_numpy(np.ascontiguousarray(frames)).float() / 127.5 - 1.0
+    return tensor.movedim(-1, -3)
+
+
+@torch.no_grad()
+def encode_text(tokenizer, text_encoder, prompts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+    """CLIP last hidden states for each prompt, padded to the tokenizer's max length (SD1.5 style)."""
+    device = next(text_encoder.parameters()).device
+    states = []
+    for start in range(0, len(prompts), batch_size):
+        tokens = tokenizer(list(prompts[start : start + batch_size]), padding="max_length",
+                           max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+        states.append(text_encoder(tokens.input_ids.to(device))[0])
+    return torch.cat(states)
+
+
+@torch.no_grad()
+def encode_frames(vae, frames: np.ndarray, batch_size: int = 16) -> torch.Tensor:
+    """VAE latents (mean of the posterior, times the scaling factor) of uint8 (N, H, W, 3) frames."""
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    height, width = frames.shape[1:3]
+    if height % factor or width % factor:
+        raise ValueError(f"Frame size {width}x{height} is not divisible by the VAE scale factor {factor}; "
+                         f"set frames.resolution to a multiple of {factor}.")
+    device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
+    latents = []
+    for start in range(0, len(frames), batch_size):
+        pixels = images_to_tensor(frames[start : start + batch_size]).to(device, dtype)
+        latents.append(vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor)
+    return torch.cat(latents).float().cpu()
+
+
+def build_cache(tokenizer, text_encoder, vae, samples: np.ndarray, captions: Sequence[str]) -> TrainingCache:
+    """Encode every still (N, H, W, 3) or clip (N, F, H, W, 3) and caption once.
+
+    Identical captions are encoded once; clips are encoded frame by frame and laid out as
+    (N, C, F, h, w).
+    """
+    if len(samples) != len(captions):
+        raise ValueError(f"{len(samples)} samples but {len(captions)} captions")
+    if samples.ndim == 5:
+        num_clips, num_frames = samples.shape[:2]
+        flat = encode_frames(vae, samples.reshape(-1, *samples.shape[2:]))
+        latents = flat.reshape(num_clips, num_frames, *flat.shape[1:]).movedim(1, 2)
+    else:
+        latents = encode_frames(vae, samples)
+    unique = sorted(set(captions))
+    unique_states = encode_text(tokenizer, text_encoder, unique + [""]).float().cpu()
+    index = {caption: i for i, caption in enumerate(unique)}
+    text_embeddings = unique_states[[index[c] for c in captions]]
+    return TrainingCache(latents=latents, text_embeddings=text_embeddings, empty_text_embedding=unique_states[-1:])
+
+
+def noise_prediction_loss(
+    unet: torch.nn.Module,
+    noise_scheduler,
+    latents: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    generator: torch.Generator,
+    config: LossConfig,
+    empty_text_embedding: torch.Tensor | None = None,
+    per_sample: bool = False,
+) -> torch.Tensor:
+    """One denoising-loss evaluation on a batch of cached latents.
+
+    All randomness (noise, timesteps, caption dropout) comes from ``generator``, so a resumed
+    run draws exactly what an uninterrupted one would have.
+    """
+    device = latents.device
+    batch = latents.shape[0]
+    # Sample noise (optionally offset per channel) and a timestep per sample.
+    noise = torch.randn(latents.shape, generator=generator).to(device)
+    if config.noise_offset:
+        offset_shape = (batch, latents.shape[1]) + (1,) * (latents.ndim - 2)
+        noise = noise + config.noise_offset * torch.randn(offset_shape, generator=generator).to(device)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=generator)
+    timesteps = timesteps.to(device)
+    noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+
+    # Caption dropout: some samples see the empty caption, so classifier-free guidance still works.
+    if config.caption_dropout > 0 and empty_text_embedding is not None:
+        drop = torch.rand(batch, generator=generator) < config.caption_dropout
+        text_embeddings = torch.where(drop.to(device)[:, None, None], empty_text_embedding.to(device), text_embeddings)
+
+    # Clips: the motion UNet takes (B, C, F, h, w) latents and one text state per frame.
+    if latents.ndim == 5:
+        text_embeddings = text_embeddings.repeat_interleave(latents.shape[2], dim=0)
+    prediction = unet(noisy_latents, timesteps, encoder_hidden_states=text_embeddings).sample
+
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise ValueError(f"Unsupported prediction_type {prediction_type!r} in the scheduler config")
+
+    loss = _per_sample_mse(prediction, target)
+    if config.appearance_debias is not None and latents.ndim == 5:
+        # MotionDirector: also match the frame-to-frame differences, which carry motion, not look.
+        anchor = torch.randint(0, latents.shape[2], (batch,), generator=generator)
+        loss = loss + _per_sample_mse(appearance_debiased(prediction, config.appearance_debias, anchor),
+                                      appearance_debiased(target, config.appearance_debias, anchor))
+    if config.snr_gamma is not None:
+        # min-SNR-gamma: down-weight easy (low-noise) timesteps.
+        snr = compute_snr(noise_scheduler, timesteps)
+        weights = torch.stack([snr, config.snr_gamma * torch.ones_like(snr)], dim=1).min(dim=1)[0]
+        weights = weights / (snr + 1) if prediction_type == "v_prediction" else weights / snr
+        loss = loss * weights
+    return loss if per_sample else loss.mean()
+
+
+def _per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    squared = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    return squared.mean(dim=list(range(1, squared.ndim)))
+
+
+def appearance_debiased(noise: torch.Tensor, beta: float = 1.0, anchor: torch.Tensor | None = None,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """MotionDirector's appearance-debiased transform of clip noise (B, C, F, h, w).
+
+    phi(e_i) = sqrt(beta^2 + 1) * e_i - beta * e_anchor, with one anchor frame per clip
+    (random unless ``anchor`` gives the frame indices). Subtracting the anchor frame removes
+    what all frames share (appearance), leaving what differs between frames (motion).
+    """
+    batch, _, frames = noise.shape[:3]
+    if anchor is None:
+        anchor = torch.randint(0, frames, (batch,), generator=generator)
+    anchor_frames = noise[torch.arange(batch), :, anchor.to(noise.device)].unsqueeze(2)
+    return (beta**2 + 1) ** 0.5 * noise - beta * anchor_frames

@@ -1,0 +1,201 @@
+"""What image-LoRA and motion-LoRA fine-tuning share above the training-loop core.
+
+``fit_lora`` turns a cache of latents and text embeddings into a trained LoRA: it builds the
+noise-prediction loss, runs ``training.train`` and tracks a loss on a fixed validation batch
+(same samples, noise and timesteps every time), so "the loss falls" is measured, not guessed.
+The callers decide which modules carry LoRA and what the samples are (stills or clips).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from machining_t2v.diffusion import LossConfig, TrainingCache, noise_prediction_loss
+from machining_t2v.training import TrainingConfig, TrainingResult, train
+
+logger = logging.getLogger(__name__)
+
+
+def collect_captioned_stills(
+    stills: dict[str, Callable[[], Image.Image]], captions: pd.DataFrame
+) -> tuple[np.ndarray, list[str]]:
+    """Pair every still of the ``stills`` dataset with its caption from ``captions``.
+
+    Returns:
+        uint8 stills (N, S, S, 3) in sample-id order and their captions.
+    """
+    if not stills:
+        raise ValueError("The 'stills' dataset is empty: run the frames pipeline first "
+                         "(`kedro run --pipelines=frames`) or check data/05_model_input/stills.")
+    if captions.empty:
+        raise ValueError("The 'captions' dataset is empty: run the captions pipeline first "
+                         "(`kedro run --pipelines=captions`).")
+    caption_of = dict(zip(captions["sample_id"], captions["caption"], strict=True))
+    missing = sorted(set(stills) - set(caption_of))
+    if missing:
+        raise ValueError(f"{len(missing)} stills have no row in the 'captions' dataset (e.g. {missing[:3]}); "
+                         "rerun the captions pipeline.")
+    ids = sorted(stills)
+    images = np.stack([np.asarray(stills[sample_id]().convert("RGB")) for sample_id in ids])
+    return images, [str(caption_of[sample_id]) for sample_id in ids]
+
+
+def collect_captioned_clips(
+    clips: dict[str, Callable[[], np.ndarray]], captions: pd.DataFrame, num_frames: int | None
+) -> tuple[np.ndarray, list[str]]:
+    """Pair every clip of the ``clips`` dataset with its caption, cut to ``num_frames`` frames.
+
+    Returns:
+        uint8 clips (N, F, S, S, 3) in sample-id order and their captions.
+    """
+    if not clips:
+        raise ValueError("The 'clips' dataset is empty: run the frames pipeline first "
+                         "(`kedro run --pipelines=frames`); lower frames.min_motion if every clip was static.")
+    if captions.empty:
+        raise ValueError("The 'captions' dataset is empty: run the captions pipeline first.")
+    caption_of = dict(zip(captions["sample_id"], captions["caption"], strict=True))
+    ids = sorted(clips)
+    missing = [sample_id for sample_id in ids if sample_id not in caption_of]
+    if missing:
+        raise ValueError(f"{len(missing)} clips have no row in the 'captions' dataset (e.g. {missing[:3]}); "
+                         "rerun the captions pipeline.")
+    loaded = {sample_id: clips[sample_id]() for sample_id in ids}
+    num_frames = num_frames or min(len(clip) for clip in loaded.values())
+    short = {sample_id: len(clip) for sample_id, clip in loaded.items() if len(clip) < num_frames}
+    if short:
+        raise ValueError(f"motion_ft.num_frames is {num_frames} but {len(short)} clips of the 'clips' dataset are "
+                         f"shorter (e.g. {dict(list(short.items())[:3])}); raise frames.num_frames and rerun "
+                         "the frames pipeline, or lower motion_ft.num_frames.")
+    return np.stack([loaded[sample_id][:num_frames] for sample_id in ids]), [str(caption_of[i]) for i in ids]
+
+
+@dataclass
+class FitResult:
+    """The training result plus the fixed-batch validation losses, by step."""
+
+    training: TrainingResult
+    validation_losses: dict[int, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def training_config_from_params(params: dict[str, Any], num_samples: int) -> TrainingConfig:
+    """A ``TrainingConfig`` from the ``training`` parameters.
+
+    ``num_train_epochs`` (if set) decides ``max_steps``; ``mixed_precision: auto`` means bf16
+    on a GPU that supports it and fp32 ("no") elsewhere.
+    """
+    params = dict(params)
+    epochs = params.pop("num_train_epochs", None)
+    if params.get("mixed_precision") == "auto":
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        params["mixed_precision"] = "bf16" if bf16 else "no"
+    config = TrainingConfig.from_dict(params)
+    if epochs:
+        samples_per_step = config.batch_size * config.gradient_accumulation_steps
+        config = replace(config, max_steps=math.ceil(epochs * num_samples / samples_per_step))
+    return config
+
+
+@torch.no_grad()
+def fixed_batch_loss(unet: torch.nn.Module, noise_scheduler, cache: TrainingCache, indices: torch.Tensor,
+                     seed: int) -> float:
+    """Noise-prediction loss on the same samples, noise and timesteps at every call."""
+    device = next(unet.parameters()).device
+    was_training = unet.training
+    unet.eval()
+    generator = torch.Generator("cpu").manual_seed(seed)
+    loss = noise_prediction_loss(unet, noise_scheduler, cache.latents[indices].to(device),
+                                 cache.text_embeddings[indices].to(device), generator, LossConfig())
+    unet.train(was_training)
+    return float(loss)
+
+
+def fit_lora(
+    unet: torch.nn.Module,
+    noise_scheduler,
+    cache: TrainingCache,
+    loss_config: LossConfig,
+    config: TrainingConfig,
+    checkpoint_dir: str | Path,
+    *,
+    param_groups: list[dict] | None = None,
+    compute_loss: Callable | None = None,
+    validation_batch_size: int = 8,
+    validate_every: int = 0,
+    on_validate: Callable[[int], None] | None = None,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    description: str = "training",
+) -> FitResult:
+    """Train the LoRA parameters of ``unet`` on the cached samples.
+
+    ``compute_loss`` defaults to the plain noise-prediction loss over the cache; the motion
+    trainer passes its own (the MotionDirector dual path).
+    """
+    num_samples = cache.latents.shape[0]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # The same validation samples whatever the seed: the first N in sample order.
+    validation_indices = torch.arange(min(validation_batch_size, num_samples))
+    validation_losses: dict[int, float] = {}
+
+    if compute_loss is None:
+        def compute_loss(model, indices, generator):
+            return noise_prediction_loss(
+                model, noise_scheduler, cache.latents[indices].to(device), cache.text_embeddings[indices].to(device),
+                generator, loss_config, cache.empty_text_embedding,
+            )  # fmt: skip
+
+    def validate(step: int) -> None:
+        validation_losses[step] = fixed_batch_loss(unet, noise_scheduler, cache, validation_indices, config.seed)
+        logger.info("step %d: fixed-batch validation loss %.4f", step, validation_losses[step])
+        if on_log:
+            on_log(step, {"validation_loss": validation_losses[step]})
+        if on_validate:
+            on_validate(step)
+
+    unet.to(device)
+    start = time.perf_counter()
+    # Step 0 is the untrained LoRA (on resume too: the checkpoint is loaded inside train()).
+    validation_losses[0] = fixed_batch_loss(unet, noise_scheduler, cache, validation_indices, config.seed)
+    result = train(
+        unet, compute_loss, num_samples, config, checkpoint_dir, param_groups=param_groups, on_log=on_log,
+        on_validate=validate, validate_every=validate_every, description=description,
+    )  # fmt: skip
+    if result.global_step not in validation_losses:
+        validation_losses[result.global_step] = fixed_batch_loss(
+            unet, noise_scheduler, cache, validation_indices, config.seed)
+    return FitResult(training=result, validation_losses=validation_losses, seconds=time.perf_counter() - start)
+
+
+def run_summary(fit: FitResult, base_source: str, kind: str, config: TrainingConfig, device: str, *,
+                num_samples: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a training run reports: losses, fixed-batch validation losses, speed, memory, models."""
+    losses = fit.training.losses
+    return {
+        "base_model": base_source,
+        "lora_kind": kind,
+        "num_samples": num_samples,
+        "steps": fit.training.global_step,
+        "resumed_from": fit.training.resumed_from,
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "validation_loss": {str(step): loss for step, loss in sorted(fit.validation_losses.items())},
+        "steps_per_second": fit.training.steps_per_second,
+        "peak_memory_mb": fit.training.peak_memory_mb,
+        "training_seconds": fit.seconds,
+        "device": device,
+        "machine": platform.machine(),
+        **(extra or {}),
+        "training_config": config.to_dict(),
+    }

@@ -1,0 +1,103 @@
+"""Image (spatial) LoRA training on still frames."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import torch
+from PIL import Image
+
+from machining_t2v import tracking
+from machining_t2v.datasets import TrainedLora
+from machining_t2v.diffusion import LossConfig, build_cache
+from machining_t2v.finetune import (
+    collect_captioned_stills,
+    fit_lora,
+    run_summary,
+    training_config_from_params,
+)
+from machining_t2v.lora import IMAGE_LORA_TARGETS, add_lora, lora_state_dict
+from machining_t2v.models import load_base_model
+from machining_t2v.sampling import comparison_grid, image_pipeline, sample_images
+
+logger = logging.getLogger(__name__)
+
+
+def _lora_targets(spec: Any) -> str | list[str]:
+    return IMAGE_LORA_TARGETS if spec in (None, "default") else spec
+
+
+def train_image_lora(
+    stills: dict[str, Callable[[], Image.Image]],
+    captions: pd.DataFrame,
+    base_model: dict[str, Any],
+    params: dict[str, Any],
+) -> tuple[TrainedLora, dict[str, Image.Image], dict[str, Any]]:
+    """Train an image LoRA on the UNet's spatial attention with the base model frozen.
+
+    Returns:
+        the trained LoRA, validation grids (base vs LoRA, same seeds) per validation step,
+        and a summary of the run (losses, speed, memory, which models were used).
+    """
+    images, texts = collect_captioned_stills(stills, captions)
+    # Load the frozen base model; LoRA is the only trainable part.
+    base = load_base_model(base_model["pretrained"], base_model["tiny_model_dir"],
+                           revision=base_model.get("revision"), variant=base_model.get("variant"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for module in (base.vae, base.text_encoder, base.unet):
+        module.requires_grad_(False).to(device)
+    lora_params = params["lora"]
+    lora_config = add_lora(base.unet, rank=int(lora_params["rank"]), alpha=float(lora_params["alpha"]),
+                           dropout=float(lora_params.get("dropout", 0.0)),
+                           target_modules=_lora_targets(lora_params.get("target_modules")))
+    if params.get("gradient_checkpointing"):
+        base.unet.enable_gradient_checkpointing()
+
+    # Encode every still and caption once; training then never touches the VAE or text encoder.
+    cache = build_cache(base.tokenizer, base.text_encoder, base.vae, images, texts)
+    config = training_config_from_params(params["training"], num_samples=len(images))
+    validation = params["validation"]
+    grids: dict[str, Image.Image] = {}
+
+    def sample_grid(step: int) -> None:
+        pipe = image_pipeline(base, base.unet)
+        options = {"seed": int(validation["seed"]), "num_inference_steps": int(validation["num_inference_steps"]),
+                   "guidance_scale": float(validation["guidance_scale"]), "resolution": images.shape[1]}
+        base.unet.disable_adapters()
+        base_images = sample_images(pipe, validation["prompts"], **options)
+        base.unet.enable_adapters()
+        lora_images = sample_images(pipe, validation["prompts"], **options)
+        grids[f"step_{step:06d}"] = comparison_grid({"base": base_images, "image LoRA": lora_images},
+                                                    validation["prompts"])
+
+    tracking.set_tags({"base_model": base.source, "lora_kind": "image"})
+    logger.info("Training an image LoRA (rank %s) on %d stills for %d steps on %s", lora_config.r, len(images),
+                config.max_steps, device)
+    fit = fit_lora(
+        base.unet, base.noise_scheduler, cache, LossConfig(**params.get("loss", {})), config,
+        params["checkpoint_dir"], validation_batch_size=int(validation["batch_size"]),
+        validate_every=int(validation["every"]), on_validate=sample_grid,
+        on_log=lambda step, metrics: tracking.log_metrics(metrics, step=step, prefix="image_ft."),
+        description="image LoRA",
+    )  # fmt: skip
+    final_step = fit.training.global_step
+    if f"step_{final_step:06d}" not in grids:
+        base.unet.eval()
+        sample_grid(final_step)
+
+    summary = run_summary(fit, base.source, "image", config, device, num_samples=len(images))
+    first_val, last_val = fit.validation_losses[0], fit.validation_losses[final_step]
+    tracking.log_metrics({"validation_loss_start": first_val, "validation_loss_end": last_val,
+                          "steps_per_second": fit.training.steps_per_second,
+                          "peak_memory_mb": fit.training.peak_memory_mb}, prefix="image_ft.")
+    logger.info("Image LoRA done: fixed-batch validation loss %.4f -> %.4f, %.2f steps/s", first_val, last_val,
+                fit.training.steps_per_second)
+    trained = TrainedLora(
+        state_dict={k: v.detach().cpu().contiguous() for k, v in lora_state_dict(base.unet).items()},
+        lora_config=lora_config.to_dict(), kind="image",
+        info={"base_model": base.source, "steps": final_step, "trigger_captions": sorted(set(texts))[:20]},
+    )  # fmt: skip
+    return trained, grids, summary

@@ -1,0 +1,22 @@
+"""``image_ft`` pipeline: stills + captions -> image LoRA, validation grids and a run summary.
+
+Registered on its own and, in ``pipeline_registry``, chained after sample data, frames and
+captions, so ``kedro run --pipelines=image_ft`` runs the whole chain.
+"""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import train_image_lora
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                train_image_lora,
+                inputs=["stills", "captions", "params:base_model", "params:image_ft"],
+                outputs=["image_lora", "image_ft_samples", "image_ft_summary"],
+                name="train_image_lora",
+            )
+        ]
+    )
