@@ -1,0 +1,341 @@
+"""CLIP-based video metrics: CLIP-T (text-frame alignment) and CLIP-F (frame-to-frame consistency).
+
+A :class:`ClipScorer` wraps a transformers ``CLIPModel`` with its tokenizer and image processor.
+It comes from a Hugging Face Hub id (e.g. ``openai/clip-vit-base-patch32``), a local folder, or
+:data:`STANDIN_CLIP`: a tiny CLIP built offline from a config with **random weights** (no model
+can be downloaded here). The stand-in goes through the same ``from_pretrained`` path as a real
+model, so the code is exercised end to end, but its scores measure nothing about quality;
+reports must say so (:attr:`ClipScorer.label`).
+
+This module must not import Kedro: it also runs in notebooks and evaluation scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPTokenizer,
+)
+
+logger = logging.getLogger(__name__)
+
+STANDIN_CLIP = "builtin:standin-clip"
+"""Spec meaning "the built-in random-weight stand-in CLIP" wherever a CLIP id or folder is accepted."""
+
+STANDIN_NOTE = "stand-in CLIP with random weights: its scores measure nothing about quality"
+
+# Bump when the stand-in's architecture, tokenizer or processor changes, so an existing folder
+# from an older builder is rebuilt instead of silently reused.
+STANDIN_BUILDER_VERSION = 1
+_STANDIN_MARKER = "standin_clip.json"
+_STANDIN_FILES = (
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "tokenizer_config.json",
+)
+_STANDIN_IMAGE_SIZE = 64
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Frames per forward pass: bounds memory for long clips on a real ViT-B/L.
+_IMAGE_BATCH = 32
+
+
+@dataclass
+class ClipScorer:
+    """A CLIP model with its tokenizer and image processor.
+
+    Attributes:
+        model: the ``CLIPModel`` (eval mode).
+        tokenizer: its ``CLIPTokenizer``.
+        image_processor: its ``CLIPImageProcessorPil`` (PIL backend: torchvision is not usable).
+        source: what it was loaded from (hub id, folder, or :data:`STANDIN_CLIP`).
+        is_standin: True for the random-weight stand-in, whose scores mean nothing.
+    """
+
+    model: CLIPModel
+    tokenizer: CLIPTokenizer
+    image_processor: CLIPImageProcessorPil
+    source: str
+    is_standin: bool
+
+    @property
+    def label(self) -> str:
+        """How a report should name this scorer (states the stand-in caveat when it applies)."""
+        return f"{self.source} ({STANDIN_NOTE})" if self.is_standin else self.source
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def image_embeddings(self, frames: np.ndarray) -> torch.Tensor:
+        """L2-normalised CLIP image embeddings ``(T, D)`` (float32, CPU) of uint8 RGB frames
+        ``(T, H, W, 3)`` (or one frame ``(H, W, 3)``), preprocessed by :attr:`image_processor`."""
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(
+                f"expected uint8 RGB frames (T, H, W, 3), got {frames.dtype} {frames.shape}"
+            )
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(frames), _IMAGE_BATCH):
+                batch = list(frames[start : start + _IMAGE_BATCH])
+                pixels = self.image_processor(
+                    images=batch, return_tensors="pt", input_data_format="channels_last"
+                )["pixel_values"]
+                chunks.append(
+                    _features(
+                        self.model.get_image_features(
+                            pixel_values=pixels.to(self.device, self.model.dtype)
+                        )
+                    )
+                )
+        return _normalise(torch.cat(chunks))
+
+    def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised CLIP text embeddings ``(N, D)`` (float32, CPU); prompts are truncated
+        to the tokenizer's maximum length (77 tokens for CLIP)."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        tokens = self.tokenizer(
+            list(prompts),
+            padding=True,
+            truncation=True,
+            max_length=self.tokenizer.model_max_length,
+            return_tensors="pt",
+        )
+        with torch.inference_mode():
+            out = self.model.get_text_features(
+                input_ids=tokens["input_ids"].to(self.device),
+                attention_mask=tokens["attention_mask"].to(self.device),
+            )
+        return _normalise(_features(out))
+
+
+def _features(out: torch.Tensor | object) -> torch.Tensor:
+    # transformers v5 returns a BaseModelOutputWithPooling whose pooler_output holds the
+    # projected embedding; v4 returned the tensor itself.
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x.detach().float().cpu(), dim=-1)
+
+
+# --------------------------------------------------------------------------- stand-in
+
+
+def _read_marker(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / _STANDIN_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def standin_clip_exists(out_dir: str | Path, seed: int | None = None) -> bool:
+    """True if ``out_dir`` holds a complete stand-in CLIP of this builder version (and seed)."""
+    folder = Path(out_dir).expanduser()
+    marker = _read_marker(folder)
+    if not marker or marker.get("builder_version") != STANDIN_BUILDER_VERSION:
+        return False
+    if seed is not None and marker.get("seed") != seed:
+        return False
+    return all((folder / name).is_file() for name in _STANDIN_FILES)
+
+
+def build_standin_clip(out_dir: str | Path, seed: int = 0) -> Path:
+    """Build the random-weight stand-in CLIP and save it as a normal transformers folder.
+
+    Architecture: ``CLIPModel`` with a 2-layer text transformer and a 2-layer ViT (hidden 32,
+    4 heads, MLP 64), 64x64 images in 8x8 patches, projection dim 32; weights drawn from
+    ``torch.manual_seed(seed)``. Tokenizer: :func:`machining_t2v.models.build_tiny_tokenizer`
+    (offline byte-level BPE with domain words). Image processor: ``CLIPImageProcessorPil`` with
+    CLIP's mean/std, resize shortest edge to 64 + centre crop 64. Saved with safetensors,
+    plus a ``standin_clip.json`` marker.
+
+    Built in a temporary sibling folder and renamed into place, so a crash leaves no
+    half-written model. Idempotent: an existing complete stand-in of this builder version and
+    seed is returned untouched; an out-of-date one is replaced; a non-empty folder that is not
+    a stand-in raises ``ValueError``.
+    """
+    out = Path(out_dir).expanduser()
+    if standin_clip_exists(out, seed):
+        return out
+    if out.exists() and any(out.iterdir()) and _read_marker(out) is None:
+        raise ValueError(
+            f"{out} is not empty and is not a stand-in CLIP built by machining_t2v; "
+            "refusing to overwrite it (choose another folder)"
+        )
+    # Imported here: models pulls in diffusers, which only the builder needs.
+    from machining_t2v.models import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    bos = tokenizer.convert_tokens_to_ids("<|startoftext|>")
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "hidden_act": "quick_gelu",
+            "bos_token_id": bos,
+            # Text pooling takes the hidden state at the first eos token (pad == eos, as in
+            # OpenAI's CLIP, so padding never moves it).
+            "eos_token_id": eos,
+            "pad_token_id": eos,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": _STANDIN_IMAGE_SIZE,
+            "patch_size": 8,
+            "hidden_act": "quick_gelu",
+        },
+        projection_dim=32,
+    )
+    processor = CLIPImageProcessorPil(
+        size={"shortest_edge": _STANDIN_IMAGE_SIZE},
+        crop_size={"height": _STANDIN_IMAGE_SIZE, "width": _STANDIN_IMAGE_SIZE},
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(config)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would otherwise become the model folder's mode
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / _STANDIN_MARKER).write_text(
+            json.dumps(
+                {
+                    "builder_version": STANDIN_BUILDER_VERSION,
+                    "seed": seed,
+                    "kind": STANDIN_NOTE,
+                },
+                indent=2,
+            )
+        )
+        if standin_clip_exists(out, seed):
+            return out  # another process finished first; keep its copy
+        if out.exists():
+            # Only an empty folder or an out-of-date stand-in (it has our marker) gets here.
+            stale = out.with_name(f".{out.name}.stale-{os.getpid()}")
+            os.replace(out, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if not standin_clip_exists(out, seed):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("Built stand-in CLIP (random weights) in %s", out)
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _looks_like_path(spec: str) -> bool:
+    if spec.startswith(("/", ".", "~")):
+        return True
+    return os.sep in spec and not _HUB_ID_RE.match(spec)
+
+
+def load_clip_scorer(spec: str, standin_dir: str | Path | None = None) -> ClipScorer:
+    """Load a CLIP scorer.
+
+    Args:
+        spec: :data:`STANDIN_CLIP` (built into ``standin_dir`` if missing, then loaded from it),
+            a local folder in transformers format, or a Hub id such as
+            ``openai/clip-vit-base-patch32``. Weights are loaded with ``use_safetensors=True``;
+            remote code is never trusted.
+        standin_dir: where the stand-in lives; required only for :data:`STANDIN_CLIP`.
+
+    Raises:
+        FileNotFoundError: ``spec`` looks like a local path that does not exist (names it).
+        ValueError: :data:`STANDIN_CLIP` without ``standin_dir``.
+    """
+    if spec == STANDIN_CLIP:
+        if standin_dir is None:
+            raise ValueError(f"{STANDIN_CLIP} needs standin_dir (where to build/keep it)")
+        folder = Path(standin_dir).expanduser()
+        # Any seed's stand-in is reused as is; only a missing or out-of-date one is built.
+        if not standin_clip_exists(folder):
+            build_standin_clip(folder)
+        name, source = str(folder), STANDIN_CLIP
+    else:
+        path = Path(spec).expanduser()
+        if path.exists():
+            name, source = str(path), str(path)
+        elif _looks_like_path(spec):
+            raise FileNotFoundError(f"CLIP model folder not found: {spec}")
+        else:
+            name, source = spec, spec
+    model = CLIPModel.from_pretrained(name, use_safetensors=True)
+    model.eval()
+    tokenizer = CLIPTokenizer.from_pretrained(name)
+    image_processor = CLIPImageProcessorPil.from_pretrained(name)
+    # A stand-in reached through its folder path is still a stand-in.
+    is_standin = spec == STANDIN_CLIP or _read_marker(Path(name)) is not None
+    if is_standin:
+        logger.warning("Using %s; CLIP-T/CLIP-F %s", source, STANDIN_NOTE)
+    return ClipScorer(model, tokenizer, image_processor, source=source, is_standin=is_standin)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _renormalise(x: torch.Tensor) -> torch.Tensor:
+    # float32 unit vectors have norms 1 +- 1e-7; redoing it in float64 makes the cosine of
+    # identical frames 1.0 to ~1e-15.
+    return torch.nn.functional.normalize(x.double(), dim=-1)
+
+
+def clip_t(scorer: ClipScorer, frames: np.ndarray, prompt: str | Sequence[str]) -> float:
+    """CLIP-T: ``100 * mean over frames (and prompts) of max(cos(text, frame), 0)``.
+
+    ``cos`` is the cosine between the L2-normalised CLIP text embedding of the prompt and
+    image embedding of a frame. Several prompts: the mean runs over all (prompt, frame) pairs.
+    In [0, 100]; higher = frames match the text better (only with a real CLIP).
+    """
+    text = _renormalise(
+        scorer.text_embeddings([prompt] if isinstance(prompt, str) else list(prompt))
+    )
+    images = _renormalise(scorer.image_embeddings(frames))
+    cosine = images @ text.T
+    return float(100.0 * cosine.clamp(min=0).mean())
+
+
+def clip_f(scorer: ClipScorer, frames: np.ndarray) -> float:
+    """CLIP-F: mean cosine between the CLIP image embeddings of consecutive frames.
+
+    In [-1, 1]; 1.0 for identical frames. Needs at least 2 frames.
+    """
+    images = _renormalise(scorer.image_embeddings(frames))
+    if images.shape[0] < 2:
+        raise ValueError(f"clip_f needs at least 2 frames, got {images.shape[0]}")
+    return float((images[:-1] * images[1:]).sum(dim=-1).mean())
