@@ -8,11 +8,12 @@ The callers decide which modules carry LoRA and what the samples are (stills or 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,18 @@ def collect_captioned_clips(
                          f"shorter (e.g. {dict(list(short.items())[:3])}); raise frames.num_frames and rerun "
                          "the frames pipeline, or lower motion_ft.num_frames.")
     return np.stack([loaded[sample_id][:num_frames] for sample_id in ids]), [str(caption_of[i]) for i in ids]
+
+
+@contextlib.contextmanager
+def seeded_lora_init(seed: int) -> Iterator[None]:
+    """Initialise LoRA weights (added inside this block) from ``seed`` alone.
+
+    peft draws the initial LoRA weights from torch's global RNG; without this, the start of a
+    run, and so whether a resumed run matches an uninterrupted one, depends on what ran before.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 @dataclass

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from machining_t2v.datasets import LoraFolderDataset
 from machining_t2v.diffusion import encode_frames
-from machining_t2v.models import load_base_model
 from machining_t2v.finetune import collect_captioned_stills
+from machining_t2v.models import load_base_model
 from machining_t2v.pipelines.image_ft.nodes import train_image_lora
 from tests.conftest import run_pipeline
 
@@ -115,9 +115,10 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(image_ft_run):
 
 
 def _node_inputs(project_root):
-    from machining_t2v.datasets import ClipStripDataset  # noqa: F401  (catalog types importable)
     from kedro.io import DataCatalog
     from kedro_datasets.partitions import PartitionedDataset
+
+    from machining_t2v.datasets import ClipStripDataset  # noqa: F401  (catalog types importable)
 
     stills = PartitionedDataset(path=str(project_root / "data/05_model_input/stills"),
                                 dataset="pillow.ImageDataset", filename_suffix=".png").load()

@@ -17,6 +17,7 @@ from machining_t2v.finetune import (
     collect_captioned_stills,
     fit_lora,
     run_summary,
+    seeded_lora_init,
     training_config_from_params,
 )
 from machining_t2v.lora import IMAGE_LORA_TARGETS, add_lora, lora_state_dict
@@ -49,16 +50,17 @@ def train_image_lora(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for module in (base.vae, base.text_encoder, base.unet):
         module.requires_grad_(False).to(device)
+    config = training_config_from_params(params["training"], num_samples=len(images))
     lora_params = params["lora"]
-    lora_config = add_lora(base.unet, rank=int(lora_params["rank"]), alpha=float(lora_params["alpha"]),
-                           dropout=float(lora_params.get("dropout", 0.0)),
-                           target_modules=_lora_targets(lora_params.get("target_modules")))
+    with seeded_lora_init(config.seed):
+        lora_config = add_lora(base.unet, rank=int(lora_params["rank"]), alpha=float(lora_params["alpha"]),
+                               dropout=float(lora_params.get("dropout", 0.0)),
+                               target_modules=_lora_targets(lora_params.get("target_modules")))
     if params.get("gradient_checkpointing"):
         base.unet.enable_gradient_checkpointing()
 
     # Encode every still and caption once; training then never touches the VAE or text encoder.
     cache = build_cache(base.tokenizer, base.text_encoder, base.vae, images, texts)
-    config = training_config_from_params(params["training"], num_samples=len(images))
     validation = params["validation"]
     grids: dict[str, Image.Image] = {}
 
