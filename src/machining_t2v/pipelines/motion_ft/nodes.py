@@ -1,0 +1,199 @@
+"""Motion (temporal) LoRA training on clips, with MotionDirector's optional dual path."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from machining_t2v import tracking
+from machining_t2v.datasets import TrainedLora
+from machining_t2v.diffusion import LossConfig, build_cache, noise_prediction_loss
+from machining_t2v.finetune import (
+    collect_captioned_clips,
+    collect_captioned_stills,
+    fit_lora,
+    run_summary,
+    seeded_lora_init,
+    training_config_from_params,
+)
+from machining_t2v.lora import (
+    IMAGE_LORA_TARGETS,
+    MOTION_LORA_TARGETS,
+    add_lora,
+    lora_scale,
+    lora_state_dict,
+    merge_lora,
+)
+from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
+from machining_t2v.sampling import sample_videos, side_by_side, video_pipeline
+
+logger = logging.getLogger(__name__)
+
+MODES = ("temporal", "dual")
+
+
+def train_motion_lora(
+    clips: dict[str, Callable[[], np.ndarray]],
+    stills: dict[str, Callable[[], Image.Image]],
+    captions: pd.DataFrame,
+    image_lora: TrainedLora | None,
+    base_model: dict[str, Any],
+    params: dict[str, Any],
+) -> tuple[TrainedLora, TrainedLora, dict[str, np.ndarray], dict[str, Any]]:
+    """Train a motion LoRA on the motion module's temporal attention, base model frozen.
+
+    ``mode: temporal`` trains only the temporal LoRA on whole clips. ``mode: dual``
+    (MotionDirector) also trains a spatial LoRA on single stills with the temporal LoRA off,
+    while the temporal LoRA learns from clips with the appearance-debiased loss and the
+    spatial LoRA dropped on ``dual.spatial_dropout`` of the steps.
+
+    Returns:
+        the motion LoRA, the spatial LoRA (no weights in temporal mode), validation videos
+        (base and LoRA side by side, same seed) and a run summary.
+    """
+    mode = params.get("mode", "temporal")
+    if mode not in MODES:
+        raise ValueError(f"motion_ft.mode must be one of {MODES}, got {mode!r}")
+    clip_frames, clip_texts = collect_captioned_clips(clips, captions, params.get("num_frames"))
+    if mode == "dual":
+        if not stills:
+            raise ValueError("motion_ft.mode is 'dual' but the 'stills' dataset is empty: the spatial path "
+                             "learns from still frames; run the frames pipeline with frames.stills_per_video > 0.")
+        still_frames, still_texts = collect_captioned_stills(stills, captions)
+
+    # Load the frozen base model and motion adapter, and build the motion UNet.
+    base = load_base_model(base_model["pretrained"], base_model["tiny_model_dir"],
+                           revision=base_model.get("revision"), variant=base_model.get("variant"))
+    adapter = load_motion_adapter(base_model["motion_adapter"], base_model["tiny_model_dir"])
+    max_frames = adapter.config.motion_max_seq_length
+    if clip_frames.shape[1] > max_frames:
+        raise ValueError(f"Clips have {clip_frames.shape[1]} frames but the motion adapter "
+                         f"{base_model['motion_adapter']} handles at most motion_max_seq_length={max_frames}; "
+                         "lower motion_ft.num_frames or frames.num_frames.")
+    unet = build_motion_unet(base.unet, adapter)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for module in (base.vae, base.text_encoder, unet):
+        module.requires_grad_(False).to(device)
+
+    # Freeze the image LoRA (if any) into the spatial weights; the motion LoRA trains on top.
+    image_scale = float(params.get("image_lora_scale", 0.0))
+    image_lora_used = image_lora is not None and image_scale > 0
+    if image_lora_used:
+        merged = merge_lora(unet, image_lora.state_dict, image_lora.lora_config, scale=image_scale)
+        logger.info("Merged the image LoRA from %s into %d modules at scale %s", image_lora.path, merged, image_scale)
+    elif image_scale > 0:
+        logger.warning("No image LoRA found (run image_ft first); training the motion LoRA on the base model alone.")
+
+    config = training_config_from_params(params["training"], num_samples=len(clip_frames))
+    lora_params = params["lora"]
+    with seeded_lora_init(config.seed):
+        motion_config = add_lora(unet, rank=int(lora_params["rank"]), alpha=float(lora_params["alpha"]),
+                                 dropout=float(lora_params.get("dropout", 0.0)), target_modules=MOTION_LORA_TARGETS,
+                                 adapter_name="motion")
+    param_groups = None
+    if mode == "dual":
+        dual = params["dual"]
+        with seeded_lora_init(config.seed + 1):
+            spatial_config = add_lora(unet, rank=int(dual["spatial_rank"]), alpha=float(dual["spatial_alpha"]),
+                                      target_modules=IMAGE_LORA_TARGETS, adapter_name="spatial")
+        unet.set_adapters(["motion", "spatial"])
+        motion_params = [p for n, p in unet.named_parameters() if "lora_" in n and ".motion." in n]
+        spatial_params = [p for n, p in unet.named_parameters() if "lora_" in n and ".spatial." in n]
+        for parameter in motion_params + spatial_params:
+            parameter.requires_grad_(True)
+        param_groups = [{"params": motion_params, "lr": config.learning_rate},
+                        {"params": spatial_params, "lr": float(dual["spatial_learning_rate"])}]
+    if params.get("gradient_checkpointing"):
+        unet.enable_gradient_checkpointing()
+
+    # Encode every clip (and still) and caption once.
+    cache = build_cache(base.tokenizer, base.text_encoder, base.vae, clip_frames, clip_texts)
+    loss_config = LossConfig(**params.get("loss", {}))
+    compute_loss = None
+    if mode == "dual":
+        still_cache = build_cache(base.tokenizer, base.text_encoder, base.vae, still_frames, still_texts)
+        compute_loss = _dual_path_loss(cache, still_cache, base.noise_scheduler, loss_config,
+                                       float(dual["appearance_debias"]), float(dual["spatial_dropout"]), device)
+
+    validation = params["validation"]
+    videos: dict[str, np.ndarray] = {}
+
+    def sample_comparison(step: int) -> None:
+        pipe = video_pipeline(base, unet, adapter)
+        options = {"seed": int(validation["seed"]), "num_inference_steps": int(validation["num_inference_steps"]),
+                   "guidance_scale": float(validation["guidance_scale"]), "num_frames": clip_frames.shape[1],
+                   "resolution": clip_frames.shape[2]}
+        unet.disable_adapters()
+        base_videos = sample_videos(pipe, validation["prompts"], **options)
+        unet.enable_adapters()
+        lora_videos = sample_videos(pipe, validation["prompts"], **options)
+        for number, (before, after) in enumerate(zip(base_videos, lora_videos, strict=True)):
+            videos[f"step_{step:06d}_prompt{number}"] = side_by_side([before, after])
+
+    tracking.set_tags({"base_model": base.source, "motion_adapter": str(base_model["motion_adapter"]),
+                       "motion_ft.mode": mode})
+    logger.info("Training a %s motion LoRA (rank %s) on %d clips of %d frames for %d steps on %s", mode,
+                motion_config.r, len(clip_frames), clip_frames.shape[1], config.max_steps, device)
+    fit = fit_lora(
+        unet, base.noise_scheduler, cache, loss_config, config, params["checkpoint_dir"],
+        param_groups=param_groups, compute_loss=compute_loss, validation_batch_size=int(validation["batch_size"]),
+        validate_every=int(validation["every"]), on_validate=sample_comparison,
+        on_log=lambda step, metrics: tracking.log_metrics(metrics, step=step, prefix="motion_ft."),
+        description=f"motion LoRA ({mode})",
+    )  # fmt: skip
+    if not any(name.startswith(f"step_{fit.training.global_step:06d}") for name in videos):
+        unet.eval()
+        sample_comparison(fit.training.global_step)
+
+    summary = run_summary(fit, base.source, "motion", config, device, num_samples=len(clip_frames),
+                          extra={"mode": mode, "motion_adapter": str(base_model["motion_adapter"]),
+                                 "num_frames": int(clip_frames.shape[1]),
+                                 "image_lora_merged": bool(image_lora_used), "image_lora_scale": image_scale})
+    info = {"base_model": base.source, "motion_adapter": str(base_model["motion_adapter"]),
+            "steps": fit.training.global_step, "mode": mode, "num_frames": int(clip_frames.shape[1])}
+    motion_lora = TrainedLora(state_dict=_cpu(lora_state_dict(unet, "motion")), lora_config=motion_config.to_dict(),
+                              kind="motion", info=info)
+    spatial_lora = TrainedLora(state_dict={}, lora_config={}, kind="image", info=info)
+    if mode == "dual":
+        spatial_lora = TrainedLora(state_dict=_cpu(lora_state_dict(unet, "spatial")),
+                                   lora_config=spatial_config.to_dict(), kind="image", info=info)
+    return motion_lora, spatial_lora, videos, summary
+
+
+def _cpu(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
+
+
+def _dual_path_loss(clip_cache, still_cache, noise_scheduler, loss_config: LossConfig, debias: float,
+                    spatial_dropout: float, device: str) -> Callable:
+    """MotionDirector's step: spatial loss on stills (temporal LoRA off) + debiased temporal loss on clips."""
+    temporal_config = LossConfig(caption_dropout=loss_config.caption_dropout, snr_gamma=loss_config.snr_gamma,
+                                 noise_offset=loss_config.noise_offset, appearance_debias=debias)
+    num_stills = still_cache.latents.shape[0]
+
+    def compute_loss(model, indices, generator):
+        # Spatial path: single stills as one-frame clips, temporal LoRA switched off.
+        still_indices = torch.randint(0, num_stills, (len(indices),), generator=generator)
+        with lora_scale(model, "motion", 0.0):
+            spatial = noise_prediction_loss(
+                model, noise_scheduler, still_cache.latents[still_indices].unsqueeze(2).to(device),
+                still_cache.text_embeddings[still_indices].to(device), generator, loss_config,
+                still_cache.empty_text_embedding,
+            )  # fmt: skip
+        # Temporal path: whole clips; the spatial LoRA is dropped on some steps so motion does not lean on it.
+        drop_spatial = bool(torch.rand((), generator=generator) < spatial_dropout)
+        with lora_scale(model, "spatial", 0.0 if drop_spatial else 1.0):
+            temporal = noise_prediction_loss(
+                model, noise_scheduler, clip_cache.latents[indices].to(device),
+                clip_cache.text_embeddings[indices].to(device), generator, temporal_config,
+                clip_cache.empty_text_embedding,
+            )  # fmt: skip
+        return spatial + temporal
+
+    return compute_loss
