@@ -16,8 +16,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,8 @@ from transformers import (
     CLIPModel,
     CLIPTokenizer,
 )
+
+from machining_t2v.builtin_folders import publish_folder
 
 logger = logging.getLogger(__name__)
 
@@ -221,37 +221,13 @@ def build_standin_clip(out_dir: str | Path, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         model = CLIPModel(config)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would otherwise become the model folder's mode
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        (tmp / _STANDIN_MARKER).write_text(
-            json.dumps(
-                {
-                    "builder_version": STANDIN_BUILDER_VERSION,
-                    "seed": seed,
-                    "kind": STANDIN_NOTE,
-                },
-                indent=2,
-            )
-        )
-        if standin_clip_exists(out, seed):
-            return out  # another process finished first; keep its copy
-        if out.exists():
-            # Only an empty folder or an out-of-date stand-in (it has our marker) gets here.
-            stale = out.with_name(f".{out.name}.stale-{os.getpid()}")
-            os.replace(out, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            if not standin_clip_exists(out, seed):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        processor.save_pretrained(folder)
+
+    marker = {"builder_version": STANDIN_BUILDER_VERSION, "seed": seed, "kind": STANDIN_NOTE}
+    publish_folder(out, write, _STANDIN_MARKER, marker, lambda folder: standin_clip_exists(folder, seed))
     logger.info("Built stand-in CLIP (random weights) in %s", out)
     return out
 

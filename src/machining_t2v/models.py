@@ -14,8 +14,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,8 @@ from diffusers import (
     UNetMotionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from machining_t2v.builtin_folders import publish_folder
 
 logger = logging.getLogger(__name__)
 
@@ -270,44 +270,19 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
             f"{out} is not empty and is not a tiny model built by machining_t2v; "
             "refusing to overwrite it (choose another tiny_model_dir)"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would otherwise become the model folder's mode
-    try:
+
+    def write(folder: Path) -> None:
         parts = _tiny_components(seed)
         adapter = parts.pop("motion_adapter")
         pipe = StableDiffusionPipeline(
             **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
         )
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        adapter.save_pretrained(tmp / "motion_adapter", safe_serialization=True)
-        (tmp / _TINY_MARKER).write_text(
-            json.dumps(
-                {
-                    "builder_version": TINY_BUILDER_VERSION,
-                    "seed": seed,
-                    "kind": "random-init tiny model (untrained)",
-                },
-                indent=2,
-            )
-        )
-        if tiny_model_exists(out, seed):
-            # Another process finished first; keep its model (it may be being read already).
-            return out
-        if out.exists():
-            # Only an empty folder or an out-of-date tiny model (it has our marker) gets here.
-            stale = out.with_name(f".{out.name}.stale-{os.getpid()}")
-            os.replace(out, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            # Another process won the race; its model is as good as ours.
-            if not tiny_model_exists(out, seed):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        pipe.save_pretrained(folder, safe_serialization=True)
+        adapter.save_pretrained(folder / "motion_adapter", safe_serialization=True)
+
+    marker = {"builder_version": TINY_BUILDER_VERSION, "seed": seed, "kind": "random-init tiny model (untrained)"}
+    publish_folder(out, write, _TINY_MARKER, marker, lambda folder: tiny_model_exists(folder, seed))
     logger.info("Built tiny model in %s (%.1f s)", out, time.perf_counter() - t0)
     return out
 
