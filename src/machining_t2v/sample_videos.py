@@ -260,6 +260,15 @@ def _fp(x: float, y: float) -> tuple[int, int]:
     return (round(x * _ONE), round(y * _ONE))
 
 
+def _draw_chip(canvas: np.ndarray, x: float, y: float, radius: float, end_angle_range: tuple[float, float],
+               colours, rng: np.random.Generator) -> None:
+    """A curled chip: an arc of a random start angle, sweep end and one of two colours."""
+    axis = round(radius * _ONE)
+    start, end = rng.uniform(0, 360), rng.uniform(*end_angle_range)
+    cv2.ellipse(canvas, _fp(x, y), (axis, axis), 0, start, end, colours[int(rng.integers(2))], 1, cv2.LINE_AA,
+                _SHIFT)
+
+
 def _rgb(c) -> tuple[int, int, int]:
     # cv2 rejects numpy scalars inside colour tuples.
     return tuple(int(np.clip(round(float(v)), 0, 255)) for v in c)
@@ -724,19 +733,7 @@ def _turning_background(spec: ClipSpec, sc: _TurningScene, rng: np.random.Genera
     chip_cols = _CHIP_COLOURS[spec.material]
     for _ in range(18):
         px, py = rng.uniform(0.25 * w, 0.95 * w) + dx, rng.uniform(bed_y + 0.12 * h, h)
-        ax = round(rng.uniform(1.5, 4.0) * _ONE)
-        cv2.ellipse(
-            bg,
-            _fp(px, py),
-            (ax, ax),
-            0,
-            rng.uniform(0, 360),
-            rng.uniform(200, 320),
-            chip_cols[int(rng.integers(2))],
-            1,
-            cv2.LINE_AA,
-            _SHIFT,
-        )
+        _draw_chip(bg, px, py, rng.uniform(1.5, 4.0), (200, 320), chip_cols, rng)
     # Headstock housing behind the chuck.
     cv2.rectangle(
         bg,
@@ -879,19 +876,7 @@ def _render_turning(spec: ClipSpec) -> np.ndarray:
         for _ in range(int(rng.integers(2, 6))):
             px = tx + back * rng.uniform(0.0, 1.6) * sc.insert_size
             py = ty + rng.uniform(-0.2, 1.2) * sc.insert_size
-            ax = round(rng.uniform(1.5, 0.45 * sc.insert_size + 2) * _ONE)
-            cv2.ellipse(
-                frame,
-                _fp(px, py),
-                (ax, ax),
-                0,
-                rng.uniform(0, 360),
-                rng.uniform(180, 330),
-                chip_cols[int(rng.integers(2))],
-                1,
-                cv2.LINE_AA,
-                _SHIFT,
-            )
+            _draw_chip(frame, px, py, rng.uniform(1.5, 0.45 * sc.insert_size + 2), (180, 330), chip_cols, rng)
         _draw_turning_tool(
             frame, (tx, ty), sc.insert_size, sc.insert_colour, mirror=spec.direction == "right", h=h
         )
