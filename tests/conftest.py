@@ -95,3 +95,18 @@ def run_pipeline(project_root: Path, pipeline: str, params: dict | None = None) 
     bootstrap_project(project_root)
     with KedroSession.create(project_path=project_root, runtime_params=params or {}) as session:
         return session.run(pipeline_names=[pipeline])
+
+
+def run_in_new_project(root: Path, pipeline: str, params: dict | None = None) -> Path:
+    """Make a project copy at ``root``, run ``pipeline`` in it (as its working directory) and return it.
+
+    For module-scoped fixtures, which cannot use ``monkeypatch.chdir``.
+    """
+    make_project(root)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        run_pipeline(root, pipeline, params)
+    finally:
+        os.chdir(cwd)
+    return root

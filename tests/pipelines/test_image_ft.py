@@ -17,7 +17,7 @@ from machining_t2v.diffusion import encode_frames
 from machining_t2v.finetune import collect_captioned_stills
 from machining_t2v.models import load_base_model
 from machining_t2v.pipelines.image_ft.nodes import train_image_lora
-from tests.conftest import run_pipeline
+from tests.conftest import run_in_new_project
 
 SMALL_RUN = {
     "sample_data": {"num_clips": 4, "width": 64, "height": 64, "min_seconds": 2.0, "max_seconds": 2.0},
@@ -32,18 +32,7 @@ SMALL_RUN = {
 @pytest.fixture(scope="module")
 def image_ft_run(tmp_path_factory):
     """One real `image_ft` run (sample data -> frames -> captions -> LoRA) in a throw-away project."""
-    import os
-
-    from tests.conftest import make_project
-
-    root = make_project(tmp_path_factory.mktemp("image_ft") / "project")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        run_pipeline(root, "image_ft", params=SMALL_RUN)
-    finally:
-        os.chdir(cwd)
-    return root
+    return run_in_new_project(tmp_path_factory.mktemp("image_ft") / "project", "image_ft", SMALL_RUN)
 
 
 def test_lora_files_in_both_formats(image_ft_run):
@@ -115,16 +104,12 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(image_ft_run):
 
 
 def _node_inputs(project_root):
-    from kedro.io import DataCatalog
+    """The stills and captions a run wrote, loaded as the catalog loads them for the node."""
     from kedro_datasets.partitions import PartitionedDataset
-
-    from machining_t2v.datasets import ClipStripDataset  # noqa: F401  (catalog types importable)
 
     stills = PartitionedDataset(path=str(project_root / "data/05_model_input/stills"),
                                 dataset="pillow.ImageDataset", filename_suffix=".png").load()
-    captions = pd.read_csv(project_root / "data/05_model_input/captions.csv")
-    del DataCatalog
-    return stills, captions
+    return stills, pd.read_csv(project_root / "data/05_model_input/captions.csv")
 
 
 def _params(tmp_path, **training):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import mlflow
 import numpy as np
@@ -17,7 +16,7 @@ from machining_t2v.diffusion import appearance_debiased
 from machining_t2v.finetune import collect_captioned_clips
 from machining_t2v.lora import from_animatediff_motion_lora, lora_scale
 from machining_t2v.pipelines.motion_ft.nodes import train_motion_lora
-from tests.conftest import make_project, run_pipeline
+from tests.conftest import run_in_new_project
 
 SMALL_DATA = {"sample_data": {"num_clips": 4, "width": 64, "height": 64, "min_seconds": 3.0, "max_seconds": 3.0},
               "frames": {"num_frames": 6}}
@@ -35,14 +34,7 @@ PROMPT = "mtv turn the bar on a lathe"
 @pytest.fixture(scope="module")
 def motion_ft_run(tmp_path_factory):
     """One real `motion_ft` run (sample data -> frames -> captions -> motion LoRA) in a throw-away project."""
-    root = make_project(tmp_path_factory.mktemp("motion_ft") / "project")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        run_pipeline(root, "motion_ft", params=SMALL_RUN)
-    finally:
-        os.chdir(cwd)
-    return root
+    return run_in_new_project(tmp_path_factory.mktemp("motion_ft") / "project", "motion_ft", SMALL_RUN)
 
 
 def _pipe(root):
