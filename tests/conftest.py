@@ -68,6 +68,7 @@ def make_project(root: Path) -> Path:
     (root / "conf" / "local" / "mlflow.yml").write_text(
         mlflow_conf.replace("sqlite:///mlflow.db", f"sqlite:///{root / 'mlflow.db'}"))
     shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
+    shutil.copy(PROJECT_ROOT / ".telemetry", root / ".telemetry")  # kedro-telemetry would edit pyproject.toml
     (root / "src").mkdir()  # Kedro wants a source dir; the package itself is installed
     for layer in ("01_raw/videos", "02_intermediate", "03_primary", "05_model_input", "06_models",
                   "07_model_output", "08_reporting"):

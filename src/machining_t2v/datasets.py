@@ -25,6 +25,9 @@ from machining_t2v.video_io import VIDEO_EXTENSIONS, write_video
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "metadata.csv"
+# What a LoRA folder holds; only these are ever removed from it.
+LORA_FILES = ("pytorch_lora_weights.safetensors", "image_lora_kohya.safetensors",
+              "motion_lora_animatediff.safetensors", "lora_info.json")
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,11 @@ class VideoFolderDataset(AbstractDataset[RawVideoFolder, dict[str, Callable[[], 
     def _video_paths(self) -> list[Path]:
         if not self._root.is_dir():
             return []
+        # Hidden files and folders (.ipynb_checkpoints, half-written .tmp files) are not videos of the user's.
         return sorted(
             p for p in self._root.rglob("*")
-            if p.is_file() and p.suffix.lower() in self._extensions and not p.name.startswith(".")
+            if p.is_file() and p.suffix.lower() in self._extensions
+            and not any(part.startswith(".") for part in p.relative_to(self._root).parts)
         )  # fmt: skip
 
     def _load(self) -> RawVideoFolder:
@@ -210,7 +215,7 @@ class LoraFolderDataset(AbstractDataset[TrainedLora, TrainedLora | None]):
         from machining_t2v import lora
 
         if not data.state_dict:
-            stale = [p for p in self._path.glob("*") if p.suffix in (".safetensors", ".json")]
+            stale = [self._path / name for name in LORA_FILES if (self._path / name).is_file()]
             for path in stale:
                 path.unlink()
             logger.info("No %s LoRA trained in this run; %s cleared of %d old files", self._kind, self._path, len(stale))

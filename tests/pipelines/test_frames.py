@@ -13,7 +13,11 @@ import pandas as pd
 import pytest
 
 from machining_t2v.datasets import ClipStripDataset, VideoFolderDataset
-from machining_t2v.pipelines.frames.nodes import extract_frames_and_clips, sample_id_prefix
+from machining_t2v.pipelines.frames.nodes import (
+    extract_frames_and_clips,
+    sample_id_prefix,
+    unique_sample_id_prefixes,
+)
 from tests.conftest import add_audio_track, run_pipeline, write_test_video
 
 PARAMS = {"resolution": 32, "num_frames": 4, "frame_stride": 2, "target_fps": None, "clips_per_video": 2,
@@ -109,9 +113,15 @@ def test_clip_strip_dataset_round_trips_losslessly(tmp_path):
     assert np.array_equal(dataset.load(), clip)
 
 
-def test_sample_ids_are_file_name_safe():
+def test_sample_ids_are_file_name_safe_and_unique():
     assert sample_id_prefix("milling/pocket 01.mp4") == "milling__pocket_01"
     assert sample_id_prefix("../x.mp4") == "__x"
+    prefixes = unique_sample_id_prefixes(["milling/a.mp4", "pocket.mp4", "pocket.webm", "bar 1.mp4"])
+    # Readable, unique names stay as they are; collisions and changed names get a hash.
+    assert prefixes["milling/a.mp4"] == "milling__a"
+    assert prefixes["pocket.mp4"].startswith("pocket-") and prefixes["pocket.webm"].startswith("pocket-")
+    assert prefixes["pocket.mp4"] != prefixes["pocket.webm"]
+    assert prefixes["bar 1.mp4"].startswith("bar_1-")
 
 
 def test_frames_pipeline_through_kedro_session(project):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,24 @@ def sample_id_prefix(video_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip(".") or "video"
 
 
+def unique_sample_id_prefixes(video_names: list[str]) -> dict[str, str]:
+    """``sample_id_prefix`` for every video, made unique across the folder.
+
+    Two videos can reduce to the same id (``pocket.mp4``/``pocket.webm``, non-Latin names);
+    those, and any name that had to be changed to become safe, get a short hash of the full
+    relative name appended, so no video's stills or clips overwrite another's.
+    """
+    prefixes = {name: sample_id_prefix(name) for name in video_names}
+    counts = Counter(prefixes.values())
+    unique = {}
+    for name, prefix in prefixes.items():
+        readable = prefix == name.rsplit(".", 1)[0].replace("/", "__")
+        if counts[prefix] > 1 or not readable:
+            prefix = f"{prefix}-{hashlib.sha1(name.encode('utf-8')).hexdigest()[:8]}"
+        unique[name] = prefix
+    return unique
+
+
 def extract_frames_and_clips(
     raw_videos: RawVideoFolder, params: dict[str, Any]
 ) -> tuple[dict[str, Image.Image], dict[str, np.ndarray], pd.DataFrame, pd.DataFrame]:
@@ -64,6 +84,7 @@ def extract_frames_and_clips(
     clips: dict[str, np.ndarray] = {}
     manifest: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
+    prefixes = unique_sample_id_prefixes([video.name for video in raw_videos.videos])
     for video in tqdm(raw_videos.videos, desc="extracting frames", unit="video"):
         try:
             info = probe_video(video.path)
@@ -83,7 +104,7 @@ def extract_frames_and_clips(
             skipped.append({"video": video.name, "reason": error.reason})
             continue
 
-        prefix = sample_id_prefix(video.name)
+        prefix = prefixes[video.name]
         source = {"video": video.name, "width": resolution, "height": resolution, "source_width": info.width,
                   "source_height": info.height, "source_fps": round(info.fps, 3)}
         for number, indices in enumerate(clip_indices):
