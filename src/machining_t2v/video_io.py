@@ -67,14 +67,56 @@ def _open_reader(path: str | Path, width: int = -1, height: int = -1):
     return reader
 
 
+class OpenVideo:
+    """A video opened once with decord: its ``info`` and any frames, without reopening the file."""
+
+    # Decoding every frame of a range beats seeking to sparse ones while the range holds
+    # at most this many times the frames wanted (measured in benchmarks/decode.py).
+    DENSE_RANGE_FACTOR = 3
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._reader = _open_reader(self.path)
+        try:
+            height, width = self._reader[0].shape[:2]
+        except Exception as error:
+            raise VideoReadError(path, f"first frame does not decode ({str(error).strip()[:160]})") from error
+        self.info = VideoInfo(num_frames=len(self._reader), fps=float(self._reader.get_avg_fps()), width=width,
+                              height=height)
+
+    def frames(self, indices: list[int], resolution: int | None = None) -> np.ndarray:
+        """Decode the frames at ``indices`` as uint8 RGB (N, H, W, 3).
+
+        With ``resolution`` each frame is resized so its shorter side equals it (area
+        interpolation), then centre-cropped to a square, which is what SD-family models train on.
+        """
+        if not indices:
+            return np.zeros((0, resolution or 0, resolution or 0, 3), np.uint8)
+        bad = [i for i in indices if not 0 <= i < self.info.num_frames]
+        if bad:
+            raise VideoReadError(self.path, f"frame indices {bad[:5]} outside 0..{self.info.num_frames - 1}")
+        first, last = min(indices), max(indices)
+        dense = last - first + 1 <= self.DENSE_RANGE_FACTOR * len(set(indices))
+        try:
+            # Decoded at full size: decord's own resize-while-decoding fails on widths it cannot align.
+            if dense:
+                block = self._reader.get_batch(list(range(first, last + 1))).asnumpy()
+                frames = block[[i - first for i in indices]]
+            else:
+                frames = self._reader.get_batch(list(indices)).asnumpy()
+        except Exception as error:
+            raise VideoReadError(self.path, f"decoding failed ({str(error).strip()[:160]})") from error
+        if resolution is None:
+            return frames
+        height, width = frames.shape[1:3]
+        size = resize_shape_for_crop(width, height, resolution)
+        resized = np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in frames])
+        return np.ascontiguousarray(center_crop(resized, resolution))
+
+
 def probe_video(path: str | Path) -> VideoInfo:
     """Return frame count, fps and size of ``path``, decoding only its first frame."""
-    reader = _open_reader(path)
-    try:
-        height, width = reader[0].shape[:2]
-    except Exception as error:
-        raise VideoReadError(path, f"first frame does not decode ({str(error).strip()[:160]})") from error
-    return VideoInfo(num_frames=len(reader), fps=float(reader.get_avg_fps()), width=width, height=height)
+    return OpenVideo(path).info
 
 
 def resize_shape_for_crop(width: int, height: int, resolution: int) -> tuple[int, int]:
@@ -92,28 +134,8 @@ def center_crop(frames: np.ndarray, resolution: int) -> np.ndarray:
 
 
 def read_frames(path: str | Path, indices: list[int], resolution: int | None = None) -> np.ndarray:
-    """Decode the frames at ``indices`` as uint8 RGB (N, H, W, 3).
-
-    With ``resolution`` each frame is resized so its shorter side equals it (area
-    interpolation), then centre-cropped to a square, which is what SD-family models train on.
-    """
-    if not indices:
-        return np.zeros((0, resolution or 0, resolution or 0, 3), np.uint8)
-    # Decoded at full size: decord's own resize-while-decoding fails on widths it cannot align.
-    reader = _open_reader(path)
-    bad = [i for i in indices if not 0 <= i < len(reader)]
-    if bad:
-        raise VideoReadError(path, f"frame indices {bad[:5]} outside 0..{len(reader) - 1}")
-    try:
-        frames = reader.get_batch(list(indices)).asnumpy()
-    except Exception as error:
-        raise VideoReadError(path, f"decoding failed ({str(error).strip()[:160]})") from error
-    if resolution is None:
-        return frames
-    height, width = frames.shape[1:3]
-    size = resize_shape_for_crop(width, height, resolution)
-    resized = np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in frames])
-    return np.ascontiguousarray(center_crop(resized, resolution))
+    """Decode the frames at ``indices`` of ``path`` (see ``OpenVideo.frames``)."""
+    return OpenVideo(path).frames(indices, resolution)
 
 
 def clip_start_indices(num_video_frames: int, num_frames: int, stride: int, max_clips: int) -> list[int]:

@@ -15,12 +15,11 @@ from tqdm.auto import tqdm
 
 from machining_t2v.datasets import RawVideoFolder
 from machining_t2v.video_io import (
+    OpenVideo,
     VideoReadError,
     clip_frame_indices,
     clip_start_indices,
     motion_score,
-    probe_video,
-    read_frames,
     still_frame_indices,
     stride_for_fps,
 )
@@ -87,7 +86,8 @@ def extract_frames_and_clips(
     prefixes = unique_sample_id_prefixes([video.name for video in raw_videos.videos])
     for video in tqdm(raw_videos.videos, desc="extracting frames", unit="video"):
         try:
-            info = probe_video(video.path)
+            opened = OpenVideo(video.path)
+            info = opened.info
             stride = stride_for_fps(info.fps, params.get("target_fps"), int(params["frame_stride"]))
             starts = clip_start_indices(info.num_frames, num_frames, stride, int(params["clips_per_video"]))
             if not starts:
@@ -98,7 +98,7 @@ def extract_frames_and_clips(
             still_indices = still_frame_indices(info.num_frames, int(params["stills_per_video"]))
             # One sparse decode per video for every frame any sample needs.
             needed = sorted({i for indices in clip_indices for i in indices} | set(still_indices))
-            decoded = dict(zip(needed, read_frames(video.path, needed, resolution), strict=True))
+            decoded = dict(zip(needed, opened.frames(needed, resolution), strict=True))
         except VideoReadError as error:
             logger.warning("Skipping %s: %s", video.name, error.reason)
             skipped.append({"video": video.name, "reason": error.reason})
