@@ -13,14 +13,23 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from machining_t2v.pipelines import captions, frames, image_ft, motion_ft, sample_data
+from machining_t2v.pipelines import (
+    captions,
+    evaluation,
+    frames,
+    generate,
+    image_ft,
+    motion_ft,
+    sample_data,
+)
 
 
 def register_pipelines() -> dict[str, Pipeline]:
     """Register the project's pipelines."""
     data_prep = sample_data.create_pipeline() + frames.create_pipeline() + captions.create_pipeline()
-    image_chain = data_prep + image_ft.create_pipeline()
-    motion_chain = data_prep + motion_ft.create_pipeline()
+    # Each training chain ends with the evaluation of the LoRAs on disk (what it just trained).
+    image_chain = data_prep + image_ft.create_pipeline() + evaluation.create_pipeline()
+    motion_chain = data_prep + motion_ft.create_pipeline() + evaluation.create_pipeline()
     return {
         "sample_data": sample_data.create_pipeline(),
         "frames": frames.create_pipeline(),
@@ -28,6 +37,9 @@ def register_pipelines() -> dict[str, Pipeline]:
         "data_prep": data_prep,
         "image_ft": image_chain,
         "motion_ft": motion_chain,
+        "evaluation": evaluation.create_pipeline(),
+        "generate": generate.create_pipeline(),
         # image_ft runs before motion_ft: its LoRA is merged into the motion training's base.
+        # The evaluation nodes appear once and run last (they read both LoRAs).
         "__default__": image_chain + motion_chain,
     }

@@ -1,0 +1,199 @@
+"""Console script ``machining-t2v``: generate a process video from text with the trained LoRAs.
+
+    machining-t2v generate "mtv face the steel bar on the lathe" \\
+        --image-lora data/06_models/image_lora --motion-lora data/06_models/motion_lora \\
+        --scale-image 0.8 --scale-motion 1.0 --frames 16 --steps 25 --guidance 7.5 --seed 0 \\
+        --out clip.mp4
+
+writes ``clip.mp4`` (H.264, plays in browsers) and ``clip.gif`` beside it. LoRAs are loaded by
+path from anywhere (a ``.safetensors`` file or a folder holding ``pytorch_lora_weights.safetensors``;
+diffusers, kohya and AnimateDiff MotionLoRA layouts). Everything runs through
+:mod:`machining_t2v.generation`, the code the ``generate`` and ``evaluation`` pipelines use.
+No Kedro project is needed.
+
+Kedro also imports this module: ``kedro`` loads ``<package>.cli`` of a project and requires a
+click group named ``cli`` in it (its commands are added to ``kedro``'s). :data:`cli` is that group,
+left empty on purpose: the console script is ``machining-t2v``, not a ``kedro`` sub-command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+PROG = "machining-t2v"
+SCHEDULERS = ("ddim", "euler", "dpm++")  # = machining_t2v.generation.SCHEDULERS, kept here so --help and
+# command-line errors answer without importing torch and diffusers
+DEFAULT_REAL_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-3"
+PROJECT_TINY_DIR = Path("data/06_models/tiny-sd")
+
+
+@click.group(name="machining-t2v-project")
+def cli() -> None:
+    """Project commands for ``kedro`` (none yet; see the ``machining-t2v`` console script)."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from error
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from error
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def default_tiny_model_dir() -> Path:
+    """``data/06_models/tiny-sd`` inside a project (where the pipelines build it), else a user cache."""
+    if PROJECT_TINY_DIR.is_dir():
+        return PROJECT_TINY_DIR
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "machining_t2v" / "tiny-sd"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (``machining-t2v generate ...``)."""
+    parser = argparse.ArgumentParser(prog=PROG, description="Text-to-video for machine-tool processes "
+                                     "(SD1.5 + AnimateDiff with image and motion LoRAs).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    gen = commands.add_parser("generate", help="generate a video from a prompt",
+                              description="Generate a video from a prompt; writes an H.264 .mp4 and a .gif.")
+    gen.add_argument("prompt", help="what to show, e.g. 'mtv face the steel bar on the lathe' (use the "
+                     "trigger word the LoRAs were trained with)")
+    gen.add_argument("--image-lora", metavar="PATH", help="image (spatial) LoRA: .safetensors file or folder")
+    gen.add_argument("--motion-lora", metavar="PATH", help="motion (temporal) LoRA: .safetensors file or folder")
+    gen.add_argument("--scale-image", type=_non_negative_float, default=1.0, metavar="S",
+                     help="image LoRA strength (default 1.0)")
+    gen.add_argument("--scale-motion", type=_non_negative_float, default=1.0, metavar="S",
+                     help="motion LoRA strength (default 1.0)")
+    gen.add_argument("--frames", type=_positive_int, default=16, help="frames per clip (default 16; at most the "
+                     "motion adapter's motion_max_seq_length)")
+    gen.add_argument("--steps", type=_positive_int, default=25, help="denoising steps (default 25)")
+    gen.add_argument("--guidance", type=_non_negative_float, default=7.5, help="classifier-free guidance scale "
+                     "(default 7.5)")
+    gen.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    gen.add_argument("--out", default=None, metavar="FILE.mp4", help="output .mp4 (a .gif is written beside "
+                     "it); default: <prompt>.mp4 in the current folder")
+    gen.add_argument("--base", default="builtin:tiny", help="base model: builtin:tiny (default), a diffusers "
+                     "folder or a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5")
+    gen.add_argument("--motion-adapter", default=None, help="motion adapter: folder or hub id (default: "
+                     f"builtin:tiny with the tiny base, else {DEFAULT_REAL_MOTION_ADAPTER})")
+    gen.add_argument("--scheduler", choices=SCHEDULERS, default="ddim", help="sampler (default ddim)")
+    gen.add_argument("--negative-prompt", default=None, help="what not to show")
+    gen.add_argument("--size", type=_positive_int, default=None, help="frame side in pixels, a multiple of 8 "
+                     "(default: the base model's native size: 64 tiny, 512 SD1.5)")
+    gen.add_argument("--fps", type=_non_negative_float, default=8.0, help="frame rate of the files (default 8)")
+    gen.add_argument("--tiny-model-dir", type=Path, default=None, help="where builtin:tiny is built and loaded "
+                     "(default: data/06_models/tiny-sd in a project, else ~/.cache/machining_t2v/tiny-sd)")
+    gen.add_argument("--revision", default=None, help="hub revision of the base model")
+    gen.add_argument("--variant", default=None, help="weight variant of the base model, e.g. fp16")
+    gen.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                     help="weights dtype (default auto: float16 on CUDA, float32 on CPU)")
+    gen.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: "
+                     "torch's own choice; 1 is fastest for the tiny model on small CPUs)")
+    gen.add_argument("-q", "--quiet", action="store_true", help="only errors and warnings")
+    return parser
+
+
+def _configure_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("machining_t2v").setLevel(logging.WARNING if quiet else logging.INFO)
+    for name in ("diffusers", "transformers", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    """Run ``machining-t2v generate``; returns the exit status."""
+    # Checks that need no model come first, before torch and diffusers are even imported.
+    if args.out and Path(args.out).suffix not in ("", ".mp4"):
+        raise ValueError(f"--out {args.out} must end in .mp4 (the .gif is written beside it)")
+    for flag, path in (("--image-lora", args.image_lora), ("--motion-lora", args.motion_lora)):
+        if path is not None and not Path(path).expanduser().exists():
+            raise FileNotFoundError(f"{flag}: LoRA not found: {path}")
+    from machining_t2v import generation
+
+    generation.require_text(args.prompt)  # an empty prompt fails before any model loads
+    out = Path(args.out) if args.out else Path(generation.prompt_slug(args.prompt))
+    out = out.with_suffix(".mp4") if out.suffix == "" else out
+    with generation.cpu_threads(args.threads):
+        return _generate(args, out)
+
+
+def _generate(args: argparse.Namespace, out: Path) -> int:
+    from machining_t2v import generation
+
+    log = logging.getLogger("machining_t2v.cli")
+    motion_adapter = args.motion_adapter or ("builtin:tiny" if args.base == "builtin:tiny"
+                                             else DEFAULT_REAL_MOTION_ADAPTER)
+    generator = generation.load_generator(
+        args.base, motion_adapter, tiny_model_dir=args.tiny_model_dir or default_tiny_model_dir(),
+        revision=args.revision, variant=args.variant, scheduler=args.scheduler, device=args.device, dtype=args.dtype,
+    )  # fmt: skip
+    generation.check_num_frames(generator, args.frames)
+    scales = {}
+    if args.image_lora:
+        generation.load_lora(generator, args.image_lora, "image")
+        scales["image"] = args.scale_image
+    if args.motion_lora:
+        generation.load_lora(generator, args.motion_lora, "motion")
+        scales["motion"] = args.scale_motion
+    generation.set_lora_scales(generator, scales)
+    generator.pipe.set_progress_bar_config(disable=args.quiet or not sys.stderr.isatty())
+    log.info("Generating %d frames, %d steps, seed %d with base %s%s", args.frames, args.steps, args.seed,
+             generator.base_source, "".join(f", {name} LoRA x{scale}" for name, scale in scales.items()))
+    frames = generation.generate_video(
+        generator, args.prompt, negative_prompt=args.negative_prompt, num_frames=args.frames,
+        num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed, size=args.size,
+    )  # fmt: skip
+    mp4, gif = generation.save_video(frames, out, fps=args.fps)
+    print(f"Wrote {mp4} and {gif} ({len(frames)} frames, {frames.shape[2]}x{frames.shape[1]} px, {args.fps:g} fps)")
+    if generator.base_is_tiny:
+        print("Note: the built-in tiny base model has random weights; set --base to a real SD1.5 checkpoint "
+              "for meaningful videos.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``machining-t2v`` console script; returns the exit status
+    (0 done, 1 the run failed with a message, 2 bad command line)."""
+    # Before diffusers/transformers are imported: their import-time notes and weight-loading bars
+    # are noise on a console (a user's own settings win).
+    for variable, value in (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"),
+                            ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
+        os.environ.setdefault(variable, value)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.quiet)
+    with warnings.catch_warnings():
+        # The libraries' dtype notes and deprecations are not the user's business here.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            if args.command == "generate":
+                return generate_command(args)
+        except (ValueError, FileNotFoundError, OSError) as error:
+            print(f"{PROG}: error: {error}", file=sys.stderr)
+            return 1
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""``evaluation`` pipeline: base vs +image LoRA vs +motion LoRA vs both -> metrics, report, plots, strips.
+
+Registered on its own (``kedro run --pipelines=evaluation`` evaluates the LoRAs on disk) and
+appended to the ``image_ft`` and ``motion_ft`` chains, where it runs after the training nodes
+because it reads the ``image_lora`` and ``motion_lora`` datasets they write.
+"""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import (
+    build_prompt_table,
+    build_report,
+    describe_models,
+    generate_evaluation_clips,
+    make_comparison_videos,
+    make_frame_strips,
+    plot_metrics,
+    score_clips,
+    select_reference_clips,
+    summarise_metrics,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(build_prompt_table, inputs="params:evaluation", outputs="evaluation_prompts",
+                 name="build_evaluation_prompts"),
+            Node(select_reference_clips, inputs=["clips", "frame_manifest", "captions", "params:evaluation"],
+                 outputs=["evaluation_reference_clips", "evaluation_reference_table"],
+                 name="select_reference_clips"),
+            Node(generate_evaluation_clips,
+                 inputs=["evaluation_prompts", "image_lora", "motion_lora", "params:base_model", "params:evaluation"],
+                 outputs=["evaluation_clips", "evaluation_generation_record"], name="generate_evaluation_clips"),
+            Node(score_clips,
+                 inputs=["evaluation_clips", "evaluation_prompts", "evaluation_reference_clips",
+                         "evaluation_reference_table", "params:evaluation"],
+                 outputs=["evaluation_metrics", "evaluation_clip_record"], name="score_evaluation_clips"),
+            Node(summarise_metrics, inputs="evaluation_metrics", outputs="evaluation_summary",
+                 name="summarise_evaluation_metrics"),
+            Node(describe_models,
+                 inputs=["evaluation_generation_record", "evaluation_clip_record", "evaluation_reference_table"],
+                 outputs="evaluation_models", name="describe_evaluation_models"),
+            Node(make_frame_strips, inputs=["evaluation_clips", "params:evaluation"], outputs="evaluation_strips",
+                 name="make_evaluation_frame_strips"),
+            Node(make_comparison_videos, inputs=["evaluation_clips", "evaluation_generation_record"],
+                 outputs="evaluation_videos", name="make_evaluation_videos"),
+            Node(plot_metrics, inputs=["evaluation_summary", "evaluation_models"], outputs="evaluation_plots",
+                 name="plot_evaluation_metrics"),
+            Node(build_report,
+                 inputs=["evaluation_summary", "evaluation_metrics", "evaluation_prompts", "evaluation_models",
+                         "evaluation_plots", "evaluation_strips", "params:evaluation"],
+                 outputs=["evaluation_report", "evaluation_report_html"], name="build_evaluation_report"),
+        ]
+    )

@@ -1,0 +1,100 @@
+"""Generation: one prompt -> one video with the project's (or any) image and motion LoRAs."""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from machining_t2v import tracking
+from machining_t2v.datasets import TrainedLora
+from machining_t2v.generation import (
+    cpu_threads,
+    generate_video,
+    load_generator,
+    load_lora,
+    prompt_slug,
+    require_text,
+    set_lora_scales,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def with_trigger(prompt: str, trigger: str | None) -> str:
+    """``prompt`` with the trigger word in front, unless it is empty or already in the prompt."""
+    prompt = require_text(prompt)
+    if not trigger or re.search(rf"(^|\W){re.escape(trigger)}(\W|$)", prompt):
+        return prompt
+    return f"{trigger} {prompt}"
+
+
+def _lora_source(kind: str, use_project: bool, override: str | None, project: TrainedLora | None) -> str | None:
+    if override:
+        return str(override)
+    if not use_project:
+        return None
+    if project is None:
+        logger.info("No trained %s LoRA in the project; generating without one", kind)
+        return None
+    if project.path is None:
+        raise ValueError(f"The project's {kind} LoRA has no folder on disk")
+    return str(project.path)
+
+
+def generate_clip(
+    image_lora: TrainedLora | None,
+    motion_lora: TrainedLora | None,
+    base_model: dict[str, Any],
+    trigger: str | None,
+    params: dict[str, Any],
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Generate ``generate.prompt`` with the LoRAs applied through diffusers' loaders.
+
+    LoRAs: ``image_lora_path``/``motion_lora_path`` when set (any file or folder), else the
+    project's trained LoRAs when ``use_image_lora``/``use_motion_lora`` are on and they exist.
+
+    Returns:
+        ``{name: frames}`` for the video dataset (GIF + H.264) and a record of the prompt,
+        settings and models.
+    """
+    prompt = with_trigger(params["prompt"], trigger if params.get("prepend_trigger", True) else None)
+    with cpu_threads(params.get("cpu_threads")):
+        return _generate(prompt, image_lora, motion_lora, base_model, params)
+
+
+def _generate(prompt: str, image_lora: TrainedLora | None, motion_lora: TrainedLora | None,
+              base_model: dict[str, Any], params: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    generator = load_generator(
+        base_model["pretrained"], base_model["motion_adapter"], tiny_model_dir=base_model["tiny_model_dir"],
+        revision=base_model.get("revision"), variant=base_model.get("variant"), scheduler=params["scheduler"],
+    )  # fmt: skip
+    scales = {}
+    for kind, project in (("image", image_lora), ("motion", motion_lora)):
+        source = _lora_source(kind, bool(params.get(f"use_{kind}_lora", True)), params.get(f"{kind}_lora_path"),
+                              project)
+        if source is not None:
+            load_lora(generator, source, kind)
+            scales[kind] = float(params[f"scale_{kind}"])
+    set_lora_scales(generator, scales)
+    frames = generate_video(
+        generator, prompt, negative_prompt=params.get("negative_prompt"), num_frames=int(params["num_frames"]),
+        num_inference_steps=int(params["num_inference_steps"]), guidance_scale=float(params["guidance_scale"]),
+        seed=int(params["seed"]), size=params.get("size"),
+    )  # fmt: skip
+    name = str(params.get("name") or prompt_slug(prompt))
+    if "/" in name or name.startswith("."):
+        raise ValueError(f"generate.name {name!r} must be a plain file name")
+    record = {"name": name, "prompt": prompt, "negative_prompt": params.get("negative_prompt") or "",
+              "num_frames": int(frames.shape[0]), "size": int(frames.shape[1]),
+              "num_inference_steps": int(params["num_inference_steps"]),
+              "guidance_scale": float(params["guidance_scale"]), "seed": int(params["seed"]),
+              "lora_scales": scales, **generator.describe(),
+              "created_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")}
+    tracking.set_tags({"generate.base_model": generator.base_source, "generate.prompt": prompt[:250]})
+    logger.info("Generated %r (%d frames) with %s", prompt, len(frames),
+                ", ".join(f"{k} LoRA x{v}" for k, v in scales.items()) or "no LoRA")
+    return {name: frames}, record

@@ -1,0 +1,23 @@
+"""``generate`` pipeline: a prompt (``generate.prompt``) -> a GIF and an H.264 mp4 in
+data/07_model_output/generated, with the project's LoRAs (or LoRAs given by path).
+
+    kedro run --pipelines=generate --params "generate.prompt=face the steel bar on the lathe"
+"""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import generate_clip
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                generate_clip,
+                inputs=["image_lora", "motion_lora", "params:base_model", "params:captions.trigger",
+                        "params:generate"],
+                outputs=["generated_videos", "generation_record"],
+                name="generate_clip",
+            )
+        ]
+    )

@@ -1,0 +1,134 @@
+"""The ``machining-t2v`` console script: a real subprocess run with LoRAs from outside any project,
+and every bad input with its message (in-process, through ``main(argv)``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from machining_t2v import cli, generation
+from machining_t2v.models import build_tiny_model
+from machining_t2v.video_io import probe_video, read_frames
+from tests.test_generation import make_loras
+
+SCRIPT = Path(sys.executable).with_name("machining-t2v")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("cli-models") / "tiny-sd")
+
+
+@pytest.fixture(scope="module")
+def outside_loras(tiny_dir, tmp_path_factory):
+    """LoRA folders somewhere no project is, as a user would download them."""
+    return make_loras(tiny_dir, tmp_path_factory.mktemp("downloads"))
+
+
+@pytest.fixture(autouse=True)
+def one_cpu_thread():
+    with generation.cpu_threads(1):
+        yield
+
+
+def run_main(args: list[str], tiny_dir: Path) -> int:
+    return cli.main(["generate", "--tiny-model-dir", str(tiny_dir), "--steps", "1", "--frames", "2", *args])
+
+
+def test_console_script_writes_playable_h264_and_gif(tiny_dir, outside_loras, tmp_path):
+    out = tmp_path / "videos" / "clip.mp4"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [str(SCRIPT), "generate", "mtv face the steel bar on the lathe",
+         "--image-lora", str(outside_loras["image"]), "--motion-lora", str(outside_loras["motion"] / "pytorch_lora_weights.safetensors"),
+         "--scale-image", "0.8", "--scale-motion", "1.0", "--frames", "6", "--steps", "3", "--guidance", "7.5",
+         "--seed", "0", "--scheduler", "dpm++", "--negative-prompt", "blurry", "--size", "64",
+         "--out", str(out), "--tiny-model-dir", str(tiny_dir), "--threads", "1"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"Wrote {out}" in result.stdout and "random weights" in result.stdout
+    assert "Loaded spatial LoRA" in result.stderr and "Loaded motion LoRA" in result.stderr
+    info = probe_video(out)
+    assert (info.num_frames, info.width, info.height) == (6, 64, 64)
+    assert read_frames(out, list(range(6))).shape == (6, 64, 64, 3)
+    with Image.open(out.with_suffix(".gif")) as gif:
+        assert gif.n_frames == 6
+    # The mp4 is H.264 (browser-playable), not OpenCV's mp4v.
+    ffprobe = subprocess.run([sys.executable, "-c", "import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    header = subprocess.run([ffprobe, "-hide_banner", "-i", str(out)], capture_output=True, text=True).stderr
+    assert "h264" in header and "yuv420p" in header
+
+
+def test_console_script_reports_failures_with_status_1(tmp_path):
+    result = subprocess.run([str(SCRIPT), "generate", "mtv turning", "--motion-lora", str(tmp_path / "missing")],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 1
+    assert f"machining-t2v: error: --motion-lora: LoRA not found: {tmp_path / 'missing'}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_same_settings_give_the_same_video_in_process(tiny_dir, outside_loras, tmp_path, monkeypatch):
+    for name in ("a", "b"):
+        assert run_main(["mtv slot milling", "--image-lora", str(outside_loras["image"]), "--out",
+                         str(tmp_path / f"{name}.mp4")], tiny_dir) == 0
+    assert read_frames(tmp_path / "a.mp4", [0, 1]).tolist() == read_frames(tmp_path / "b.mp4", [0, 1]).tolist()
+    default = tmp_path / "cwd"
+    default.mkdir()
+    monkeypatch.chdir(default)
+    assert run_main(["mtv slot milling"], tiny_dir) == 0  # default --out: <prompt slug>.mp4 here
+    assert (default / "mtv_slot_milling.mp4").is_file() and (default / "mtv_slot_milling.gif").is_file()
+
+
+def test_bad_inputs_fail_with_clear_messages(tiny_dir, tmp_path, capsys, caplog):
+    def fails(args: list[str], message: str) -> None:
+        assert run_main(["--out", str(tmp_path / "x.mp4"), *args], tiny_dir) == 1
+        error = capsys.readouterr().err
+        assert message in error, error
+
+    fails(["   "], "The prompt is empty")
+    fails(["mtv turning", "--image-lora", str(tmp_path / "nope.safetensors")],
+          f"--image-lora: LoRA not found: {tmp_path / 'nope.safetensors'}")
+    fails(["mtv turning", "--frames", "40"], "motion_max_seq_length is 32; ask for at most 32 frames")
+    foreign = tmp_path / "sd15_lora.safetensors"
+    save_file({"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight": torch.zeros(4, 320),
+               "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.up.weight": torch.zeros(320, 4)},
+              foreign)
+    fails(["mtv turning", "--image-lora", str(foreign)], f"LoRA {foreign} does not match base model {tiny_dir}")
+    unsafe = tmp_path / "lora.pt"
+    torch.save({"layer": logging.Formatter()}, unsafe)  # unpickling it needs a class: weights_only refuses
+    fails(["mtv turning", "--motion-lora", str(unsafe)], f"Refusing LoRA {unsafe}")
+    fails(["mtv turning", "--out", str(tmp_path / "clip.avi")], "must end in .mp4")
+    assert not list(tmp_path.glob("x.*"))
+
+    # A prompt longer than the tokenizer's 77 tokens is generated truncated, with a warning.
+    with caplog.at_level(logging.WARNING, logger="machining_t2v.generation"):
+        assert run_main(["mtv " + "turn the bar slowly " * 30, "--out", str(tmp_path / "long.mp4")], tiny_dir) == 0
+    assert any("it is truncated" in record.getMessage() for record in caplog.records)
+    assert probe_video(tmp_path / "long.mp4").num_frames == 2
+
+
+def test_command_line_errors_exit_2_without_loading_models(capsys):
+    for args in (["generate", "x", "--frames", "0"], ["generate", "x", "--scheduler", "plms"],
+                 ["generate", "x", "--scale-image", "-1"], ["generate"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(args)
+        assert exit_info.value.code == 2
+    assert "--frames: must be at least 1" in capsys.readouterr().err
+
+
+def test_kedro_finds_its_project_command_group():
+    # kedro imports <package>.cli and refuses to start without a click group named `cli` in it.
+    assert isinstance(cli.cli, click.Group) and not cli.cli.commands
+    assert shutil.which("machining-t2v", path=str(SCRIPT.parent)) == str(SCRIPT)
