@@ -11,7 +11,7 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv run sample-data test test-slow lint viz mlflow-ui clean
+.PHONY: venv run sample-data test test-slow lint viz mlflow-ui clean browser bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,3 +47,12 @@ mlflow-ui: venv
 clean:
 	rm -rf data/02_intermediate/* data/03_primary/* data/04_feature/* data/05_model_input/* \
 	       data/07_model_output/* data/08_reporting/*
+
+# Headless Chromium for the browser tests (Kedro-Viz lineage); needs root for apt.
+browser:
+	command -v chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)
+
+# Benchmarks (decode, data prep, training, generation, Kedro overhead): prints a table and writes
+# data/08_reporting/benchmarks.{json,md}. `python -m benchmarks.run --quick` for a smoke run.
+bench: venv
+	$(BIN)/python -m benchmarks.run

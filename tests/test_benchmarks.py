@@ -1,0 +1,60 @@
+"""Smoke test of the benchmarks: quick mode of one area writes a report with the expected figures.
+
+No timing is asserted here: speed targets are measured by `make bench`, not enforced in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT
+
+
+def test_quick_decode_benchmark_writes_report(tmp_path):
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # A subprocess: the benchmarks quieten loggers and warnings process-wide.
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "decode", "--output-dir", str(tmp_path),
+         "--work-dir", str(tmp_path / "work")],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert (tmp_path / "benchmarks.md").read_text().startswith("# Benchmarks")
+
+    assert report["meta"]["mode"] == "quick"
+    assert report["meta"]["repeats"]["fast_benchmarks"] >= 1
+    decode = report["areas"]["decode"]
+    assert "error" not in decode
+    expected = {
+        f"{files}.{pattern}.{decoder}"
+        for files in ("sample_videos", "long_h264")
+        for pattern, decoders in (("full", ("decord_get_batch", "decord_next", "cv2_read", "ffmpeg_pipe")),
+                                  ("pipeline", ("decord_get_batch", "cv2_grab", "cv2_seek", "ffmpeg_select",
+                                                "extract_frames_and_clips")))
+        for decoder in decoders
+    } | {f"long_h264.sparse30.{d}" for d in ("decord_get_batch", "cv2_grab", "cv2_seek", "ffmpeg_select")}
+    assert expected <= set(decode["metrics"])
+    for key, value in decode["metrics"].items():
+        assert math.isfinite(value) and value > 0, key
+    for row in decode["rows"]:
+        assert row["runs"] >= 1 and row["unit"], row
+    targets = {t["key"]: t for t in decode["targets"]}
+    assert set(targets) == {"sample_videos.frames_vs_fastest_decoder", "long_h264.frames_vs_fastest_decoder"}
+    for entry in targets.values():
+        assert entry["value"] > 0 and entry["threshold"] == 0.8 and entry["met"] in (True, False)
+
+
+def test_unknown_area_is_refused():
+    from benchmarks.run import parse_areas
+
+    assert parse_areas("data,train,train") == ["data_prep", "train"]
+    assert parse_areas(None) == ["decode", "data_prep", "train", "generate", "kedro"]
+    with pytest.raises(SystemExit, match="unknown area"):
+        parse_areas("decode,nope")
