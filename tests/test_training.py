@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -328,3 +329,63 @@ def test_fresh_run_replaces_a_previous_runs_checkpoints(tmp_path):
     # resume="latest" jump into the old run after a crash.
     train(make_model(), compute_loss, NUM_SAMPLES, config(max_steps=6), tmp_path, progress=False)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-6"]
+
+
+def test_checkpoint_write_error_names_the_folder_and_survives_pickling(tmp_path):
+    import pickle
+
+    from machining_t2v.training import CheckpointWriteError
+
+    error = CheckpointWriteError(tmp_path, 8, tmp_path / "checkpoint-4", "OSError: [Errno 28] No space left", 28)
+    assert str(tmp_path) in str(error) and "checkpoint-4 is intact" in str(error) and error.errno == 28
+    again = pickle.loads(pickle.dumps(error))
+    assert str(again) == str(error) and again.step == 8 and again.last_checkpoint == error.last_checkpoint
+
+
+def test_a_crash_while_pruning_never_lists_a_half_deleted_checkpoint(tmp_path, monkeypatch):
+    import machining_t2v.training as training
+
+    real_rmtree = training.shutil.rmtree
+
+    def crash_half_way(path, ignore_errors=False):
+        if ".old-" in Path(path).name:
+            (Path(path) / "trainable.safetensors").unlink()  # deleted one file, then the power went out
+            raise Interrupt
+        real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(training.shutil, "rmtree", crash_half_way)
+    cfg = config(max_steps=12, checkpoint_every=4, checkpoints_total_limit=1)
+    with pytest.raises(Interrupt):
+        train(make_model(), compute_loss, NUM_SAMPLES, cfg, tmp_path, progress=False)
+    monkeypatch.setattr(training.shutil, "rmtree", real_rmtree)
+    # checkpoint-4 was being pruned after checkpoint-8 was complete: it is gone from the listing.
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-8"]
+    assert any(p.name.startswith("checkpoint-4.old-") for p in tmp_path.iterdir())
+    full_model, resumed_model = make_model(), make_model()
+    full = train(full_model, compute_loss, NUM_SAMPLES, config(max_steps=12), tmp_path / "full", progress=False)
+    resumed = train(resumed_model, compute_loss, NUM_SAMPLES, TrainingConfig(**{**cfg.to_dict(), "resume": "latest"}),
+                    tmp_path, progress=False)  # fmt: skip
+    assert resumed.resumed_from == str(tmp_path / "checkpoint-8") and resumed.losses == full.losses
+
+
+def test_resume_converts_the_schedule_of_older_multi_process_checkpoints(tmp_path):
+    # Before the schedule counted optimizer steps, a 2-process run advanced it twice per step.
+    cfg = config(max_steps=12, lr_scheduler="cosine", lr_warmup_steps=3, checkpoints_total_limit=None)
+    full_model = make_model()
+    full = train(full_model, compute_loss, NUM_SAMPLES, cfg, tmp_path / "full", progress=False)
+    old = tmp_path / "old" / "checkpoint-4"
+    old.parent.mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-4", old)
+    state = json.loads((old / "state.json").read_text())
+    del state["lr_schedule_unit"]
+    state["num_processes"] = 2
+    (old / "state.json").write_text(json.dumps(state))
+    scheduler = torch.load(old / "scheduler.pt", weights_only=True)
+    scheduler["last_epoch"], scheduler["_step_count"] = 8, 9
+    torch.save(scheduler, old / "scheduler.pt")
+    model = make_model()
+    resumed = train(model, compute_loss, NUM_SAMPLES, TrainingConfig(**{**cfg.to_dict(), "resume": str(old)}),
+                    tmp_path / "new", progress=False)  # fmt: skip
+    assert resumed.losses == full.losses
+    for name, tensor in trainable_state(full_model).items():
+        assert torch.equal(tensor, trainable_state(model)[name]), name

@@ -1,23 +1,357 @@
-"""Project hooks: log catalog outputs marked ``log_to_mlflow`` as MLflow artifacts.
+"""Project hooks: one run at a time per project, tracking that cannot fail a run, and
+whole-folder MLflow artifacts.
 
-kedro-mlflow's ``MlflowArtifactDataset`` logs single files; LoRA folders and sample-grid
-folders need whole-folder logging, so datasets opt in through their catalog metadata:
+``ProjectRunLock``
+    Two ``kedro run`` on the same project at once overwrite each other's outputs (a
+    partitioned dataset with ``overwrite: true`` deletes the other run's files mid-write)
+    and race to create the MLflow SQLite database. The hook takes an exclusive lock on
+    ``data/.kedro-run.lock`` before anything touches the store or the data and gives it
+    back when the pipeline ends, so runs of one project take turns: a second run waits
+    (logging who holds the lock) and then runs. ``MACHINING_T2V_RUN_LOCK_TIMEOUT=<seconds>``
+    bounds the wait; ``0`` makes a second run fail at once with an error naming the holder.
+    The lock is advisory (``flock``): the system drops it when its process dies, even on
+    ``kill -9``.
 
-    metadata:
-      machining_t2v:
-        log_to_mlflow: true
+``ResilientMlflowHook``
+    kedro-mlflow's own hook, registered in its place (``settings.py`` disables the plugin's
+    copy), that first checks the tracking store (:func:`machining_t2v.tracking.probe_store`,
+    a few seconds at most). When the store is unreachable, locked or not writable it logs a
+    warning naming the store and the run goes on without MLflow, instead of kedro-mlflow
+    failing the run in ``after_context_created``; a store that dies mid-run is given up on the
+    same way. ``MACHINING_T2V_REQUIRE_MLFLOW=1`` restores the strict behaviour (the run fails).
+    Configuration errors in ``mlflow.yml`` still fail the run.
+
+``MlflowArtifactHooks``
+    kedro-mlflow's ``MlflowArtifactDataset`` logs single files; LoRA folders and sample-grid
+    folders need whole-folder logging, so datasets opt in through their catalog metadata::
+
+        metadata:
+          machining_t2v:
+            log_to_mlflow: true
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
+from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 
+from machining_t2v import tracking
 from machining_t2v.tracking import log_artifact
 
 logger = logging.getLogger(__name__)
+
+LOCK_TIMEOUT_ENV = "MACHINING_T2V_RUN_LOCK_TIMEOUT"
+REQUIRE_MLFLOW_ENV = "MACHINING_T2V_REQUIRE_MLFLOW"
+PROBE_TIMEOUT_ENV = "MACHINING_T2V_MLFLOW_PROBE_TIMEOUT"
+LOCK_NAME = ".kedro-run.lock"
+
+
+def _launched_rank() -> int:
+    """This process's rank when several were started by ``accelerate launch``/``torchrun``."""
+    try:
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            return int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        pass
+    return 0
+
+
+# --------------------------------------------------------------------------- project lock
+
+
+class ProjectBusyError(RuntimeError):
+    """Another run holds the project's lock and the wait for it timed out."""
+
+
+def lock_path(project_path: str | Path) -> Path:
+    """Where the project's run lock lives: ``data/.kedro-run.lock`` (git-ignored)."""
+    root = Path(project_path)
+    return (root / "data" / LOCK_NAME) if (root / "data").is_dir() else (root / LOCK_NAME)
+
+
+def lock_timeout_from_env() -> float | None:
+    raw = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        raise ValueError(f"{LOCK_TIMEOUT_ENV} must be a number of seconds, got {raw!r}") from None
+
+
+class ProjectLock:
+    """An exclusive lock on one project, shared by ``kedro run`` and ``machining_t2v.launch``.
+
+    Re-entrant within a process (a second acquire by the same process only counts); between
+    processes the second one waits up to ``timeout`` seconds (None: as long as it takes).
+    """
+
+    _held: dict[str, list] = {}  # lock path -> [open file, count], per process
+
+    def __init__(self, project_path: str | Path, timeout: float | None = None):
+        self.path = lock_path(project_path)
+        self.timeout = timeout
+
+    def holder(self) -> str:
+        """Who holds the lock, as written by the holder (best effort)."""
+        try:
+            info = json.loads(self.path.read_text(encoding="utf-8") or "{}")
+        except (OSError, ValueError):
+            return "another process"
+        return (f"pid {info.get('pid')} on {info.get('host')} ({info.get('command')}, "
+                f"since {info.get('since')})")
+
+    def acquire(self, what: str = "") -> None:
+        key = str(self.path.resolve())
+        held = self._held.get(key)
+        if held is not None:
+            held[1] += 1
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no lock, as before
+            logger.debug("No fcntl on this platform; runs of %s are not serialised.", self.path)
+            self._held[key] = [None, 1]
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - kept open while held
+        start = time.monotonic()
+        announced = False
+        try:
+            while True:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    waited = time.monotonic() - start
+                    if self.timeout is not None and waited >= self.timeout:
+                        raise ProjectBusyError(
+                            f"Another run is using this project: {self.path} is held by "
+                            f"{self.holder()}. Wait for it to finish, or set {LOCK_TIMEOUT_ENV} "
+                            f"to wait longer (now {self.timeout:g} s)."
+                        ) from None
+                    if not announced:
+                        announced = True
+                        logger.warning(
+                            "Another run is using this project (%s holds %s); this run waits "
+                            "for it to finish. Set %s=0 to fail instead of waiting.",
+                            self.holder(), self.path, LOCK_TIMEOUT_ENV,
+                        )  # fmt: skip
+                    time.sleep(0.2)
+        except BaseException:
+            handle.close()
+            raise
+        if announced:
+            logger.warning("Got the project lock %s after %.1f s.", self.path, time.monotonic() - start)
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": what or " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:])[:200],
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        with contextlib.suppress(OSError):
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps(info))
+            handle.flush()
+        self._held[key] = [handle, 1]
+
+    def release(self) -> None:
+        key = str(self.path.resolve())
+        held = self._held.get(key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] > 0:
+            return
+        del self._held[key]
+        handle = held[0]
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                handle.seek(0)
+                handle.truncate()
+            handle.close()  # closing the file drops the flock
+
+    def __enter__(self) -> ProjectLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class ProjectRunLock:
+    """Hold the project lock from context creation until the pipeline has finished."""
+
+    def __init__(self) -> None:
+        self._lock: ProjectLock | None = None
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context: Any) -> None:
+        # A session of this process that failed before its pipeline ran kept the lock.
+        self._release()
+        if _launched_rank() > 0:
+            return  # under a distributed launch process 0 holds it; the others must not wait on it
+        lock = ProjectLock(context.project_path, timeout=lock_timeout_from_env())
+        lock.acquire()
+        self._lock = lock
+
+    @hook_impl(trylast=True)
+    def after_pipeline_run(self) -> None:
+        self._release()
+
+    @hook_impl(trylast=True)
+    def on_pipeline_error(self) -> None:
+        self._release()
+
+
+# --------------------------------------------------------------------------- MLflow
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def configured_tracking_uri(mlflow_conf: dict[str, Any], project_path: str | Path) -> str:
+    """The tracking URI kedro-mlflow would use for this ``mlflow.yml`` content."""
+    from kedro_mlflow.config.kedro_mlflow_config import _validate_uri
+
+    uri = (mlflow_conf.get("server") or {}).get("mlflow_tracking_uri")
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "mlruns"
+    return _validate_uri(project_path=str(project_path), uri=uri)
+
+
+def unreachable_store_warning(reason: str) -> str:
+    return (f"{reason}. This run goes on WITHOUT MLflow tracking: no parameters, metrics or "
+            f"artifacts are logged; its outputs are still written to the catalog (data/). Fix the "
+            f"store (conf/*/mlflow.yml server.mlflow_tracking_uri) and rerun to track it, or set "
+            f"{REQUIRE_MLFLOW_ENV}=1 to make an unreachable store fail the run.")
+
+
+class ResilientMlflowHook(MlflowHook):
+    """kedro-mlflow's ``MlflowHook``, except that a failing tracking store does not fail the run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._disabled: str | None = None
+
+    def _give_up(self, reason: str, catalog: Any = None) -> None:
+        if _truthy(REQUIRE_MLFLOW_ENV):
+            raise RuntimeError(f"{reason} ({REQUIRE_MLFLOW_ENV} is set, so the run stops).")
+        self._disabled = reason
+        self._is_mlflow_enabled = False
+        self.run_id = None
+        tracking.mark_store_down(reason)
+        logger.warning(unreachable_store_warning(reason))
+        tracking.drop_active_runs()
+        if catalog is not None:
+            with contextlib.suppress(Exception):
+                from kedro_mlflow.io.catalog.switch_catalog_logging import switch_catalog_logging
+
+                switch_catalog_logging(catalog, False)
+
+    def _guard(self, what: str, call, catalog: Any = None) -> None:
+        if self._disabled:
+            return
+        try:
+            call()
+        except Exception as error:
+            if not tracking.is_store_error(error):
+                raise
+            self._give_up(f"MLflow tracking store {tracking._describe_store()} failed during "
+                          f"{what} ({type(error).__name__}: {error})", catalog)
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        self._disabled = None
+        self._is_mlflow_enabled = True
+        self.run_id = None
+        tracking.reset()
+        if _launched_rank() > 0:  # under a distributed launch only process 0 tracks
+            self._disabled = f"process {_launched_rank()} of a distributed launch"
+            self._is_mlflow_enabled = False
+            logger.info("MLflow tracking is left to process 0 of this distributed launch.")
+            return
+        import mlflow
+
+        if mlflow.active_run() is None:  # with an active run, kedro-mlflow uses it as is
+            try:
+                conf = context.config_loader["mlflow"]
+            except Exception:  # missing mlflow.yml: kedro-mlflow falls back to its defaults
+                conf = {}
+            uri = configured_tracking_uri(conf or {}, context.project_path)
+            timeout = float(os.environ.get(PROBE_TIMEOUT_ENV, "5") or 5)
+            reason = tracking.probe_store(uri, timeout=timeout)
+            if reason:
+                self._give_up(reason)
+                return
+        self._guard("set-up", lambda: super(ResilientMlflowHook, self).after_context_created(context))
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any, conf_catalog: Any, conf_creds: Any, parameters: Any,
+                              save_version: Any, load_versions: Any) -> None:
+        if self._disabled:
+            return
+        super().after_catalog_created(catalog, conf_catalog, conf_creds, parameters, save_version,
+                                      load_versions)  # fmt: skip
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        if self._disabled:
+            with contextlib.suppress(Exception):
+                from kedro_mlflow.io.catalog.switch_catalog_logging import switch_catalog_logging
+
+                switch_catalog_logging(catalog, False)
+            return
+        self._guard("the start of the MLflow run",
+                    lambda: super(ResilientMlflowHook, self).before_pipeline_run(run_params, pipeline, catalog),
+                    catalog)  # fmt: skip
+
+    @hook_impl
+    def before_node_run(self, node: Any, catalog: Any, inputs: dict[str, Any], is_async: bool) -> None:
+        self._guard(f"parameter logging for node {getattr(node, 'name', node)}",
+                    lambda: super(ResilientMlflowHook, self).before_node_run(node, catalog, inputs, is_async),
+                    catalog)  # fmt: skip
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        if self._disabled:
+            return
+        if tracking.store_down():  # the store died mid-run: do not wait on it to close the run
+            tracking.drop_active_runs()
+            return
+        self._guard("the end of the MLflow run",
+                    lambda: super(ResilientMlflowHook, self).after_pipeline_run(run_params, pipeline, catalog))
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception, run_params: dict[str, Any], pipeline: Any,
+                          catalog: Any) -> None:
+        if self._disabled:
+            return
+        if tracking.store_down():
+            tracking.drop_active_runs()
+            return
+        self._guard("marking the MLflow run failed",
+                    lambda: super(ResilientMlflowHook, self).on_pipeline_error(error, run_params, pipeline,
+                                                                                catalog))  # fmt: skip
+
+
+# --------------------------------------------------------------------------- artifacts
 
 
 class MlflowArtifactHooks:

@@ -2,9 +2,13 @@
 
 from kedro.config import OmegaConfigLoader
 
-from machining_t2v.hooks import MlflowArtifactHooks
+from machining_t2v.hooks import MlflowArtifactHooks, ProjectRunLock, ResilientMlflowHook
 
-HOOKS = (MlflowArtifactHooks(),)
+# ProjectRunLock: one run of a project at a time (a second one waits; see hooks.py).
+# ResilientMlflowHook is kedro-mlflow's hook that survives an unreachable tracking store; it
+# replaces the copy the kedro-mlflow plugin registers itself, which is disabled here.
+HOOKS = (ProjectRunLock(), ResilientMlflowHook(), MlflowArtifactHooks())
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

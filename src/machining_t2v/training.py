@@ -22,6 +22,28 @@ Randomness contract (what makes resume bit-identical on CPU):
   ``nn.Dropout`` use torch's global RNG);
 * every checkpoint stores all of these states plus the current permutation and the
   position in it, so a resumed run draws exactly what the uninterrupted run would.
+
+Data parallelism (``accelerate launch --multi_gpu --num_processes N``, ``torchrun``; on a
+machine without CUDA the processes talk over gloo on the CPU):
+
+* every process draws the same global batch of indices and trains on its
+  ``1/N`` slice (``batch_size`` must divide by N); the model is *not* wrapped in
+  ``DistributedDataParallel``: after the last micro-step the trainable gradients are
+  averaged with one flat all-reduce, so ``compute_loss`` may run several forward passes,
+  switch adapters or leave parameters unused, and an N-process step applies the same
+  update as a one-process step on the whole batch (equal up to float rounding when the
+  loss draws no randomness; with noise, each process has its own loss stream);
+* the trainable weights are broadcast from process 0 at the start, like DDP does;
+* the learning-rate schedule counts optimizer steps, whatever the process count, so a
+  checkpoint resumes under another process count (deterministic, not bit-identical:
+  only process 0's random streams are stored);
+* only the main process writes checkpoints, logs (``on_log``), validates and shows
+  progress; a checkpoint that cannot be written stops every process with the same
+  :class:`CheckpointWriteError`, and the previous checkpoint stays intact.
+
+Checkpoints are written into ``checkpoint-<step>.tmp-<pid>`` and renamed into place, so
+a crash or ``kill -9`` at any moment leaves either the complete new checkpoint or none;
+old checkpoints are renamed out of the ``checkpoint-<step>`` namespace before deletion.
 """
 
 from __future__ import annotations
@@ -39,6 +61,7 @@ import re
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +72,8 @@ import safetensors.torch
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
+from torch import distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -57,9 +81,11 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CHECKPOINT_PREFIX",
+    "CheckpointWriteError",
     "NonFiniteLossError",
     "TrainingConfig",
     "TrainingResult",
+    "distributed_state",
     "latest_checkpoint",
     "list_checkpoints",
     "load_trainable",
@@ -209,6 +235,58 @@ class NonFiniteLossError(RuntimeError):
         return (type(self), (self.step, self.value, self.last_checkpoint, self._checkpoint_dir))
 
 
+class CheckpointWriteError(OSError):
+    """Raised when the checkpoint folder cannot be written (missing, read-only, disk full...).
+
+    Raised on every process, before training when the folder is not writable at all, or at
+    the checkpoint that failed; nothing of the failed checkpoint is left under a
+    ``checkpoint-<step>`` name, so the previous one is still what ``resume: latest`` picks.
+
+    Attributes:
+        checkpoint_dir: The folder that could not be written.
+        step: The step whose checkpoint failed (None: the check before training).
+        last_checkpoint: The newest complete checkpoint, or None if there is none.
+        reason: The underlying error, as text.
+    """
+
+    def __init__(
+        self,
+        checkpoint_dir: Path,
+        step: int | None,
+        last_checkpoint: Path | None,
+        reason: str,
+        errno_: int | None = None,
+    ):
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.step = step
+        self.last_checkpoint = last_checkpoint
+        self.reason = reason
+        what = (
+            f"Cannot write checkpoints into {self.checkpoint_dir}"
+            if step is None
+            else f"Could not write the step-{step} checkpoint into {self.checkpoint_dir}"
+        )
+        where = (
+            f"the last complete checkpoint {last_checkpoint} is intact; resume from it "
+            f"(resume: latest) once the folder is writable again"
+            if last_checkpoint is not None
+            else "no checkpoint of this run exists yet"
+        )
+        stopped = "training did not start" if step is None else "training stopped"
+        super().__init__(f"{what}: {reason}. The folder must exist or be creatable and have "
+                         f"free space; {stopped}, {where}.")
+        self.errno = errno_
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+    def __reduce__(self):
+        return (
+            type(self),
+            (self.checkpoint_dir, self.step, self.last_checkpoint, self.reason, self.errno),
+        )
+
+
 @dataclass
 class TrainingResult:
     """Outcome of :func:`train`.
@@ -307,7 +385,7 @@ def _publish_dir(tmp: Path, final: Path) -> None:
     if final.exists():
         # A directory cannot be os.replace'd over a non-empty one; move the old one aside
         # under a name that never counts as a checkpoint, then drop it.
-        aside = final.with_name(f"{final.name}.old-{os.getpid()}")
+        aside = final.with_name(f"{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         os.replace(final, aside)
         os.replace(tmp, final)
         shutil.rmtree(aside, ignore_errors=True)
@@ -321,12 +399,27 @@ def _publish_dir(tmp: Path, final: Path) -> None:
             os.close(fd)
 
 
+def _remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint folder so that no half-deleted one is ever listed.
+
+    It is first renamed out of the ``checkpoint-<step>`` namespace (atomic), then deleted:
+    a crash in the middle of the deletion leaves a ``.old-<pid>`` folder, never a
+    ``checkpoint-<step>`` that ``resume: latest`` could pick with files missing.
+    """
+    aside = path.with_name(f"{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def _prune_checkpoints(checkpoint_dir: Path, limit: int | None) -> None:
     if limit is None:
         return
     for old in list_checkpoints(checkpoint_dir)[:-limit]:
         logger.info("Removing old checkpoint %s (checkpoints_total_limit=%d)", old, limit)
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_checkpoint(old)
 
 
 # --------------------------------------------------------------------------- randomness
@@ -431,22 +524,44 @@ class _EpochSampler:
 # --------------------------------------------------------------------------- set-up helpers
 
 
+def _use_cpu() -> bool:
+    # The callers place tensors on "cuda" when it exists and on the CPU otherwise; without
+    # CUDA, accelerate must not pick another device (e.g. MPS) and must join the processes
+    # of a distributed launch over gloo instead of treating each one as a lone process.
+    return not torch.cuda.is_available()
+
+
+def distributed_state() -> PartialState:
+    """The process state :func:`train` uses: process index/count, main process, barrier.
+
+    A launcher calls this before :func:`train` (e.g. to save outputs on the main process
+    only) so that both agree. Under ``accelerate launch --multi_gpu``/``torchrun`` on a
+    machine without CUDA the processes join over gloo on the CPU; a state initialised
+    earlier as single-process in such a launch is rebuilt.
+    """
+    shared = PartialState._shared_state
+    if shared and not (dist.is_available() and dist.is_initialized()):
+        state = PartialState()
+        launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if (launched > 1 and state.num_processes == 1) or (_use_cpu() and state.device.type != "cpu"):
+            AcceleratorState._reset_state(reset_partial_state=True)
+    return PartialState(cpu=_use_cpu())
+
+
 def _make_accelerator(config: TrainingConfig) -> Accelerator:
     mixed_precision = config.mixed_precision
     if mixed_precision == "fp16" and not torch.cuda.is_available():
         logger.warning("mixed_precision='fp16' needs CUDA; training in full precision instead.")
         mixed_precision = "no"
+    state = distributed_state()
     # accelerate keeps its state in a process-wide singleton that refuses a second
     # Accelerator with another precision; a notebook or a test suite that trains twice
     # in one single-process interpreter needs that state cleared first.
     shared = AcceleratorState._shared_state
-    if (
-        shared
-        and shared.get("_mixed_precision") != mixed_precision
-        and PartialState().num_processes == 1
-    ):
+    if shared and shared.get("_mixed_precision") != mixed_precision and state.num_processes == 1:
         AcceleratorState._reset_state()
     return Accelerator(
+        cpu=_use_cpu(),
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
     )
@@ -481,13 +596,12 @@ def _make_param_groups(
 
 
 def _make_lr_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainingConfig, num_processes: int
+    optimizer: torch.optim.Optimizer, config: TrainingConfig
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    # accelerate's prepared scheduler steps once per process per optimizer step (it
-    # assumes a per-process dataloader), so the schedule is stretched to match, as in
-    # diffusers' training scripts.
-    warmup = config.lr_warmup_steps * num_processes
-    total = max(config.max_steps * num_processes, 1)
+    # Stepped once per optimizer step on every process (not through accelerate's wrapper,
+    # which steps once per process and would tie the schedule to the process count).
+    warmup = config.lr_warmup_steps
+    total = max(config.max_steps, 1)
     kind = config.lr_scheduler
 
     def lr_lambda(step: int) -> float:
@@ -548,62 +662,182 @@ class _Run:
             weight_decay=config.adam_weight_decay,
             eps=config.adam_epsilon,
         )
-        scheduler = _make_lr_scheduler(optimizer, config, acc.num_processes)
-        self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+        # Device placement and mixed-precision autocast, but no DDP wrapper: gradients are
+        # averaged explicitly in _sync_gradients (see the module docstring).
+        self.model = acc.prepare_model(model, evaluation_mode=True)
+        self.optimizer = acc.prepare_optimizer(optimizer)
+        self.scheduler = _make_lr_scheduler(optimizer, config)
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.global_step = 0
         self.losses: list[float] = []
         self.last_checkpoint: Path | None = None
         self.last_saved_step: int | None = None
+        self._broadcast_trainable()
+
+    # ---- data parallelism
+
+    @property
+    def distributed(self) -> bool:
+        return self.accelerator.num_processes > 1
+
+    def _broadcast_trainable(self) -> None:
+        """Give every process process 0's trainable weights (DDP does the same at wrap time)."""
+        if not self.distributed:
+            return
+        with torch.no_grad():
+            for group in _by_dtype_and_device(self.trainable):
+                flat = torch.cat([p.detach().reshape(-1) for p in group])
+                dist.broadcast(flat, src=0)
+                for p, chunk in zip(group, flat.split([p.numel() for p in group]), strict=True):
+                    p.copy_(chunk.view_as(p))
+
+    def _sync_gradients(self) -> None:
+        """Average the trainable gradients over processes with one all-reduce per dtype.
+
+        A parameter with no gradient on any process keeps ``grad=None`` (as it would in a
+        one-process run, where AdamW then skips it); one with a gradient somewhere gets
+        zeros where it had none.
+        """
+        if not self.distributed:
+            return
+        device = self.accelerator.device
+        has_grad = torch.tensor(
+            [p.grad is not None for p in self.trainable], dtype=torch.float32, device=device
+        )
+        dist.all_reduce(has_grad, op=dist.ReduceOp.MAX)
+        with_grad = []
+        for p, flag in zip(self.trainable, has_grad.tolist(), strict=True):
+            if flag:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                with_grad.append(p)
+        world = self.accelerator.num_processes
+        for group in _by_dtype_and_device(with_grad):
+            flat = torch.cat([p.grad.reshape(-1) for p in group])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat.div_(world)
+            for p, chunk in zip(group, flat.split([p.numel() for p in group]), strict=True):
+                p.grad.copy_(chunk.view_as(p.grad))
+
+    def _raise_together(
+        self,
+        error: Exception | None,
+        make_os_error: Callable[[str, int | None], Exception],
+    ) -> None:
+        """Raise on every process if the main process failed (the others would hang otherwise).
+
+        ``error`` is the main process's exception (None on success and on other processes).
+        An ``OSError`` becomes ``make_os_error(message, errno)`` everywhere; anything else
+        is re-raised as is on the main process and as a ``RuntimeError`` on the others.
+        """
+        report = None
+        if error is not None:
+            is_os = isinstance(error, OSError)
+            report = (f"{type(error).__name__}: {error}", is_os, getattr(error, "errno", None))
+        if self.distributed:
+            box = [report]
+            broadcast_object_list(box, from_process=0)
+            report = box[0]
+        if report is None:
+            return
+        message, is_os, errno_ = report
+        if is_os:
+            raise make_os_error(message, errno_) from error
+        if error is not None:
+            raise error
+        raise RuntimeError(f"The main process failed, stopping this one too: {message}")
+
+    def check_writable(self) -> None:
+        """Fail before the first step if the checkpoint folder cannot be created or written."""
+        error = None
+        if self.accelerator.is_main_process:
+            probe = self.checkpoint_dir / f".write-test-{os.getpid()}"
+            try:
+                self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                _write_durably(probe, b"ok")
+                probe.unlink()
+            except OSError as exc:
+                error = exc
+                with contextlib.suppress(OSError):
+                    probe.unlink()
+        self._raise_together(
+            error,
+            lambda message, errno_: CheckpointWriteError(
+                self.checkpoint_dir, None, self.last_checkpoint, message, errno_
+            ),
+        )
 
     # ---- checkpoints
 
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoint-<step>`` atomically (main process) and prune old ones."""
+        """Write ``checkpoint-<step>`` atomically (main process) and prune old ones.
+
+        Raises:
+            CheckpointWriteError: on every process when the main process could not write it.
+        """
         acc, step = self.accelerator, self.global_step
         final = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{step}"
+        error = None
         if acc.is_main_process:
-            tmp = self.checkpoint_dir / f"{final.name}.tmp-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
             try:
-                unwrapped = acc.unwrap_model(self.model)
-                weights = {
-                    name: p.detach().to("cpu").contiguous().clone()
-                    for name, p in _trainable_named_parameters(unwrapped).items()
-                }
-                _write_durably(
-                    tmp / "trainable.safetensors",
-                    safetensors.torch.save(weights, metadata={"format": "pt", "step": str(step)}),
-                )
-                _write_durably(tmp / "optimizer.pt", _torch_bytes(self.optimizer.state_dict()))
-                _write_durably(tmp / "scheduler.pt", _torch_bytes(self.scheduler.state_dict()))
-                if acc.scaler is not None:
-                    _write_durably(tmp / "scaler.pt", _torch_bytes(acc.scaler.state_dict()))
-                rng = {
-                    "sampler": self.sampler.state_dict(),
-                    "loss_generator": self.generator.get_state(),
-                    "global": _global_rng_state(),
-                }
-                _write_durably(tmp / "rng.pt", _torch_bytes(rng))
-                state = {
-                    "global_step": step,
-                    "losses": self.losses,
-                    "num_samples": self.num_samples,
-                    "num_processes": acc.num_processes,
-                    "config": self.config.to_dict(),
-                }
-                # state.json last: list_checkpoints() also requires it to be present.
-                _write_durably(tmp / "state.json", json.dumps(state, indent=1).encode())
-                _publish_dir(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            _prune_checkpoints(self.checkpoint_dir, self.config.checkpoints_total_limit)
-            logger.info("Saved checkpoint %s", final)
+                self._write_checkpoint(final, step)
+            except Exception as exc:  # KeyboardInterrupt & co. are not turned into messages
+                error = exc
+            else:
+                logger.info("Saved checkpoint %s", final)
+                try:
+                    _prune_checkpoints(self.checkpoint_dir, self.config.checkpoints_total_limit)
+                except OSError as exc:  # the new checkpoint is safe; an old one left over is no harm
+                    logger.warning("Could not remove old checkpoints from %s: %s", self.checkpoint_dir, exc)
+        self._raise_together(
+            error,
+            lambda message, errno_: CheckpointWriteError(
+                self.checkpoint_dir, step, self.last_checkpoint, message, errno_
+            ),
+        )
         acc.wait_for_everyone()
         self.last_checkpoint, self.last_saved_step = final, step
         return final
+
+    def _write_checkpoint(self, final: Path, step: int) -> None:
+        acc = self.accelerator
+        tmp = self.checkpoint_dir / f"{final.name}.tmp-{os.getpid()}"
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            unwrapped = acc.unwrap_model(self.model)
+            weights = {
+                name: p.detach().to("cpu").contiguous().clone()
+                for name, p in _trainable_named_parameters(unwrapped).items()
+            }
+            _write_durably(
+                tmp / "trainable.safetensors",
+                safetensors.torch.save(weights, metadata={"format": "pt", "step": str(step)}),
+            )
+            _write_durably(tmp / "optimizer.pt", _torch_bytes(self.optimizer.state_dict()))
+            _write_durably(tmp / "scheduler.pt", _torch_bytes(self.scheduler.state_dict()))
+            if acc.scaler is not None:
+                _write_durably(tmp / "scaler.pt", _torch_bytes(acc.scaler.state_dict()))
+            rng = {
+                "sampler": self.sampler.state_dict(),
+                "loss_generator": self.generator.get_state(),
+                "global": _global_rng_state(),
+            }
+            _write_durably(tmp / "rng.pt", _torch_bytes(rng))
+            state = {
+                "global_step": step,
+                "losses": self.losses,
+                "num_samples": self.num_samples,
+                "num_processes": acc.num_processes,
+                "lr_schedule_unit": "optimizer_step",
+                "config": self.config.to_dict(),
+            }
+            # state.json last: list_checkpoints() also requires it to be present.
+            _write_durably(tmp / "state.json", json.dumps(state, indent=1).encode())
+            _publish_dir(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def remove_foreign_checkpoints(self) -> None:
         """Delete checkpoints later than the starting step: they belong to another history.
@@ -623,13 +857,17 @@ class _Run:
                 [p.name for p in foreign],
             )
             for path in foreign:
-                shutil.rmtree(path)
+                _remove_checkpoint(path)
         self.accelerator.wait_for_everyone()
 
     def resume(self, resume: str) -> Path | None:
         """Restore everything from a checkpoint; returns its path (None: fresh start)."""
         if resume == "latest":
-            path = latest_checkpoint(self.checkpoint_dir)
+            # The main process decides, so that every process loads the same checkpoint.
+            found = [latest_checkpoint(self.checkpoint_dir)]
+            if self.distributed:
+                broadcast_object_list(found, from_process=0)
+            path = found[0]
             if path is None:
                 logger.info(
                     "resume='latest': no checkpoint in %s, starting fresh.", self.checkpoint_dir
@@ -656,6 +894,18 @@ class _Run:
         load_trainable(acc.unwrap_model(self.model), path)
         self.optimizer.load_state_dict(_torch_load(path / "optimizer.pt"))
         self.scheduler.load_state_dict(_torch_load(path / "scheduler.pt"))
+        saved_processes = int(state.get("num_processes", 1))
+        if state.get("lr_schedule_unit") != "optimizer_step" and saved_processes > 1:
+            # Written by an older version whose schedule advanced once per process per step.
+            self.scheduler.last_epoch //= saved_processes
+            self.scheduler._step_count = self.scheduler.last_epoch + 1
+        if saved_processes != acc.num_processes:
+            logger.info(
+                "Resuming a checkpoint written by %d process(es) with %d: same weights, "
+                "optimizer, schedule and sample order; new random streams on processes > 0.",
+                saved_processes,
+                acc.num_processes,
+            )
         if acc.scaler is not None and (path / "scaler.pt").is_file():
             acc.scaler.load_state_dict(_torch_load(path / "scaler.pt"))
         rng = _torch_load(path / "rng.pt")
@@ -666,8 +916,9 @@ class _Run:
         else:
             # Only the main process's streams are stored; the others continue on fresh
             # streams derived from the step, still deterministic but not bit-identical.
-            set_seed(
+            set_seed(  # numpy takes 32-bit seeds only
                 _derive_seed(self.config.seed, "resume", acc.process_index, state["global_step"])
+                % 2**32
             )
             self.generator.manual_seed(
                 _derive_seed(self.config.seed, "loss", acc.process_index, state["global_step"])
@@ -700,20 +951,29 @@ class _Run:
                         self.global_step + 1, mean_loss, self.last_checkpoint, self.checkpoint_dir
                     )
                 micro_losses.append(mean_loss)
-                # Backward: accelerate divides by the accumulation steps and defers the
-                # DDP all-reduce to the last micro-step.
+                # Backward: accelerate divides by the accumulation steps.
                 acc.backward(loss)
+        # Average the gradients over processes, once per optimizer step.
+        self._sync_gradients()
         # Clip: gradients are complete only after the last micro-step.
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = acc.clip_grad_norm_(self.trainable, max_norm)
         # Step: the lr reported is the one this step used.
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
-        self.scheduler.step()
+        if not self.optimizer.step_was_skipped:  # fp16 overflow: no step, no schedule advance
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         self.losses.append(sum(micro_losses) / len(micro_losses))
         return self.losses[-1], lr, float(grad_norm)
+
+
+def _by_dtype_and_device(params: list[nn.Parameter]) -> list[list[nn.Parameter]]:
+    groups: dict[tuple[torch.dtype, torch.device], list[nn.Parameter]] = {}
+    for p in params:
+        groups.setdefault((p.dtype, p.device), []).append(p)
+    return list(groups.values())
 
 
 def _torch_load(path: Path) -> Any:
@@ -742,7 +1002,8 @@ def train(
             checkpointed, everything else is assumed fixed (rebuild it identically
             before resuming).
         compute_loss: ``compute_loss(model, indices, generator) -> scalar loss``. ``model``
-            is the prepared (possibly wrapped) model, ``indices`` a CPU LongTensor of
+            is the prepared model (on the accelerator's device, forward under autocast
+            with mixed precision; never a DDP wrapper), ``indices`` a CPU LongTensor of
             sample indices in ``range(num_samples)`` for this process's share of the
             batch, ``generator`` a CPU ``torch.Generator`` from which all noise,
             timesteps and caption dropout must be drawn.
@@ -767,6 +1028,8 @@ def train(
     Raises:
         NonFiniteLossError: when a loss is NaN/inf; nothing of that step is applied or saved.
         FileNotFoundError: when ``config.resume`` names a missing checkpoint.
+        CheckpointWriteError: when the checkpoint folder cannot be written, before the
+            first step or at a checkpoint (the previous checkpoint is left intact).
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -775,6 +1038,7 @@ def train(
     if acc.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(acc.device)
     try:
+        run.check_writable()
         resumed = run.resume(config.resume) if config.resume is not None else None
         run.remove_foreign_checkpoints()
         start_step, start_time = run.global_step, time.perf_counter()
