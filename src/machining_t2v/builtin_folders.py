@@ -16,6 +16,21 @@ from pathlib import Path
 from typing import Any
 
 
+def read_marker(folder: Path, marker_name: str) -> dict[str, Any] | None:
+    """The JSON marker a built-in folder carries, or ``None`` if it has none (or it is unreadable)."""
+    try:
+        return json.loads((folder / marker_name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def refuse_foreign_folder(out: Path, marker_name: str, what: str, setting: str) -> None:
+    """Raise ``ValueError`` if ``out`` holds files but no marker: never overwrite the user's folder."""
+    if out.exists() and any(out.iterdir()) and read_marker(out, marker_name) is None:
+        raise ValueError(f"{out} is not empty and is not a {what} built by machining_t2v; "
+                         f"refusing to overwrite it (choose another {setting})")
+
+
 def publish_folder(out: Path, write: Callable[[Path], None], marker_name: str, marker: dict[str, Any],
                    is_current: Callable[[Path], bool]) -> Path:
     """Build ``out`` with ``write(tmp_folder)`` plus a JSON ``marker`` file, then rename it into place.

@@ -12,7 +12,6 @@ This module must not import Kedro: it also runs in notebooks and evaluation scri
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -29,7 +28,7 @@ from transformers import (
     CLIPTokenizer,
 )
 
-from machining_t2v.builtin_folders import publish_folder
+from machining_t2v.builtin_folders import publish_folder, read_marker, refuse_foreign_folder
 
 logger = logging.getLogger(__name__)
 
@@ -140,17 +139,10 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- stand-in
 
 
-def _read_marker(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / _STANDIN_MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def standin_clip_exists(out_dir: str | Path, seed: int | None = None) -> bool:
     """True if ``out_dir`` holds a complete stand-in CLIP of this builder version (and seed)."""
     folder = Path(out_dir).expanduser()
-    marker = _read_marker(folder)
+    marker = read_marker(folder, _STANDIN_MARKER)
     if not marker or marker.get("builder_version") != STANDIN_BUILDER_VERSION:
         return False
     if seed is not None and marker.get("seed") != seed:
@@ -176,11 +168,7 @@ def build_standin_clip(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir).expanduser()
     if standin_clip_exists(out, seed):
         return out
-    if out.exists() and any(out.iterdir()) and _read_marker(out) is None:
-        raise ValueError(
-            f"{out} is not empty and is not a stand-in CLIP built by machining_t2v; "
-            "refusing to overwrite it (choose another folder)"
-        )
+    refuse_foreign_folder(out, _STANDIN_MARKER, "stand-in CLIP", "folder")
     # Imported here: models pulls in diffusers, which only the builder needs.
     from machining_t2v.models import build_tiny_tokenizer
 
@@ -276,7 +264,7 @@ def load_clip_scorer(spec: str, standin_dir: str | Path | None = None) -> ClipSc
     tokenizer = CLIPTokenizer.from_pretrained(name)
     image_processor = CLIPImageProcessorPil.from_pretrained(name)
     # A stand-in reached through its folder path is still a stand-in.
-    is_standin = spec == STANDIN_CLIP or _read_marker(Path(name)) is not None
+    is_standin = spec == STANDIN_CLIP or read_marker(Path(name), _STANDIN_MARKER) is not None
     if is_standin:
         logger.warning("Using %s; CLIP-T/CLIP-F %s", source, STANDIN_NOTE)
     return ClipScorer(model, tokenizer, image_processor, source=source, is_standin=is_standin)

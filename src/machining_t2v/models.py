@@ -10,7 +10,6 @@ This module must not import Kedro: it also runs in notebooks and under ``acceler
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -30,7 +29,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from machining_t2v.builtin_folders import publish_folder
+from machining_t2v.builtin_folders import publish_folder, read_marker, refuse_foreign_folder
 
 logger = logging.getLogger(__name__)
 
@@ -229,17 +228,10 @@ def _tiny_components(seed: int) -> dict[str, Any]:
     }
 
 
-def _read_marker(folder: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((folder / _TINY_MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def tiny_model_exists(out_dir: str | Path, seed: int | None = None) -> bool:
     """True if ``out_dir`` holds a complete tiny model from this builder version (and seed)."""
     folder = Path(out_dir)
-    marker = _read_marker(folder)
+    marker = read_marker(folder, _TINY_MARKER)
     if not marker or marker.get("builder_version") != TINY_BUILDER_VERSION:
         return False
     if seed is not None and marker.get("seed") != seed:
@@ -265,11 +257,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir).expanduser()
     if tiny_model_exists(out, seed):
         return out
-    if out.exists() and any(out.iterdir()) and _read_marker(out) is None:
-        raise ValueError(
-            f"{out} is not empty and is not a tiny model built by machining_t2v; "
-            "refusing to overwrite it (choose another tiny_model_dir)"
-        )
+    refuse_foreign_folder(out, _TINY_MARKER, "tiny model", "tiny_model_dir")
     t0 = time.perf_counter()
 
     def write(folder: Path) -> None:
