@@ -20,6 +20,7 @@ SD1.5-sized UNet is also measured at 512 px (bf16, SDPA, gradient checkpointing 
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -134,9 +135,9 @@ def _cached_loss(setup: Setup, device: str):
 
     cache = setup.cache
 
-    def compute_loss(model, indices, generator):
+    def compute_loss(model, indices, randomness):
         return noise_prediction_loss(model, setup.base.noise_scheduler, cache.latents[indices].to(device),
-                                     cache.text_embeddings[indices].to(device), generator, setup.loss_config,
+                                     cache.text_embeddings[indices].to(device), randomness, setup.loss_config,
                                      cache.empty_text_embedding)
 
     return compute_loss
@@ -150,7 +151,7 @@ def _uncached_loss(setup: Setup, device: str):
 
     base = setup.base
 
-    def compute_loss(model, indices, generator):
+    def compute_loss(model, indices, randomness):
         chosen = setup.samples[indices.numpy()]
         with torch.no_grad():
             if chosen.ndim == 5:
@@ -161,7 +162,7 @@ def _uncached_loss(setup: Setup, device: str):
             states = encode_text(base.tokenizer, base.text_encoder,
                                  [setup.captions[i] for i in indices.tolist()] + [""]).float()
         return noise_prediction_loss(model, base.noise_scheduler, latents.to(device), states[:-1].to(device),
-                                     generator, setup.loss_config, states[-1:].cpu())
+                                     randomness, setup.loss_config, states[-1:].cpu())
 
     return compute_loss
 
@@ -178,8 +179,14 @@ def _core(setup: Setup, compute_loss, checkpoint_dir) -> Timed:
 
 
 def _bare(setup: Setup, compute_loss, device: str) -> Timed:
-    """A plain PyTorch loop with the same math: loss, AdamW settings, cosine schedule, gradient clipping."""
+    """A plain PyTorch loop with the same math: loss, AdamW settings, cosine schedule, gradient clipping.
+
+    Like the core, it draws the loss's randomness from a ``LossRandomness`` built per step (one
+    generator per sample), so both pay the same for it.
+    """
     import torch
+
+    from machining_t2v.training import LossRandomness
 
     config = setup.config
     model = setup.model
@@ -194,19 +201,19 @@ def _bare(setup: Setup, compute_loss, device: str) -> Timed:
         return 0.5 * (1.0 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    generator = torch.Generator().manual_seed(0)
     order = torch.Generator().manual_seed(1)
     permutation, position = torch.randperm(len(setup.samples), generator=order), 0
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16")
     model.train()
     start = time.perf_counter()
-    for _ in range(config.max_steps):
+    for step in range(1, config.max_steps + 1):
         if position + config.batch_size > len(permutation):
             permutation, position = torch.randperm(len(setup.samples), generator=order), 0
         indices = permutation[position : position + config.batch_size]
         position += config.batch_size
+        randomness = LossRandomness(config.seed, step, 0, range(len(indices)))
         with autocast:
-            loss = compute_loss(model, indices, generator)
+            loss = compute_loss(model, indices, randomness)
         loss_value = loss.item()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
@@ -364,6 +371,7 @@ def sd15_unet_benchmark(quick: bool, *, device: str = "cuda", unet_config: dict 
 
     from machining_t2v.diffusion import LossConfig, noise_prediction_loss
     from machining_t2v.lora import IMAGE_LORA_TARGETS, add_lora
+    from machining_t2v.training import LossRandomness
 
     config = {**SD15_UNET_CONFIG, **(unet_config or {})}
     cuda = device == "cuda"
@@ -381,7 +389,7 @@ def sd15_unet_benchmark(quick: bool, *, device: str = "cuda", unet_config: dict 
     latents = torch.randn(batch, config["in_channels"], resolution // 8, resolution // 8, device=device)
     text = torch.randn(batch, 77, config["cross_attention_dim"], device=device)
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
-    generator = torch.Generator().manual_seed(0)
+    steps = itertools.count(1)
     unet.train()
 
     def synchronize():
@@ -390,7 +398,9 @@ def sd15_unet_benchmark(quick: bool, *, device: str = "cuda", unet_config: dict 
 
     def step():
         with torch.autocast(device_type=device, dtype=torch.bfloat16):
-            loss = noise_prediction_loss(unet, scheduler, latents, text, generator, LossConfig())
+            # A LossRandomness per step, as in the training core (one CPU generator per sample).
+            randomness = LossRandomness(0, next(steps), 0, range(batch))
+            loss = noise_prediction_loss(unet, scheduler, latents, text, randomness, LossConfig())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()

@@ -201,9 +201,9 @@ def test_checkpoint_folder_under_a_file_fails_before_the_first_step(tmp_path):
     blocker.write_text("a regular file where a folder should be")
     calls = []
 
-    def loss(model, indices, generator):
+    def loss(model, indices, randomness):
         calls.append(1)
-        return toy_loss(model, indices, generator)
+        return toy_loss(model, indices, randomness)
 
     with pytest.raises(CheckpointWriteError) as error:
         train(make_toy_model(), loss, NUM_SAMPLES, TrainingConfig(**TOY_CONFIG), blocker / "checkpoints",

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from machining_t2v.training import (
+    LossRandomness,
     NonFiniteLossError,
     TrainingConfig,
     TrainingResult,
@@ -40,11 +41,11 @@ def make_model() -> nn.Module:
 
 
 def compute_loss(
-    model: nn.Module, indices: torch.Tensor, generator: torch.Generator
+    model: nn.Module, indices: torch.Tensor, randomness: LossRandomness
 ) -> torch.Tensor:
-    """MSE on the selected samples with input noise drawn from the loop's generator."""
+    """MSE on the selected samples with input noise drawn per sample from the loop's randomness."""
     x = X[indices]
-    noise = 0.01 * torch.randn(x.shape, generator=generator)
+    noise = 0.01 * randomness.randn(x.shape[1])
     return nn.functional.mse_loss(model(x + noise), Y[indices])
 
 
@@ -227,9 +228,9 @@ def test_nan_loss_stops_without_stepping_or_saving(tmp_path):
     calls = {"n": 0}
     seen = {}
 
-    def nan_at_step_7(model, indices, generator):
+    def nan_at_step_7(model, indices, randomness):
         calls["n"] += 1
-        loss = compute_loss(model, indices, generator)
+        loss = compute_loss(model, indices, randomness)
         if calls["n"] == 7:
             seen["weights"] = trainable_state(model)
             return loss * float("nan")
@@ -305,9 +306,9 @@ def test_checkpoint_files_are_weights_only_loadable(tmp_path):
 def test_every_sample_seen_once_per_epoch(tmp_path):
     seen = []
 
-    def recording_loss(model, indices, generator):
+    def recording_loss(model, indices, randomness):
         seen.extend(indices.tolist())
-        return compute_loss(model, indices, generator)
+        return compute_loss(model, indices, randomness)
 
     cfg = config(max_steps=6, batch_size=8, checkpoint_every=0)
     train(make_model(), recording_loss, NUM_SAMPLES, cfg, tmp_path, progress=False)
@@ -387,5 +388,73 @@ def test_resume_converts_the_schedule_of_older_multi_process_checkpoints(tmp_pat
     resumed = train(model, compute_loss, NUM_SAMPLES, TrainingConfig(**{**cfg.to_dict(), "resume": str(old)}),
                     tmp_path / "new", progress=False)  # fmt: skip
     assert resumed.losses == full.losses
+    for name, tensor in trainable_state(full_model).items():
+        assert torch.equal(tensor, trainable_state(model)[name]), name
+
+
+# --------------------------------------------------------------------------- loss randomness
+
+
+def _draws(randomness: LossRandomness) -> list[torch.Tensor]:
+    """Every kind of draw, in a fixed order, as a loss would make them."""
+    return [randomness.randn(3, 2), randomness.randint(1000), randomness.rand(), randomness.randn((4,))]
+
+
+def test_loss_randomness_does_not_depend_on_how_positions_are_split():
+    whole = _draws(LossRandomness(7, 5, 1, [0, 1, 2, 3]))
+    first, second = _draws(LossRandomness(7, 5, 1, [0, 1])), _draws(LossRandomness(7, 5, 1, [2, 3]))
+    for all_at_once, *halves in zip(whole, first, second, strict=True):
+        assert torch.equal(all_at_once, torch.cat(halves))
+    uneven = [_draws(LossRandomness(7, 5, 1, positions)) for positions in ([0], [1, 2], [3])]
+    for all_at_once, *parts in zip(whole, *uneven, strict=True):
+        assert torch.equal(all_at_once, torch.cat(parts))
+    shapes = [tuple(t.shape) for t in whole]
+    assert shapes == [(4, 3, 2), (4,), (4,), (4, 4)] and whole[1].dtype == torch.long
+    assert len(LossRandomness(7, 5, 1, [2, 3])) == 2
+    # The shared generator is the same for every split: a batch-level decision agrees everywhere.
+    assert torch.equal(torch.rand(3, generator=LossRandomness(7, 5, 1, [0, 1]).shared),
+                       torch.rand(3, generator=LossRandomness(7, 5, 1, [2, 3]).shared))  # fmt: skip
+
+
+def test_loss_randomness_differs_by_seed_step_micro_step_and_position():
+    reference = LossRandomness(7, 5, 1, [0, 1]).randn(16)
+    assert not torch.equal(reference[0], reference[1])
+    for other in (LossRandomness(8, 5, 1, [0, 1]), LossRandomness(7, 6, 1, [0, 1]), LossRandomness(7, 5, 0, [0, 1])):
+        assert not torch.equal(other.randn(16), reference)
+    fixed = LossRandomness.fixed(7, 3)
+    assert (fixed.step, fixed.micro_step, fixed.positions) == (0, 0, [0, 1, 2])
+    assert torch.equal(fixed.randn(5), LossRandomness.fixed(7, 3).randn(5))
+    empty = LossRandomness(7, 5, 1, [])
+    assert len(empty) == 0 and empty.randn(2, 3).shape == (0, 2, 3) and empty.randint(4).shape == (0,)
+
+
+def test_loop_hands_each_micro_step_its_own_randomness(tmp_path):
+    seen = []
+
+    def recording_loss(model, indices, randomness):
+        seen.append((randomness.seed, randomness.step, randomness.micro_step, randomness.positions, len(indices)))
+        return compute_loss(model, indices, randomness)
+
+    cfg = config(max_steps=2, batch_size=3, gradient_accumulation_steps=2, checkpoint_every=0, seed=4)
+    train(make_model(), recording_loss, NUM_SAMPLES, cfg, tmp_path, progress=False)
+    assert seen == [(4, 1, 0, [0, 1, 2], 3), (4, 1, 1, [0, 1, 2], 3), (4, 2, 0, [0, 1, 2], 3),
+                    (4, 2, 1, [0, 1, 2], 3)]  # fmt: skip
+
+
+def test_resume_accepts_checkpoints_with_the_former_loss_generator(tmp_path):
+    # Checkpoints written before LossRandomness also stored a per-process "loss_generator" state.
+    cfg = config(max_steps=8, checkpoints_total_limit=None)
+    full_model = make_model()
+    full = train(full_model, compute_loss, NUM_SAMPLES, cfg, tmp_path / "full", progress=False)
+    old = tmp_path / "old" / "checkpoint-4"
+    shutil.copytree(tmp_path / "full" / "checkpoint-4", old)
+    rng = torch.load(old / "rng.pt", weights_only=True)
+    assert "loss_generator" not in rng
+    rng["loss_generator"] = torch.Generator().manual_seed(123).get_state()
+    torch.save(rng, old / "rng.pt")
+    model = make_model()
+    resumed = train(model, compute_loss, NUM_SAMPLES, TrainingConfig(**{**cfg.to_dict(), "resume": str(old)}),
+                    tmp_path / "new", progress=False)  # fmt: skip
+    assert resumed.resumed_from == str(old) and resumed.losses == full.losses
     for name, tensor in trainable_state(full_model).items():
         assert torch.equal(tensor, trainable_state(model)[name]), name

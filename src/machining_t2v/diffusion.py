@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.training_utils import compute_snr
 
+from machining_t2v.training import LossRandomness
+
 logger = logging.getLogger(__name__)
 
 
@@ -99,30 +101,33 @@ def noise_prediction_loss(
     noise_scheduler,
     latents: torch.Tensor,
     text_embeddings: torch.Tensor,
-    generator: torch.Generator,
+    randomness: LossRandomness,
     config: LossConfig,
     empty_text_embedding: torch.Tensor | None = None,
     per_sample: bool = False,
 ) -> torch.Tensor:
     """One denoising-loss evaluation on a batch of cached latents.
 
-    All randomness (noise, timesteps, caption dropout) comes from ``generator``, so a resumed
-    run draws exactly what an uninterrupted one would have.
+    All randomness (noise, noise offset, timesteps, caption dropout, the debiasing anchor
+    frame) is drawn per sample from ``randomness`` (one generator per sample of the batch,
+    in a fixed order, on the CPU), so a resumed run draws exactly what an uninterrupted one
+    would have, and a sample draws the same on whichever process computes it.
     """
     device = latents.device
     batch = latents.shape[0]
+    if len(randomness) != batch:
+        raise ValueError(f"randomness has {len(randomness)} sample generator(s) for a batch of {batch}")
     # Sample noise (optionally offset per channel) and a timestep per sample.
-    noise = torch.randn(latents.shape, generator=generator).to(device)
+    noise = randomness.randn(*latents.shape[1:]).to(device)
     if config.noise_offset:
-        offset_shape = (batch, latents.shape[1]) + (1,) * (latents.ndim - 2)
-        noise = noise + config.noise_offset * torch.randn(offset_shape, generator=generator).to(device)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=generator)
-    timesteps = timesteps.to(device)
+        offset_shape = (latents.shape[1],) + (1,) * (latents.ndim - 2)
+        noise = noise + config.noise_offset * randomness.randn(*offset_shape).to(device)
+    timesteps = randomness.randint(noise_scheduler.config.num_train_timesteps).to(device)
     noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
 
     # Caption dropout: some samples see the empty caption, so classifier-free guidance still works.
     if config.caption_dropout > 0 and empty_text_embedding is not None:
-        drop = torch.rand(batch, generator=generator) < config.caption_dropout
+        drop = randomness.rand() < config.caption_dropout
         text_embeddings = torch.where(drop.to(device)[:, None, None], empty_text_embedding.to(device), text_embeddings)
 
     # Clips: the motion UNet takes (B, C, F, h, w) latents and one text state per frame.
@@ -141,7 +146,7 @@ def noise_prediction_loss(
     loss = _per_sample_mse(prediction, target)
     if config.appearance_debias is not None and latents.ndim == 5:
         # MotionDirector: also match the frame-to-frame differences, which carry motion, not look.
-        anchor = torch.randint(0, latents.shape[2], (batch,), generator=generator)
+        anchor = randomness.randint(latents.shape[2])
         loss = loss + _per_sample_mse(appearance_debiased(prediction, config.appearance_debias, anchor),
                                       appearance_debiased(target, config.appearance_debias, anchor))
     if config.snr_gamma is not None:

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from machining_t2v.diffusion import LossConfig, TrainingCache, noise_prediction_loss
-from machining_t2v.training import TrainingConfig, TrainingResult, train
+from machining_t2v.training import LossRandomness, TrainingConfig, TrainingResult, train
 
 logger = logging.getLogger(__name__)
 
@@ -128,9 +128,9 @@ def fixed_batch_loss(unet: torch.nn.Module, noise_scheduler, cache: TrainingCach
     device = next(unet.parameters()).device
     was_training = unet.training
     unet.eval()
-    generator = torch.Generator("cpu").manual_seed(seed)
+    randomness = LossRandomness.fixed(seed, len(indices))
     loss = noise_prediction_loss(unet, noise_scheduler, cache.latents[indices].to(device),
-                                 cache.text_embeddings[indices].to(device), generator, LossConfig())
+                                 cache.text_embeddings[indices].to(device), randomness, LossConfig())
     unet.train(was_training)
     return float(loss)
 
@@ -163,10 +163,10 @@ def fit_lora(
     validation_losses: dict[int, float] = {}
 
     if compute_loss is None:
-        def compute_loss(model, indices, generator):
+        def compute_loss(model, indices, randomness):
             return noise_prediction_loss(
                 model, noise_scheduler, cache.latents[indices].to(device), cache.text_embeddings[indices].to(device),
-                generator, loss_config, cache.empty_text_embedding,
+                randomness, loss_config, cache.empty_text_embedding,
             )  # fmt: skip
 
     def validate(step: int) -> None:

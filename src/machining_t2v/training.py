@@ -2,7 +2,7 @@
 
 What differs between the two LoRA kinds (which model, which parameters train, frames
 vs clips, the loss) is passed in: the caller hands over a model whose trainable
-parameters have ``requires_grad=True`` and a ``compute_loss(model, indices, generator)``
+parameters have ``requires_grad=True`` and a ``compute_loss(model, indices, randomness)``
 function. This module owns everything else: randomness, batching by sample index,
 the optimizer and learning-rate schedule, mixed precision and gradient accumulation
 (through ``accelerate``), gradient clipping, logging, checkpoints and exact resume.
@@ -11,17 +11,28 @@ It deliberately imports nothing from Kedro or MLflow so that it runs unchanged u
 ``accelerate launch``, in a notebook or from the console script; metrics leave
 through the ``on_log`` callback.
 
-Randomness contract (what makes resume bit-identical on CPU):
+Randomness contract (what makes resume bit-identical on CPU, and N processes train what
+one process trains):
 
 * a *sampler* generator, seeded from ``config.seed`` and identical on every process,
   draws the epoch permutations of ``range(num_samples)``;
-* a *loss* generator, seeded from ``config.seed`` and the process index, is handed
-  to ``compute_loss``, which must draw all of its randomness (noise, timesteps,
-  caption dropout, frame offsets...) from it, on CPU;
-* the torch / numpy / python global RNGs are seeded too (peft's LoRA dropout and
-  ``nn.Dropout`` use torch's global RNG);
-* every checkpoint stores all of these states plus the current permutation and the
-  position in it, so a resumed run draws exactly what the uninterrupted run would.
+* the loss's randomness is a pure function of the seed, the optimizer step, the
+  micro-step and the sample's position in the global micro-batch: every micro-step
+  ``compute_loss`` gets a :class:`LossRandomness` with one CPU generator per sample of
+  this process's share (``per_sample``, seeded from ``(seed, step, micro_step,
+  position)``) plus one generator ``shared`` that is identical on every process (for
+  batch-level decisions). ``compute_loss`` must draw all of its randomness (noise,
+  timesteps, caption dropout, frame offsets...) from it, in a fixed order, so sample
+  ``k`` of the global batch sees the same draws whichever process computes it. Nothing
+  of it needs storing in a checkpoint;
+* the torch / numpy / python global RNGs are seeded too, from the seed and the process
+  index (``set_seed(..., device_specific=True)``). peft's LoRA dropout and ``nn.Dropout``
+  draw from torch's global RNG, per process: with dropout > 0 a run is still
+  deterministic and resumes bit-identically on one process, but N processes no longer
+  train exactly what one process trains;
+* every checkpoint stores the sampler's and the global RNG states plus the current
+  permutation and the position in it, so a resumed run draws exactly what the
+  uninterrupted run would.
 
 Data parallelism (``accelerate launch --multi_gpu --num_processes N``, ``torchrun``; on a
 machine without CUDA the processes talk over gloo on the CPU):
@@ -31,12 +42,16 @@ machine without CUDA the processes talk over gloo on the CPU):
   ``DistributedDataParallel``: after the last micro-step the trainable gradients are
   averaged with one flat all-reduce, so ``compute_loss`` may run several forward passes,
   switch adapters or leave parameters unused, and an N-process step applies the same
-  update as a one-process step on the whole batch (equal up to float rounding when the
-  loss draws no randomness; with noise, each process has its own loss stream);
+  update as a one-process step on the whole batch. As the loss's draws depend on the
+  sample's global position, not on the process, N processes end with the one-process
+  weights up to float rounding, noise, timesteps and caption dropout included (not with
+  dropout > 0, see above; and only if ``compute_loss`` is per-sample: a batch statistic
+  such as batch norm sees only this process's share);
 * the trainable weights are broadcast from process 0 at the start, like DDP does;
 * the learning-rate schedule counts optimizer steps, whatever the process count, so a
-  checkpoint resumes under another process count (deterministic, not bit-identical:
-  only process 0's random streams are stored);
+  checkpoint resumes under another process count (same weights, optimizer, schedule,
+  sample order and loss draws; only process 0's global RNG state is stored, which
+  matters for dropout only);
 * only the main process writes checkpoints, logs (``on_log``), validates and shows
   progress; a checkpoint that cannot be written stops every process with the same
   :class:`CheckpointWriteError`, and the previous checkpoint stays intact.
@@ -62,7 +77,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +97,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CHECKPOINT_PREFIX",
     "CheckpointWriteError",
+    "LossRandomness",
     "NonFiniteLossError",
     "TrainingConfig",
     "TrainingResult",
@@ -431,6 +447,76 @@ def _derive_seed(seed: int, *parts: object) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+class LossRandomness:
+    """The random draws of one micro-batch, the same whichever process computes a sample.
+
+    Sample ``k`` of the global micro-batch (its *position*, ``0..batch_size-1``) has its own
+    CPU generator seeded from ``(seed, step, micro_step, k)``, so splitting the batch across
+    processes (or not) changes nothing about what each sample draws. Draw from it in a fixed
+    order; every method below draws one value per sample, from that sample's generator.
+
+    Attributes:
+        seed, step, micro_step: What the generators are seeded from (``step`` is the 1-based
+            optimizer step being computed; 0 is left to validation, see :meth:`fixed`).
+        positions: The global positions of this process's samples, in ``indices`` order.
+        shared: A generator identical on every process, for batch-level decisions (e.g.
+            whether this micro-step runs without an adapter).
+        per_sample: One generator per position.
+    """
+
+    def __init__(self, seed: int, step: int, micro_step: int, positions: Sequence[int]):
+        self.seed, self.step, self.micro_step = int(seed), int(step), int(micro_step)
+        self.positions = [int(p) for p in positions]
+        self.shared = torch.Generator("cpu").manual_seed(
+            _derive_seed(self.seed, "shared", self.step, self.micro_step)
+        )
+        self.per_sample = [
+            torch.Generator("cpu").manual_seed(
+                _derive_seed(self.seed, "sample", self.step, self.micro_step, position)
+            )
+            for position in self.positions
+        ]
+
+    @classmethod
+    def fixed(cls, seed: int, batch: int) -> LossRandomness:
+        """The same draws at every call (step 0, positions ``range(batch)``): for validation."""
+        return cls(seed, 0, 0, range(batch))
+
+    def __len__(self) -> int:
+        return len(self.per_sample)
+
+    def __repr__(self) -> str:
+        return (
+            f"LossRandomness(seed={self.seed}, step={self.step}, micro_step={self.micro_step}, "
+            f"positions={self.positions})"
+        )
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        """Standard normal noise, (B, *shape): one ``shape`` tensor per sample.
+
+        ``shape`` may also be given as one tuple or ``torch.Size`` (``randn(x.shape[1:])``).
+        """
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
+            shape = tuple(shape[0])
+        if not self.per_sample:
+            return torch.empty((0, *shape), device="cpu")
+        return torch.stack([torch.randn(shape, generator=g, device="cpu") for g in self.per_sample])
+
+    def randint(self, high: int) -> torch.LongTensor:
+        """One integer in ``[0, high)`` per sample, (B,)."""
+        if not self.per_sample:
+            return torch.empty(0, dtype=torch.long, device="cpu")
+        return torch.cat(
+            [torch.randint(0, high, (1,), generator=g, device="cpu") for g in self.per_sample]
+        )
+
+    def rand(self) -> torch.Tensor:
+        """One float uniform in ``[0, 1)`` per sample, (B,)."""
+        if not self.per_sample:
+            return torch.empty(0, device="cpu")
+        return torch.cat([torch.rand(1, generator=g, device="cpu") for g in self.per_sample])
+
+
 def _global_rng_state() -> dict[str, Any]:
     """Global RNG states as tensors/lists/ints only, so ``torch.load(weights_only=True)`` works."""
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
@@ -648,11 +734,14 @@ class _Run:
                 f"batch_size={config.batch_size} must be divisible by the "
                 f"{acc.num_processes} processes it is split across."
             )
-        set_seed(config.seed, device_specific=True)  # global RNGs: seed + process index
+        # Global RNGs (dropout): seed + process index. The loss draws from a LossRandomness
+        # per micro-step instead, which depends on no process (see the module docstring).
+        set_seed(config.seed, device_specific=True)
         self.sampler = _EpochSampler(num_samples, config.seed)  # same on every process
-        self.generator = torch.Generator().manual_seed(
-            _derive_seed(config.seed, "loss", acc.process_index)
-        )
+        # This process's positions in every global micro-batch.
+        self.positions = torch.arange(config.batch_size).tensor_split(acc.num_processes)[
+            acc.process_index
+        ].tolist()
         model.train()
         groups = _make_param_groups(model, param_groups, config)
         optimizer = torch.optim.AdamW(
@@ -818,11 +907,8 @@ class _Run:
             _write_durably(tmp / "scheduler.pt", _torch_bytes(self.scheduler.state_dict()))
             if acc.scaler is not None:
                 _write_durably(tmp / "scaler.pt", _torch_bytes(acc.scaler.state_dict()))
-            rng = {
-                "sampler": self.sampler.state_dict(),
-                "loss_generator": self.generator.get_state(),
-                "global": _global_rng_state(),
-            }
+            # The loss's draws are a function of the step: nothing to store for them.
+            rng = {"sampler": self.sampler.state_dict(), "global": _global_rng_state()}
             _write_durably(tmp / "rng.pt", _torch_bytes(rng))
             state = {
                 "global_step": step,
@@ -902,26 +988,26 @@ class _Run:
         if saved_processes != acc.num_processes:
             logger.info(
                 "Resuming a checkpoint written by %d process(es) with %d: same weights, "
-                "optimizer, schedule and sample order; new random streams on processes > 0.",
+                "optimizer, schedule, sample order and loss draws; new global RNG streams "
+                "(dropout) on processes > 0.",
                 saved_processes,
                 acc.num_processes,
             )
         if acc.scaler is not None and (path / "scaler.pt").is_file():
             acc.scaler.load_state_dict(_torch_load(path / "scaler.pt"))
+        # Older checkpoints also hold a per-process "loss_generator" state: no longer used,
+        # the loss's draws are derived from the step.
         rng = _torch_load(path / "rng.pt")
         self.sampler.load_state_dict(rng["sampler"])  # identical on all processes
         if acc.process_index == 0:
-            self.generator.set_state(rng["loss_generator"])
             _set_global_rng_state(rng["global"])
         else:
-            # Only the main process's streams are stored; the others continue on fresh
-            # streams derived from the step, still deterministic but not bit-identical.
+            # Only the main process's global RNG state is stored; the others continue on
+            # fresh streams derived from the step, still deterministic but not bit-identical
+            # (only dropout draws from them).
             set_seed(  # numpy takes 32-bit seeds only
                 _derive_seed(self.config.seed, "resume", acc.process_index, state["global_step"])
                 % 2**32
-            )
-            self.generator.manual_seed(
-                _derive_seed(self.config.seed, "loss", acc.process_index, state["global_step"])
             )
         self.global_step = int(state["global_step"])
         self.losses = [float(x) for x in state["losses"]]
@@ -937,13 +1023,17 @@ class _Run:
         """Run one optimizer step (all its micro-steps); returns (loss, lr, grad_norm)."""
         acc, cfg = self.accelerator, self.config
         micro_losses = []
-        for _ in range(cfg.gradient_accumulation_steps):
+        for micro_step in range(cfg.gradient_accumulation_steps):
             with acc.accumulate(self.model):
                 # Sample batch: the next global batch of indices, this process's shard of it.
                 indices = self.sampler.next_batch(cfg.batch_size)
                 indices = indices.tensor_split(acc.num_processes)[acc.process_index]
-                # Forward + loss: all randomness inside comes from self.generator.
-                loss = self.compute_loss(self.model, indices, self.generator)
+                # Forward + loss: all randomness inside comes from the samples' own generators,
+                # keyed by their global position, so the process count does not change it.
+                randomness = LossRandomness(
+                    cfg.seed, self.global_step + 1, micro_step, self.positions
+                )
+                loss = self.compute_loss(self.model, indices, randomness)
                 # Every process must see the same value, or a NaN on one would hang the others.
                 mean_loss = acc.gather(loss.detach().float().reshape(1)).mean().item()
                 if not math.isfinite(mean_loss):
@@ -982,7 +1072,7 @@ def _torch_load(path: Path) -> Any:
 
 def train(
     model: nn.Module,
-    compute_loss: Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor],
+    compute_loss: Callable[[nn.Module, torch.Tensor, LossRandomness], torch.Tensor],
     num_samples: int,
     config: TrainingConfig,
     checkpoint_dir: str | Path,
@@ -1001,12 +1091,16 @@ def train(
         model: The model; only parameters with ``requires_grad=True`` train and are
             checkpointed, everything else is assumed fixed (rebuild it identically
             before resuming).
-        compute_loss: ``compute_loss(model, indices, generator) -> scalar loss``. ``model``
-            is the prepared model (on the accelerator's device, forward under autocast
-            with mixed precision; never a DDP wrapper), ``indices`` a CPU LongTensor of
-            sample indices in ``range(num_samples)`` for this process's share of the
-            batch, ``generator`` a CPU ``torch.Generator`` from which all noise,
-            timesteps and caption dropout must be drawn.
+        compute_loss: ``compute_loss(model, indices, randomness) -> scalar loss``, the mean
+            over ``indices``. ``model`` is the prepared model (on the accelerator's device,
+            forward under autocast with mixed precision; never a DDP wrapper), ``indices``
+            a CPU LongTensor of sample indices in ``range(num_samples)`` for this process's
+            share of the batch, ``randomness`` a :class:`LossRandomness` with one CPU
+            generator per index (``randomness.per_sample[i]`` belongs to ``indices[i]``)
+            and one shared by all processes: all noise, timesteps and caption dropout
+            must be drawn from it, so that resume is bit-identical and N processes train
+            what one process trains. Dropout in the model draws from torch's global RNG,
+            per process (see the module docstring).
         num_samples: Size of the dataset the indices refer to.
         config: Loop hyper-parameters.
         checkpoint_dir: Folder for ``checkpoint-<step>`` folders (created if missing).

@@ -177,21 +177,23 @@ def _dual_path_loss(clip_cache, still_cache, noise_scheduler, loss_config: LossC
                                  noise_offset=loss_config.noise_offset, appearance_debias=debias)
     num_stills = still_cache.latents.shape[0]
 
-    def compute_loss(model, indices, generator):
-        # Spatial path: single stills as one-frame clips, temporal LoRA switched off.
-        still_indices = torch.randint(0, num_stills, (len(indices),), generator=generator)
+    def compute_loss(model, indices, randomness):
+        # Spatial path: single stills as one-frame clips, temporal LoRA switched off. One still per
+        # clip of the batch, drawn from that clip's own generator (the same on any process count).
+        still_indices = randomness.randint(num_stills)
         with lora_scale(model, "motion", 0.0):
             spatial = noise_prediction_loss(
                 model, noise_scheduler, still_cache.latents[still_indices].unsqueeze(2).to(device),
-                still_cache.text_embeddings[still_indices].to(device), generator, loss_config,
+                still_cache.text_embeddings[still_indices].to(device), randomness, loss_config,
                 still_cache.empty_text_embedding,
             )  # fmt: skip
         # Temporal path: whole clips; the spatial LoRA is dropped on some steps so motion does not lean on it.
-        drop_spatial = bool(torch.rand((), generator=generator) < spatial_dropout)
+        # A decision for the whole batch: drawn from the generator every process shares.
+        drop_spatial = bool(torch.rand((), generator=randomness.shared) < spatial_dropout)
         with lora_scale(model, "spatial", 0.0 if drop_spatial else 1.0):
             temporal = noise_prediction_loss(
                 model, noise_scheduler, clip_cache.latents[indices].to(device),
-                clip_cache.text_embeddings[indices].to(device), generator, temporal_config,
+                clip_cache.text_embeddings[indices].to(device), randomness, temporal_config,
                 clip_cache.empty_text_embedding,
             )  # fmt: skip
         return spatial + temporal
