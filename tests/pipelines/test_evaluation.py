@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 
 import mlflow
 import numpy as np
@@ -10,12 +12,19 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from machining_t2v import starter_world
 from machining_t2v.generation import cpu_threads
+from machining_t2v.inworld import InWorldEvaluator, accuracy, train_evaluator
 from machining_t2v.pipelines.evaluation.nodes import (
+    INWORLD_COLUMNS,
+    INWORLD_FOLDER,
     METRICS,
     build_prompt_table,
+    build_report,
+    clip_key,
     generate_evaluation_clips,
     process_of,
+    score_in_world,
 )
 from machining_t2v.video_io import probe_video
 from tests.conftest import make_project, run_pipeline
@@ -164,3 +173,121 @@ def test_prompt_table_and_process_recognition():
             build_prompt_table({"prompts": [{**good, **bad}], "processes": processes})
     with pytest.raises(ValueError, match="duplicate ids"):
         build_prompt_table({"prompts": [good, good], "processes": processes})
+
+
+# --------------------------------------------------------------------------- in-world metrics
+
+
+def test_in_world_metrics_are_empty_without_an_evaluator(project, caplog):
+    reporting = project / "data/08_reporting"
+    for name in ("evaluation_inworld", "evaluation_inworld_predictions"):
+        assert pd.read_csv(reporting / f"{name}.csv").empty
+    assert list(pd.read_csv(reporting / "evaluation_inworld.csv").columns) == INWORLD_COLUMNS
+    for report in ("evaluation_report.md", "evaluation_report.html"):
+        assert "In-world metrics" not in (reporting / report).read_text()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("machining_t2v")
+    for run in client.search_runs([experiment.experiment_id]):
+        assert not [key for key in run.data.metrics if ".inworld." in key]
+    with caplog.at_level(logging.INFO, logger="machining_t2v.pipelines.evaluation.nodes"):
+        table, _ = score_in_world({}, pd.DataFrame(), {}, pd.DataFrame(),
+                                  {"base_model_source": str(project / "data/06_models/tiny-sd")})
+    assert table.empty and list(table.columns) == INWORLD_COLUMNS
+    assert [r.message for r in caplog.records if "No in-world metrics" in r.message] == [
+        f"No in-world metrics: base model {project / 'data/06_models/tiny-sd'} has no inworld_evaluator/ folder "
+        "(only the starter model carries one)"]
+
+
+@pytest.fixture(scope="module")
+def starter_like_model(project, tmp_path_factory):
+    """A copy of the tiny model folder with a small in-world evaluator in it, as the starter model carries."""
+    folder = tmp_path_factory.mktemp("starter") / "tiny-sd"
+    shutil.copytree(project / "data/06_models/tiny-sd", folder)
+    clips = (starter_world.render_machine_clips(12, 0, shop=True) + starter_world.render_machine_clips(12, 1, shop=False)
+             + starter_world.render_shape_clips(12, 2))
+    frames, _, labels = starter_world.stack_clips(clips)
+    # 20 epochs (~15 s) separate the shop look from grey on unseen renders; 4 do not.
+    train_evaluator(frames, labels, seed=0, epochs=20, progress=False).save(folder / INWORLD_FOLDER)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def in_world(starter_like_model):
+    """score_in_world on renders the evaluator never saw: shop renders as the +image clips, the same renders
+    in grey as the base clips, for the renders' own captions (which ask for the shop's look); grey renders
+    with grey captions (no style, no direction) as reference clips."""
+    renders = starter_world.render_machine_clips(4, 7, shop=True)
+    prompts = pd.DataFrame([{"prompt_id": f"p{i}", "prompt": clip.caption, "process": clip.scene,
+                             "split": ("seen", "held_out")[i % 2]} for i, clip in enumerate(renders)])
+    shop = [clip.frames for clip in renders]
+    grey = [starter_world.neutral_look(clip.frames) for clip in renders]
+    generated = {clip_key(variant, f"p{i}", 0): frames[i]
+                 for variant, frames in (("image", shop), ("base", grey)) for i in range(len(renders))}
+    references = starter_world.render_machine_clips(2, 8, shop=False)
+    reference_table = pd.DataFrame([{"sample_id": f"ref{i}", "video": "", "caption": clip.caption,
+                                     "process": clip.scene} for i, clip in enumerate(references)])
+    table, predictions = score_in_world(generated, prompts, {f"ref{i}": c.frames for i, c in enumerate(references)},
+                                        reference_table, {"base_model_source": str(starter_like_model)})
+    return {"table": table, "predictions": predictions, "renders": renders, "shop": np.stack(shop),
+            "grey": np.stack(grey), "references": references}
+
+
+def test_in_world_accuracies_are_the_evaluators_own(starter_like_model, in_world):
+    table, renders = in_world["table"].set_index(["variant", "split"]), in_world["renders"]
+    assert list(table.index) == [("base", "all"), ("base", "seen"), ("base", "held_out"), ("image", "all"),
+                                 ("image", "seen"), ("image", "held_out"), ("reference", "all")]
+    assert list(table["n_clips"]) == [4, 2, 2, 4, 2, 2, 2]
+    evaluator = InWorldEvaluator.load(starter_like_model / INWORLD_FOLDER)
+    expected = [starter_world.expected_labels(clip.caption) for clip in renders]
+    assert {e["style"] for e in expected} == {"shop"} and all(e["motion"] for e in expected)
+    for variant, clips in (("image", in_world["shop"]), ("base", in_world["grey"])):
+        predicted = evaluator.predict(clips)
+        for key in ("style", "scene", "motion"):
+            assert table.loc[(variant, "all"), f"{key}_accuracy"] == accuracy(predicted, expected, key)
+            assert table.loc[(variant, "seen"), f"{key}_accuracy"] == accuracy(predicted[::2], expected[::2], key)
+            assert table.loc[(variant, "held_out"), f"{key}_accuracy"] == accuracy(predicted[1::2], expected[1::2],
+                                                                                   key)
+    # The shop renders look like the shop, their grey copies do not.
+    assert table.loc[("image", "all"), "style_accuracy"] >= 0.75
+    assert table.loc[("image", "all"), "style_accuracy"] > table.loc[("base", "all"), "style_accuracy"]
+    # Grey captions name the process only: no style or motion to score.
+    reference = table.loc[("reference", "all")]
+    assert np.isnan(reference["style_accuracy"]) and np.isnan(reference["motion_accuracy"])
+    assert reference["scene_accuracy"] == accuracy(
+        evaluator.predict(np.stack([c.frames for c in in_world["references"]])),
+        [starter_world.expected_labels(c.caption) for c in in_world["references"]], "scene")
+    predictions = in_world["predictions"].set_index(["variant", "prompt_id"])
+    assert len(predictions) == 10
+    assert predictions.loc[("image", "p1"), "expected_motion"] == expected[1]["motion"]
+    assert pd.isna(predictions.loc[("reference", "ref0"), "expected_style"])
+
+
+def test_report_has_the_in_world_section_after_the_results(project, in_world, tmp_path):
+    reporting = project / "data/08_reporting"
+    summary = pd.read_csv(reporting / "evaluation_summary.csv")
+    metrics = pd.read_csv(reporting / "evaluation_metrics.csv")
+    models = json.loads((reporting / "evaluation_models.json").read_text())
+    prompts = build_prompt_table({"prompts": [{"id": p, "text": p, "process": "milling", "split": "seen"}
+                                              for p in PROMPT_IDS], "processes": {"milling": ["mill"]}})
+    # As the catalog hands them over: written to CSV and read back (None labels come back as NaN).
+    tables = {}
+    for name in ("table", "predictions"):
+        in_world[name].to_csv(tmp_path / f"{name}.csv", index=False)
+        tables[name] = pd.read_csv(tmp_path / f"{name}.csv")
+    report, page = build_report(summary, metrics, prompts, models, {}, {}, tables["table"], tables["predictions"],
+                                {})
+    assert report.index("## Results") < report.index("## In-world metrics") < report.index("## Seen vs held-out")
+    image = in_world["table"].set_index(["variant", "split"]).loc[("image", "all")]
+    row = "| +image LoRA | all | 4 | " + " | ".join(f"{100 * image[f'{k}_accuracy']:.0f}%"
+                                                     for k in ("style", "scene", "motion")) + " |"
+    assert row in report
+    assert "| reference clips (ceiling) | all | 2 | – | " in report  # grey captions: no style to score
+    first = in_world["predictions"].iloc[0]  # p0's grey clip; its caption states scene, style and motion
+    assert (first["variant"], first["prompt_id"]) == ("base", "p0")
+    cells = [f"{first[f'predicted_{k}']} ✓" if first[f"predicted_{k}"] == first[f"expected_{k}"]
+             else f"{first[f'predicted_{k}']} ✗ (expected {first[f'expected_{k}']})" for k in ("scene", "style", "motion")]
+    assert "| p0 | base | 0 | " + " | ".join(cells) + " |" in report
+    for text in (report, page):
+        assert "reported alongside, not instead of, CLIP-T and CLIP-F" in text
+        assert "In-world labels per prompt" in text
+    assert f"<td>{100 * image['style_accuracy']:.0f}%</td>" in page

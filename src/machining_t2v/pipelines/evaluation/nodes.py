@@ -8,13 +8,14 @@ import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from machining_t2v import tracking
+from machining_t2v import starter_world, tracking
 from machining_t2v.clip_metrics import STANDIN_NOTE, clip_f, clip_t, load_clip_scorer
 from machining_t2v.datasets import TrainedLora
 from machining_t2v.generation import (
@@ -24,6 +25,7 @@ from machining_t2v.generation import (
     load_lora,
     set_lora_scales,
 )
+from machining_t2v.inworld import InWorldEvaluator, accuracy
 from machining_t2v.metrics import FlowStatistics, flow_statistics, motion_fidelity, video_metrics
 from machining_t2v.report import (
     Block,
@@ -68,6 +70,12 @@ METRIC_DESCRIPTIONS = {
     "motion_fidelity": "1 - mean distance of flow magnitude/direction histograms and rotation ratio to the "
                        "reference clips of the same process (1 = moves like the references)",
 }
+INWORLD_FOLDER = "inworld_evaluator"
+"""Subfolder of a base model (the starter model) that holds its in-world evaluator."""
+INWORLD_KEYS = ("style", "scene", "motion")
+INWORLD_COLUMNS = ["variant", "split", "n_clips", *(f"{key}_accuracy" for key in INWORLD_KEYS)]
+INWORLD_PREDICTION_COLUMNS = ["variant", "prompt_id", "split", "seed", *(f"predicted_{key}" for key in INWORLD_KEYS),
+                              *(f"expected_{key}" for key in INWORLD_KEYS)]
 _PROMPT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*(?:_[A-Za-z0-9-]+)*$")
 _CLIP_KEY_SEP = "__"
 
@@ -347,6 +355,85 @@ def summarise_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
+def score_in_world(
+    generated: dict[str, np.ndarray],
+    prompts: pd.DataFrame,
+    reference_clips: dict[str, np.ndarray],
+    reference_table: pd.DataFrame,
+    generation_record: dict[str, Any],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """In-world metrics: label every clip with the base model's in-world evaluator.
+
+    Only a base model pretrained in the starter world (the starter model) carries an
+    evaluator, in its ``inworld_evaluator/`` subfolder; for any other base model both tables
+    are empty. A generated clip is expected to show what its prompt asks for and a reference
+    clip what its caption says (:func:`machining_t2v.starter_world.expected_labels`). Accuracy
+    is the share of clips whose predicted label is the expected one, over the clips whose
+    prompt states that label (NaN if none does). Logged to MLflow as
+    ``eval.<variant>.inworld.<key>_accuracy`` and ``eval.<variant>.<split>.inworld.<key>_accuracy``.
+
+    Returns:
+        one row per (variant, split) like :func:`summarise_metrics` (``n_clips`` and
+        ``style_accuracy``, ``scene_accuracy``, ``motion_accuracy``), and one row per clip with
+        its predicted and expected labels (reference clips: variant and split ``reference``).
+    """
+    folder = Path(str(generation_record["base_model_source"])) / INWORLD_FOLDER
+    if not folder.is_dir():
+        logger.info("No in-world metrics: base model %s has no %s/ folder (only the starter model carries one)",
+                    generation_record["base_model_source"], INWORLD_FOLDER)
+        return pd.DataFrame(columns=INWORLD_COLUMNS), pd.DataFrame(columns=INWORLD_PREDICTION_COLUMNS)
+    # A folder that is there but unreadable raises: a stale or broken starter must not pass unnoticed.
+    evaluator = InWorldEvaluator.load(folder)
+    prompt_of = prompts.set_index("prompt_id")
+    rows: list[dict[str, Any]] = []
+
+    def add(base: dict[str, Any], frames: np.ndarray, text: str) -> None:
+        # One clip at a time: reference clips may differ in length and size, a batch may not.
+        predicted = evaluator.predict(np.asarray(frames)[None])[0]
+        expected = starter_world.expected_labels(text)
+        rows.append({**base, **{f"predicted_{key}": predicted[key] for key in INWORLD_KEYS},
+                     **{f"expected_{key}": expected[key] for key in INWORLD_KEYS}})
+
+    for key in sorted(generated):
+        variant, prompt_id, seed = parse_clip_key(key)
+        prompt = prompt_of.loc[prompt_id]
+        add({"variant": variant, "prompt_id": prompt_id, "split": prompt["split"], "seed": seed}, generated[key],
+            prompt["prompt"])
+    for row in reference_table.itertuples(index=False):
+        add({"variant": REFERENCE, "prompt_id": row.sample_id, "split": REFERENCE, "seed": -1},
+            reference_clips[row.sample_id], str(row.caption or ""))
+    predictions = pd.DataFrame(rows, columns=INWORLD_PREDICTION_COLUMNS)
+    table = _in_world_accuracies(predictions)
+    for row in table.to_dict("records"):
+        prefix = (f"eval.{row['variant']}.inworld." if row["split"] == "all"
+                  else f"eval.{row['variant']}.{row['split']}.inworld.")
+        tracking.log_metrics({f"{key}_accuracy": row[f"{key}_accuracy"] for key in INWORLD_KEYS}, prefix=prefix)
+    logger.info("In-world metrics from %s: %s", folder, "; ".join(
+        f"{r['variant']} style {r['style_accuracy']:.2f} scene {r['scene_accuracy']:.2f} "
+        f"motion {r['motion_accuracy']:.2f}" for r in table[table["split"] == "all"].to_dict("records")))
+    return table, predictions
+
+
+def _labels(frame: pd.DataFrame, prefix: str) -> list[dict[str, str | None]]:
+    """``predicted_*`` or ``expected_*`` columns as label dicts; a missing label (None/NaN) as None."""
+    return [{key: None if pd.isna(value) else str(value) for key, value in zip(INWORLD_KEYS, values, strict=True)}
+            for values in frame[[f"{prefix}{key}" for key in INWORLD_KEYS]].itertuples(index=False)]
+
+
+def _in_world_accuracies(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per (variant, split), grouped like :func:`summarise_metrics`."""
+    rows = []
+    for variant in [v for v in [*VARIANT_ADAPTERS, REFERENCE] if v in set(predictions["variant"])]:
+        subset = predictions[predictions["variant"] == variant]
+        groups = [("all", subset)] if variant == REFERENCE else [("all", subset)] + [
+            (split, subset[subset["split"] == split]) for split in SPLITS if (subset["split"] == split).any()]
+        for split, group in groups:
+            predicted, expected = _labels(group, "predicted_"), _labels(group, "expected_")
+            rows.append({"variant": variant, "split": split, "n_clips": len(group),
+                         **{f"{key}_accuracy": accuracy(predicted, expected, key) for key in INWORLD_KEYS}})
+    return pd.DataFrame(rows, columns=INWORLD_COLUMNS)
+
+
 # --------------------------------------------------------------------------- report pieces
 
 
@@ -452,6 +539,50 @@ def _per_prompt_table(metrics: pd.DataFrame) -> Table:
     return Table(("prompt", "variant", "seed", *METRICS), rows)
 
 
+def _percent(value: Any) -> str:
+    return "–" if value is None or pd.isna(value) else f"{100 * float(value):.0f}%"
+
+
+def _label_cell(predicted: Any, expected: Any) -> str:
+    if pd.isna(expected):
+        return str(predicted)  # the prompt does not say: nothing to compare with
+    return f"{predicted} ✓" if predicted == expected else f"{predicted} ✗ (expected {expected})"
+
+
+def _in_world_blocks(inworld: pd.DataFrame, predictions: pd.DataFrame) -> list[Block]:
+    """The "In-world metrics" section; nothing when the base model has no in-world evaluator."""
+    if inworld.empty:
+        return []
+    rows = tuple((VARIANT_LABELS.get(r["variant"], r["variant"]), r["split"], int(r["n_clips"]),
+                  *(_percent(r[f"{key}_accuracy"]) for key in INWORLD_KEYS)) for r in inworld.to_dict("records"))
+    blocks: list[Block] = [
+        Heading("In-world metrics"),
+        Paragraph("These are in-world metrics: a small classifier trained on renders of the starter world (the "
+                  f"base model's `{INWORLD_FOLDER}/` folder) labels every clip, and each accuracy is the share of "
+                  "clips that show what their prompt asks for (reference clips: what their caption says); a dash "
+                  "where no prompt states that label. **style**: the shop's look (workpiece materials, machine "
+                  "colours) vs the neutral grey look of the pretraining renders; **scene**: milling, turning or "
+                  "plain shapes; **motion**: the dominant motion, read from optical flow (direction of travel, "
+                  "inward, rotate, scale, bounce, static). The classifier only knows the starter world, so these "
+                  "numbers are reported alongside, not instead of, CLIP-T and CLIP-F."),
+        Table(("variant", "split", "clips", "style accuracy", "scene accuracy", "motion accuracy"), rows),
+    ]
+    generated = predictions[predictions["variant"] != REFERENCE]
+    if not generated.empty:
+        order = {v: i for i, v in enumerate(VARIANT_ADAPTERS)}
+        generated = generated.sort_values(["prompt_id", "variant", "seed"],
+                                          key=lambda s: s.map(order) if s.name == "variant" else s)
+        blocks += [Heading("In-world labels per prompt", 3),
+                   Paragraph("The label each clip got: ✓ where it is what the prompt asks for, ✗ with the expected "
+                             "label where it is not, no mark where the prompt does not say."),
+                   Table(("prompt", "variant", "seed", "scene", "style", "motion"),
+                         tuple((str(r["prompt_id"]), VARIANT_LABELS.get(r["variant"], r["variant"]), int(r["seed"]),
+                                *(_label_cell(r[f"predicted_{key}"], r[f"expected_{key}"])
+                                  for key in ("scene", "style", "motion")))
+                               for r in generated.to_dict("records")))]
+    return blocks
+
+
 def _materialise(images: dict[str, Any]) -> dict[str, Image.Image]:
     """Images from a partitioned dataset come as loader callables; call them."""
     return {name: image() if callable(image) else image for name, image in images.items()}
@@ -464,12 +595,16 @@ def build_report(
     models: dict[str, Any],
     plots: dict[str, Image.Image],
     strips: dict[str, Image.Image],
+    inworld: pd.DataFrame,
+    inworld_predictions: pd.DataFrame,
     params: dict[str, Any],
 ) -> tuple[str, str]:
     """The evaluation report as Markdown (images linked beside it) and self-contained HTML.
 
     It says which models produced the numbers and, when the stand-in CLIP or the random tiny
-    base model is used, says plainly that the scores measure nothing about quality.
+    base model is used, says plainly that the scores measure nothing about quality. When the
+    base model has an in-world evaluator (``inworld`` is not empty, see :func:`score_in_world`),
+    an "In-world metrics" section follows the results.
     """
     plots, strips = _materialise(plots), _materialise(strips)
     report = params.get("report") or {}
@@ -508,6 +643,7 @@ def build_report(
                          f"clips ({', '.join(f'{k}: {v}' for k, v in models['reference_clips'].items()) or 'none'})."),
                _summary_table(summary, None),
                BulletList(tuple(f"`{m}`: {METRIC_DESCRIPTIONS[m]}" for m in METRICS)),
+               *_in_world_blocks(inworld, inworld_predictions),
                Heading("Seen vs held-out prompts"), _summary_table(summary, "split"),
                Heading("Prompts"),
                Table(("id", "split", "process", "prompt"),
@@ -538,6 +674,7 @@ __all__ = [
     "make_frame_strips",
     "plot_metrics",
     "score_clips",
+    "score_in_world",
     "select_reference_clips",
     "summarise_metrics",
 ]

@@ -1,5 +1,8 @@
 """``evaluation`` pipeline: base vs +image LoRA vs +motion LoRA vs both -> metrics, report, plots, strips.
 
+When the base model is the starter model, its in-world evaluator adds in-world metrics
+(style, scene and motion accuracy); for any other base model that table is empty.
+
 Registered on its own (``kedro run --pipelines=evaluation`` evaluates the LoRAs on disk) and
 appended to the ``image_ft`` and ``motion_ft`` chains, where it runs after the training nodes
 because it reads the ``image_lora`` and ``motion_lora`` datasets they write.
@@ -16,6 +19,7 @@ from .nodes import (
     make_frame_strips,
     plot_metrics,
     score_clips,
+    score_in_world,
     select_reference_clips,
     summarise_metrics,
 )
@@ -36,6 +40,10 @@ def create_pipeline(**kwargs) -> Pipeline:
                  inputs=["evaluation_clips", "evaluation_prompts", "evaluation_reference_clips",
                          "evaluation_reference_table", "params:evaluation"],
                  outputs=["evaluation_metrics", "evaluation_clip_record"], name="score_evaluation_clips"),
+            Node(score_in_world,
+                 inputs=["evaluation_clips", "evaluation_prompts", "evaluation_reference_clips",
+                         "evaluation_reference_table", "evaluation_generation_record"],
+                 outputs=["evaluation_inworld", "evaluation_inworld_predictions"], name="score_evaluation_in_world"),
             Node(summarise_metrics, inputs="evaluation_metrics", outputs="evaluation_summary",
                  name="summarise_evaluation_metrics"),
             Node(describe_models,
@@ -49,7 +57,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                  name="plot_evaluation_metrics"),
             Node(build_report,
                  inputs=["evaluation_summary", "evaluation_metrics", "evaluation_prompts", "evaluation_models",
-                         "evaluation_plots", "evaluation_strips", "params:evaluation"],
+                         "evaluation_plots", "evaluation_strips", "evaluation_inworld",
+                         "evaluation_inworld_predictions", "params:evaluation"],
                  outputs=["evaluation_report", "evaluation_report_html"], name="build_evaluation_report"),
         ]
     )
