@@ -1,0 +1,273 @@
+"""The synthetic world the starter model is pretrained in, and the labels the in-world evaluator knows.
+
+The starter model (see :mod:`machining_t2v.starter`) has to draw and move *generic* scenes
+before any fine-tuning, so that the image and motion LoRAs have something to adapt and
+their effect can be measured. This module renders that generic world as 64 px clips:
+
+* **neutral machine scenes** -- the milling and turning scenes of
+  :mod:`machining_t2v.sample_videos` in grey: no workpiece materials, no machine colours,
+  and captions that name the process but neither the material nor the tool-path
+  direction. The tool does move, in a random direction, so the motion adapter learns that
+  tools travel, not which way a shop's job goes;
+* **plain shapes** -- a circle, square or triangle in a named colour on a plain background
+  that moves in one of eight directions, rotates, grows or shrinks, or bounces, with the
+  motion in the caption (a moving-shapes data set): generic motion words the LoRAs can
+  build on.
+
+What is deliberately left out is the shop: its colours and materials (the image LoRA's job)
+and its tool-path directions (the motion LoRA's). :func:`render_shop_clip` renders that look
+from :mod:`machining_t2v.sample_videos` for the in-world evaluator, which must know both.
+
+Every clip carries labels in the evaluator's vocabulary: ``scene`` (:data:`SCENES`),
+``style`` (:data:`STYLES`) and ``motion`` (:data:`MOTIONS`). Everything is a pure function
+of the seed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from machining_t2v import sample_videos
+
+SCENES = ("milling", "turning", "shapes")
+STYLES = ("neutral", "shop")
+MOTIONS = (
+    "right", "left", "down", "up", "down-right", "up-left", "up-right", "down-left",
+    "inward", "rotate", "scale", "bounce", "static",
+)
+
+#: Tool-path direction of the sample videos (see ``sample_videos``) -> motion label.
+DIRECTION_MOTIONS = {
+    "x": "right", "-x": "left", "y": "down", "-y": "up",
+    "diagonal": "down-right", "-diagonal": "up-left",
+    "left": "left", "right": "right", "inward": "inward",
+}
+
+#: Unit vectors (image x right, y down) of the eight translation labels.
+_TRANSLATIONS = {
+    "right": (1.0, 0.0), "left": (-1.0, 0.0), "down": (0.0, 1.0), "up": (0.0, -1.0),
+    "down-right": (math.sqrt(0.5), math.sqrt(0.5)), "up-left": (-math.sqrt(0.5), -math.sqrt(0.5)),
+    "up-right": (math.sqrt(0.5), -math.sqrt(0.5)), "down-left": (-math.sqrt(0.5), math.sqrt(0.5)),
+}
+_TRANSLATION_WORDS = {
+    "right": "from left to right", "left": "from right to left",
+    "down": "from top to bottom", "up": "from bottom to top",
+    "down-right": "diagonally from top left to bottom right",
+    "up-left": "diagonally from bottom right to top left",
+    "up-right": "diagonally from bottom left to top right",
+    "down-left": "diagonally from top right to bottom left",
+}
+_SHAPE_COLOURS = {
+    "red": (210, 45, 40), "green": (50, 170, 70), "blue": (45, 85, 210), "yellow": (230, 205, 40),
+    "orange": (235, 130, 30), "purple": (140, 60, 180), "white": (240, 240, 240), "black": (25, 25, 25),
+}
+_SHAPES = ("circle", "square", "triangle")
+
+#: Words the starter tokenizer keeps whole, on top of the tiny model's domain words.
+WORLD_WORDS: tuple[str, ...] = tuple(
+    """
+    circle triangle shape shapes grows growing shrinks shrinking bounces bouncing rotate
+    top bottom diagonally back forth inwards centre center plain background
+    purple pink titanium cast iron copper clockwise radial grey
+    """.split()
+)
+
+SIZE = 64
+NUM_FRAMES = 8
+
+
+@dataclass(frozen=True)
+class WorldClip:
+    """One rendered clip of the starter world with its caption and labels."""
+
+    frames: np.ndarray  # uint8 (F, H, W, 3)
+    caption: str
+    scene: str
+    style: str
+    motion: str
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"scene": self.scene, "style": self.style, "motion": self.motion}
+
+
+# --------------------------------------------------------------------------- machine scenes
+
+
+def _machine_specs(count: int, seed: int, render_size: int) -> list[sample_videos.ClipSpec]:
+    """Specs with every milling/turning job, 2 * NUM_FRAMES source frames each."""
+    specs = sample_videos.sample_clip_specs(
+        count, seed=seed, width=render_size, height=render_size,
+        min_seconds=2 * NUM_FRAMES / 12, max_seconds=2 * NUM_FRAMES / 12,
+    )
+    return specs
+
+
+def _to_world_frames(video: np.ndarray, size: int = SIZE) -> np.ndarray:
+    # Every second source frame, as the frames pipeline's default stride, area-downsampled.
+    frames = video[::2][:NUM_FRAMES]
+    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames])
+
+
+def neutral_look(frames: np.ndarray) -> np.ndarray:
+    """The neutral (pretraining) look of a shop render: its luminance in grey."""
+    grey = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def neutral_machine_caption(process: str) -> str:
+    """Caption of a neutral machine scene: the process, never the material or direction."""
+    if process == "milling":
+        return "milling on a milling machine, grey workpiece, spinning end mill"
+    return "turning on a lathe, grey bar spinning in the chuck, fixed turning tool"
+
+
+def render_machine_clips(count: int, seed: int, *, shop: bool, render_size: int = 128) -> list[WorldClip]:
+    """``count`` milling/turning clips, in the neutral grey look or the shop's own look.
+
+    Shop clips keep the sample videos' captions (material and direction included).
+    """
+    clips = []
+    for spec in _machine_specs(count, seed, render_size):
+        frames = _to_world_frames(sample_videos.render_clip(spec))
+        if shop:
+            caption, style = spec.caption, "shop"
+        else:
+            frames, caption, style = neutral_look(frames), neutral_machine_caption(spec.process), "neutral"
+        clips.append(WorldClip(frames, caption, spec.process, style, DIRECTION_MOTIONS[spec.direction]))
+    return clips
+
+
+def render_shop_clip(spec: sample_videos.ClipSpec) -> np.ndarray:
+    """A sample-video spec rendered as a 64 px, 8-frame clip in the shop's look."""
+    return _to_world_frames(sample_videos.render_clip(spec))
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def _shape_points(shape: str, centre: np.ndarray, radius: float, angle: float) -> np.ndarray:
+    corners = {"square": 4, "triangle": 3}[shape]
+    start = -math.pi / 2 + (math.pi / 4 if shape == "square" else 0.0)
+    t = start + angle + np.arange(corners) * 2 * math.pi / corners
+    return np.stack([centre[0] + radius * np.cos(t), centre[1] + radius * np.sin(t)], axis=1)
+
+
+def _draw_shape(img: np.ndarray, shape: str, centre: np.ndarray, radius: float, angle: float,
+                colour: tuple[int, int, int]) -> None:
+    scale = 16  # cv2 fixed-point fraction bits: sub-pixel motion stays smooth
+    if shape == "circle":
+        cv2.circle(img, (round(centre[0] * scale), round(centre[1] * scale)), round(radius * scale),
+                   colour, -1, cv2.LINE_AA, shift=4)
+        # A notch, so rotation of a circle is visible.
+        tip = centre + 0.8 * radius * np.array([math.cos(angle), math.sin(angle)])
+        cv2.line(img, (round(centre[0] * scale), round(centre[1] * scale)),
+                 (round(tip[0] * scale), round(tip[1] * scale)), tuple(255 - c for c in colour), 2,
+                 cv2.LINE_AA, shift=4)
+    else:
+        points = np.round(_shape_points(shape, centre, radius, angle) * scale).astype(np.int32)
+        cv2.fillPoly(img, [points], colour, cv2.LINE_AA, shift=4)
+
+
+def shape_caption(colour: str, shape: str, motion: str) -> str:
+    """Caption of a plain-shapes clip; the motion is always named."""
+    if motion in _TRANSLATIONS:
+        what = f"moving {_TRANSLATION_WORDS[motion]}"
+    else:
+        what = {"rotate": "rotating", "scale": "growing", "bounce": "bouncing back and forth",
+                "static": "standing still"}[motion]
+    return f"a {colour} {shape} {what} on a plain grey background"
+
+
+def render_shape_clip(rng: np.random.Generator, motion: str, size: int = SIZE) -> WorldClip:
+    """One plain-shape clip with the given motion, everything else drawn from ``rng``."""
+    shape = _SHAPES[int(rng.integers(len(_SHAPES)))]
+    colour_name = list(_SHAPE_COLOURS)[int(rng.integers(len(_SHAPE_COLOURS)))]
+    colour = _SHAPE_COLOURS[colour_name]
+    background = np.full((size, size, 3), int(rng.integers(90, 160)), np.float32)
+    background += rng.normal(0, 2.0, (size, size, 1))
+    background = np.clip(background, 0, 255).astype(np.uint8)
+    radius = float(rng.uniform(0.12, 0.2)) * size
+    angle0 = float(rng.uniform(0, 2 * math.pi))
+    t = np.linspace(0.0, 1.0, NUM_FRAMES)
+    centre0 = rng.uniform(0.4, 0.6, 2) * size
+    centres = np.repeat(centre0[None], NUM_FRAMES, 0)
+    radii = np.full(NUM_FRAMES, radius)
+    angles = np.full(NUM_FRAMES, angle0)
+    travel = float(rng.uniform(0.3, 0.45)) * size
+    if motion in _TRANSLATIONS:
+        direction = np.array(_TRANSLATIONS[motion])
+        centres = centre0[None] + (t[:, None] - 0.5) * travel * direction[None]
+    elif motion == "rotate":
+        angles = angle0 + np.sign(rng.uniform(-1, 1)) * t * float(rng.uniform(0.6, 1.2)) * math.pi
+    elif motion == "scale":
+        radii = radius * (0.55 + 0.9 * t)
+    elif motion == "bounce":
+        direction = np.array(_TRANSLATIONS[list(_TRANSLATIONS)[int(rng.integers(8))]])
+        there_and_back = 1.0 - np.abs(2.0 * t - 1.0)  # 0 -> 1 -> 0
+        centres = centre0[None] + (there_and_back[:, None] - 0.5) * travel * direction[None]
+    frames = np.empty((NUM_FRAMES, size, size, 3), np.uint8)
+    for i in range(NUM_FRAMES):
+        frames[i] = background
+        _draw_shape(frames[i], shape, centres[i], radii[i], angles[i], colour)
+    return WorldClip(frames, shape_caption(colour_name, shape, motion), "shapes", "neutral", motion)
+
+
+def render_shape_clips(count: int, seed: int) -> list[WorldClip]:
+    """``count`` plain-shape clips cycling through every motion but ``inward`` and ``static``."""
+    motions = [m for m in MOTIONS if m not in ("inward", "static")]
+    return [render_shape_clip(np.random.default_rng([seed, i]), motions[i % len(motions)])
+            for i in range(count)]
+
+
+# --------------------------------------------------------------------------- world and prompts
+
+
+def render_pretraining_world(num_machine_clips: int, num_shape_clips: int, seed: int) -> list[WorldClip]:
+    """The starter model's pretraining clips: neutral machine scenes then plain shapes."""
+    return (render_machine_clips(num_machine_clips, seed, shop=False)
+            + render_shape_clips(num_shape_clips, seed + 1))
+
+
+def stack_clips(clips: Sequence[WorldClip]) -> tuple[np.ndarray, list[str], list[dict[str, str]]]:
+    """(N, F, H, W, 3) frames, captions and labels of ``clips``."""
+    return (np.stack([c.frames for c in clips]), [c.caption for c in clips], [c.labels for c in clips])
+
+
+_DIRECTION_PHRASES = (  # longest first: "diagonally from top left ..." before "from left ..."
+    ("diagonally from top left to bottom right", "down-right"),
+    ("diagonally from bottom right to top left", "up-left"),
+    ("diagonally from bottom left to top right", "up-right"),
+    ("diagonally from top right to bottom left", "down-left"),
+    ("from left to right", "right"), ("from right to left", "left"),
+    ("from top to bottom", "down"), ("from bottom to top", "up"),
+    ("towards the chuck", "left"), ("away from the chuck", "right"),
+    ("inwards", "inward"), ("rotating", "rotate"), ("growing", "scale"), ("bouncing", "bounce"),
+)
+
+
+def expected_labels(prompt: str) -> dict[str, str | None]:
+    """What a prompt asks for, in the evaluator's vocabulary (None where it does not say).
+
+    The scene comes from the process words, the motion from the direction phrase, and the
+    style is ``shop`` when the prompt names a workpiece material (the shop's look).
+    """
+    text = prompt.lower()
+    if re.search(r"\b(lathe|turn|turning|chuck)\b", text):
+        scene = "turning"
+    elif re.search(r"\b(mill|milling|end mill)\b", text):
+        scene = "milling"
+    elif re.search(r"\b(circle|square|triangle)\b", text):
+        scene = "shapes"
+    else:
+        scene = None
+    motion = next((label for phrase, label in _DIRECTION_PHRASES if phrase in text), None)
+    materials = list(sample_videos.MATERIAL_COLOURS) + ["titanium", "cast iron"]
+    style = "shop" if scene in ("milling", "turning") and any(m in text for m in materials) else None
+    return {"scene": scene, "style": style, "motion": motion}
