@@ -55,8 +55,19 @@ def add_audio_track(video: Path, out: Path) -> Path:
     return out
 
 
+TINY_BASE_MODEL_CONF = """\
+base_model:
+  pretrained: builtin:tiny
+  motion_adapter: builtin:tiny
+  tiny_model_dir: data/06_models/tiny-sd
+  revision: null
+  variant: null
+"""
+
+
 def make_project(root: Path) -> Path:
-    """A copy of the project's conf/ and pyproject.toml in ``root``, with empty data layers.
+    """A copy of the project's conf/ and pyproject.toml in ``root``, with empty data layers,
+    set to the built-in tiny model.
 
     MLflow caches its SQLite store per tracking URI, so each copy gets an absolute
     ``sqlite:///<root>/mlflow.db`` (in conf/local) instead of the relative default.
@@ -67,6 +78,10 @@ def make_project(root: Path) -> Path:
     mlflow_conf = (PROJECT_ROOT / "conf" / "base" / "mlflow.yml").read_text()
     (root / "conf" / "local" / "mlflow.yml").write_text(
         mlflow_conf.replace("sqlite:///mlflow.db", f"sqlite:///{root / 'mlflow.db'}"))
+    # The suite exercises the machinery on the small random tiny model; the starter model has
+    # its own tests in test_starter.py. Written over the copied base file, because a parameters
+    # file in conf/local would stop Kedro from merging the tests' partial runtime params.
+    (root / "conf" / "base" / "parameters_base_model.yml").write_text(TINY_BASE_MODEL_CONF)
     shutil.copy(PROJECT_ROOT / "pyproject.toml", root / "pyproject.toml")
     shutil.copy(PROJECT_ROOT / ".telemetry", root / ".telemetry")  # kedro-telemetry would edit pyproject.toml
     (root / "src").mkdir()  # Kedro wants a source dir; the package itself is installed

@@ -340,7 +340,7 @@ def load_base_model(
     *,
     revision: str | None = None,
     variant: str | None = None,
-    torch_dtype: torch.dtype | None = None,
+    torch_dtype: torch.dtype = torch.float32,
 ) -> BaseModel:
     """Load tokenizer, text encoder, VAE, UNet and noise scheduler of an SD1.5-family model.
 
@@ -348,7 +348,9 @@ def load_base_model(
         pretrained: ``TINY_MODEL`` (``"builtin:tiny"``), a local diffusers folder, or a
             Hugging Face hub id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``.
         tiny_model_dir: where the tiny model is (or gets) built; used only for ``TINY_MODEL``.
-        revision, variant, torch_dtype: passed to every ``from_pretrained`` call.
+        revision, variant, torch_dtype: passed to every ``from_pretrained`` call. The dtype
+            defaults to fp32 for training on any device: diffusers would otherwise keep the
+            dtype of the files, and the starter model ships fp16 files.
 
     The tiny model is built if needed and then loaded through exactly the same
     ``from_pretrained(subfolder=...)`` calls as a real checkpoint. Only safetensors are
@@ -408,7 +410,7 @@ def load_motion_adapter(
     *,
     revision: str | None = None,
     variant: str | None = None,
-    torch_dtype: torch.dtype | None = None,
+    torch_dtype: torch.dtype = torch.float32,
 ) -> MotionAdapter:
     """Load an AnimateDiff ``MotionAdapter``.
 
@@ -417,6 +419,7 @@ def load_motion_adapter(
             if needed), a local folder, or a hub id such as
             ``"guoyww/animatediff-motion-adapter-v1-5-3"``.
         tiny_model_dir: where the tiny model is (or gets) built.
+        torch_dtype: the dtype to load in; fp32 unless asked (the files may be fp16).
 
     Raises:
         FileNotFoundError: a path-like spec that does not exist.

@@ -21,6 +21,7 @@ from machining_t2v.pipelines import (
     image_ft,
     motion_ft,
     sample_data,
+    starter,
 )
 
 
@@ -39,6 +40,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         "motion_ft": motion_chain,
         "evaluation": evaluation.create_pipeline(),
         "generate": generate.create_pipeline(),
+        # Pretrains the committed starter model; maintainers only, hours of CPU.
+        "starter": starter.create_pipeline(),
         # image_ft runs before motion_ft: its LoRA is merged into the motion training's base.
         # The evaluation nodes appear once and run last (they read both LoRAs).
         "__default__": image_chain + motion_chain,

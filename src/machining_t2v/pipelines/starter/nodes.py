@@ -1,0 +1,200 @@
+"""Nodes of the ``starter`` pipeline: pretrain the starter model in its generic world."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+
+from machining_t2v import starter, starter_world
+from machining_t2v.finetune import training_config_from_params
+from machining_t2v.inworld import InWorldEvaluator, accuracy, train_evaluator
+from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
+from machining_t2v.sampling import image_pipeline, sample_images, sample_videos, video_pipeline
+
+logger = logging.getLogger(__name__)
+
+
+def render_starter_world(params: dict[str, Any]) -> dict[str, Any]:
+    """Render the pretraining clips: neutral machine scenes and moving plain shapes.
+
+    Returns:
+        ``{"clips": uint8 (N, F, 64, 64, 3), "captions": [...], "labels": [...]}``.
+    """
+    world = params["world"]
+    clips = starter_world.render_pretraining_world(int(world["machine_clips"]), int(world["shape_clips"]),
+                                                   int(params["seed"]))
+    frames, captions, labels = starter_world.stack_clips(clips)
+    logger.info("Rendered %d starter-world clips (%d unique captions)", len(frames), len(set(captions)))
+    return {"clips": frames, "captions": captions, "labels": labels}
+
+
+def _stills(clips: np.ndarray, per_clip: int) -> np.ndarray:
+    step = max(1, clips.shape[1] // per_clip)
+    return clips[:, ::step][:, :per_clip].reshape(-1, *clips.shape[2:])
+
+
+def _held_out_frames(seed: int) -> np.ndarray:
+    # Clips the VAE never saw (other seeds), in the grey world's and the shop's look.
+    clips = (starter_world.render_machine_clips(24, seed + 101, shop=False)
+             + starter_world.render_machine_clips(24, seed + 102, shop=True)
+             + starter_world.render_shape_clips(24, seed + 103))
+    return starter_world.stack_clips(clips)[0][:, ::4].reshape(-1, starter_world.SIZE, starter_world.SIZE, 3)
+
+
+def pretrain_vae(world: dict[str, Any], params: dict[str, Any]) -> tuple[AutoencoderKL, dict[str, float]]:
+    """Stage 1: train the VAE on the world's frames and colour-tinted copies of them.
+
+    Returns:
+        The trained VAE (its ``scaling_factor`` set from the latents' spread) and its held-out
+        reconstruction figures: PSNR and the flat-colour error.
+    """
+    seed, stage = int(params["seed"]), params["vae"]
+    stills = _stills(world["clips"], int(stage["stills_per_clip"]))
+    images = np.concatenate([stills, starter.tinted_copies(stills, seed)])
+    vae = starter.starter_components(seed)["vae"]
+    config = training_config_from_params(stage["training"], len(images))
+    result = starter.train_vae(vae, images, config, Path(params["checkpoint_dir"]) / "vae",
+                               kl_weight=float(stage["kl_weight"]), crop=int(stage["crop"]))
+    vae.eval().requires_grad_(False)
+    vae.register_to_config(scaling_factor=starter.latent_scaling_factor(vae, stills))
+    held_out = _held_out_frames(seed)
+    reconstruction = starter.reconstruct(vae, held_out)
+    metrics = {
+        "vae_steps": result.global_step,
+        "vae_final_loss": result.losses[-1] if result.losses else float("nan"),
+        "vae_psnr_db": starter.psnr(held_out, reconstruction),
+        "vae_flat_colour_error": starter.flat_colour_error(held_out, reconstruction),
+        "vae_scaling_factor": float(vae.config.scaling_factor),
+    }
+    logger.info("Starter VAE: held-out PSNR %.2f dB, flat-colour error %.1f/255",
+                metrics["vae_psnr_db"], metrics["vae_flat_colour_error"])
+    return vae, metrics
+
+
+def encode_starter_world(world: dict[str, Any], vae: AutoencoderKL, params: dict[str, Any]) -> torch.Tensor:
+    """Scaled latents of every world clip, (N, C, F, h, w), shared by the UNet and adapter stages."""
+    return starter.encode_clip_latents(vae, world["clips"])
+
+
+def pretrain_unet(world: dict[str, Any], latents: torch.Tensor, params: dict[str, Any]) -> UNet2DConditionModel:
+    """Stage 2: train the text-conditioned UNet on stills of the world (frozen text encoder)."""
+    seed, stage = int(params["seed"]), params["unet"]
+    parts = starter.starter_components(seed)
+    per_clip = int(stage["stills_per_clip"])
+    step = max(1, latents.shape[2] // per_clip)
+    stills = latents[:, :, ::step][:, :, :per_clip].movedim(2, 1).reshape(-1, *latents.shape[1:2], *latents.shape[3:])
+    captions = [caption for caption in world["captions"] for _ in range(per_clip)]
+    cache = starter.caption_cache(parts["tokenizer"], parts["text_encoder"], stills, captions)
+    unet = parts["unet"]
+    config = training_config_from_params(stage["training"], len(stills))
+    starter.train_denoiser(unet, parts["scheduler"], cache, config, Path(params["checkpoint_dir"]) / "unet",
+                           caption_dropout=float(stage["caption_dropout"]), description="starter UNet")
+    return unet.eval().requires_grad_(False)
+
+
+def pretrain_motion_adapter(world: dict[str, Any], latents: torch.Tensor, unet: UNet2DConditionModel,
+                            params: dict[str, Any]) -> MotionAdapter:
+    """Stage 3: train the motion adapter's temporal modules on the world's clips (UNet frozen)."""
+    seed, stage = int(params["seed"]), params["motion_adapter"]
+    parts = starter.starter_components(seed)
+    cache = starter.caption_cache(parts["tokenizer"], parts["text_encoder"], latents, world["captions"])
+    adapter = parts["motion_adapter"]
+    motion_unet = starter.motion_unet_for_training(unet, adapter)
+    config = training_config_from_params(stage["training"], len(latents))
+    starter.train_denoiser(motion_unet, parts["scheduler"], cache, config,
+                           Path(params["checkpoint_dir"]) / "motion_adapter",
+                           caption_dropout=float(stage["caption_dropout"]), description="starter motion adapter")
+    return starter.copy_motion_modules(motion_unet, adapter).eval()
+
+
+def evaluator_training_clips(params: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, str]]]:
+    """Labelled renders the in-world evaluator learns from: grey and shop machine scenes, shapes."""
+    seed, counts = int(params["seed"]) + 500, params["evaluator"]
+    clips = (starter_world.render_machine_clips(int(counts["neutral_clips"]), seed, shop=False)
+             + starter_world.render_machine_clips(int(counts["shop_clips"]), seed + 1, shop=True)
+             + starter_world.render_shape_clips(int(counts["shape_clips"]), seed + 2))
+    frames, _, labels = starter_world.stack_clips(clips)
+    return frames, labels
+
+
+def train_starter_evaluator(params: dict[str, Any]) -> InWorldEvaluator:
+    """Train the in-world evaluator (scene, style, motion) on labelled renders."""
+    frames, labels = evaluator_training_clips(params)
+    return train_evaluator(frames, labels, seed=int(params["seed"]), epochs=int(params["evaluator"]["epochs"]))
+
+
+def publish_starter(vae: AutoencoderKL, unet: UNet2DConditionModel, adapter: MotionAdapter,
+                    evaluator: InWorldEvaluator, vae_metrics: dict[str, float], params: dict[str, Any]) -> dict[str, Any]:
+    """Save the starter as a diffusers folder (fp16) with its motion adapter and evaluator.
+
+    Returns:
+        Where it went, its size and what it was trained with (also in ``starter_model.json``).
+    """
+    parts = starter.starter_components(int(params["seed"]))
+    parts.update(vae=vae, unet=unet, motion_adapter=adapter)
+    marker = {
+        "kind": "starter model pretrained from scratch on the generic starter world",
+        "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "seed": int(params["seed"]),
+        "world": params["world"],
+        "steps": {stage: params[stage]["training"]["max_steps"] for stage in ("vae", "unet", "motion_adapter")},
+        **vae_metrics,
+    }
+    folder = starter.save_starter(params["output_dir"], parts, marker,
+                                  extra=lambda tmp: evaluator.save(tmp / "inworld_evaluator"))
+    info = {"folder": str(folder), "size_mb": round(starter.folder_size_mb(folder), 2), **marker}
+    logger.info("Published the starter model to %s (%.1f MB)", folder, info["size_mb"])
+    return info
+
+
+def _with_labels(prompts: list[str]) -> list[dict[str, str | None]]:
+    return [starter_world.expected_labels(prompt) for prompt in prompts]
+
+
+def check_starter(starter_model: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Measure the published starter against its targets, loading it like any diffusers folder.
+
+    Scene control: images for prompts of each scene type, classified by the in-world evaluator.
+    Generic motion: clips for plain-shape motion prompts, classified from their optical flow.
+    """
+    folder = starter_model["folder"]
+    check = params["check"]
+    base = load_base_model(folder, tiny_model_dir=folder)
+    adapter = load_motion_adapter(str(Path(folder) / "motion_adapter"), tiny_model_dir=folder)
+    evaluator = InWorldEvaluator.load(Path(folder) / "inworld_evaluator")
+    seeds = range(int(check["seed"]), int(check["seed"]) + int(check["seeds_per_prompt"]))
+    sampling = {"num_inference_steps": int(check["num_inference_steps"]),
+                "guidance_scale": float(check["guidance_scale"])}
+
+    images_pipe = image_pipeline(base, base.unet)
+    images = [image for seed in seeds for image in sample_images(
+        images_pipe, check["scene_prompts"], seed=seed * 1000, resolution=64, **sampling)]
+    # A still as a two-frame clip: the evaluator scores clips (its motion guess is ignored here).
+    image_predictions = evaluator.predict(np.repeat(np.stack(images)[:, None], 2, axis=1))
+    videos_pipe = video_pipeline(base, build_motion_unet(base.unet, adapter), adapter)
+    videos = [video for seed in seeds for video in sample_videos(
+        videos_pipe, check["motion_prompts"], seed=seed * 1000, resolution=64,
+        num_frames=starter_world.NUM_FRAMES, **sampling)]
+    video_predictions = evaluator.predict(np.stack(videos))
+    # sample_images lays prompts out per seed; re-pair predictions with their prompt labels.
+    scene_expected = _with_labels([p for _ in seeds for p in check["scene_prompts"]])
+    motion_expected = _with_labels([p for _ in seeds for p in check["motion_prompts"]])
+    report = {
+        **starter_model,
+        "scene_accuracy": accuracy(image_predictions, scene_expected, "scene"),
+        "generic_motion_accuracy": accuracy(video_predictions, motion_expected, "motion"),
+        "video_scene_accuracy": accuracy(video_predictions, motion_expected, "scene"),
+        "num_scene_samples": len(images),
+        "num_motion_samples": len(videos),
+        "targets": {"vae_psnr_db": ">= 25", "vae_flat_colour_error": "< 10", "scene_accuracy": ">= 0.90",
+                    "generic_motion_accuracy": ">= 0.70"},
+    }
+    logger.info("Starter check: scene accuracy %.2f, generic motion accuracy %.2f",
+                report["scene_accuracy"], report["generic_motion_accuracy"])
+    return report

@@ -1,0 +1,42 @@
+"""``starter`` pipeline: render the generic world, pretrain VAE -> UNet -> motion adapter,
+train the in-world evaluator, publish the starter folder and check it against its targets.
+
+Run once by the maintainers (``kedro run --pipelines=starter``); every training stage
+checkpoints, so an interrupted run picks up where it stopped. Not part of ``__default__``:
+the published folder is committed and is what the fine-tuning pipelines load.
+"""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import (
+    check_starter,
+    encode_starter_world,
+    pretrain_motion_adapter,
+    pretrain_unet,
+    pretrain_vae,
+    publish_starter,
+    render_starter_world,
+    train_starter_evaluator,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(render_starter_world, "params:starter", "starter_world", name="render_starter_world"),
+            Node(pretrain_vae, ["starter_world", "params:starter"], ["starter_vae", "starter_vae_metrics"],
+                 name="pretrain_starter_vae"),
+            Node(encode_starter_world, ["starter_world", "starter_vae", "params:starter"], "starter_world_latents",
+                 name="encode_starter_world"),
+            Node(pretrain_unet, ["starter_world", "starter_world_latents", "params:starter"], "starter_unet",
+                 name="pretrain_starter_unet"),
+            Node(pretrain_motion_adapter, ["starter_world", "starter_world_latents", "starter_unet", "params:starter"],
+                 "starter_motion_adapter", name="pretrain_starter_motion_adapter"),
+            Node(train_starter_evaluator, "params:starter", "starter_evaluator", name="train_inworld_evaluator"),
+            Node(publish_starter,
+                 ["starter_vae", "starter_unet", "starter_motion_adapter", "starter_evaluator",
+                  "starter_vae_metrics", "params:starter"],
+                 "starter_model", name="publish_starter"),
+            Node(check_starter, ["starter_model", "params:starter"], "starter_report", name="check_starter"),
+        ]
+    )

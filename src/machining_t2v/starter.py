@@ -1,0 +1,348 @@
+"""The starter model: a small SD1.5-shaped stack with a motion adapter, pretrained from scratch.
+
+The built-in tiny model (:func:`machining_t2v.models.build_tiny_model`) is random, so on a
+machine without real weights every sample is noise. The starter model is pretrained on the
+generic world of :mod:`machining_t2v.starter_world` (grey machine scenes, moving plain
+shapes), on a CPU, in three stages that all run on the project's one training core
+(:func:`machining_t2v.training.train`, so each stage checkpoints and resumes):
+
+1. **VAE** (``AutoencoderKL``, 64 px -> 4x16x16 latents): reconstruction MSE plus a small KL
+   term, trained on random crops (the VAE is convolutional, and crops cost a quarter of a
+   full frame) of the world's frames and of colour-tinted copies of them, so colours survive
+   the round trip even though the world itself is mostly grey.
+2. **UNet** (``UNet2DConditionModel``, cross-attention at 8x8 and 4x4): the usual epsilon
+   noise-prediction loss with caption dropout, on cached latents of stills, under a frozen,
+   randomly initialised CLIP text encoder (its embeddings differ per word, which is all the
+   cross-attention needs to read a caption).
+3. **Motion adapter** (``MotionAdapter``): only the temporal modules of the
+   ``UNetMotionModel`` train, on 8-frame clips, like AnimateDiff.
+
+The result is an ordinary diffusers pipeline folder (safetensors, fp16) plus
+``motion_adapter/`` and ``inworld_evaluator/`` subfolders, loaded by
+:func:`machining_t2v.models.load_base_model` like any checkpoint. No Kedro import.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    MotionAdapter,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from machining_t2v.diffusion import (
+    LossConfig,
+    TrainingCache,
+    encode_text,
+    images_to_tensor,
+    noise_prediction_loss,
+)
+from machining_t2v.models import DOMAIN_WORDS, build_motion_unet, build_tiny_tokenizer
+from machining_t2v.starter_world import WORLD_WORDS
+from machining_t2v.training import LossRandomness, TrainingConfig, TrainingResult, train
+
+logger = logging.getLogger(__name__)
+
+STARTER_MARKER = "starter_model.json"
+STARTER_VERSION = 1
+
+
+# --------------------------------------------------------------------------- architecture
+
+
+def starter_components(seed: int) -> dict[str, Any]:
+    """Fresh (untrained) starter components, deterministic from ``seed``."""
+    tokenizer = build_tiny_tokenizer(DOMAIN_WORDS + WORLD_WORDS)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            # Three blocks = two 2x downsamplings: 64 px -> 16x16 latents. SD's factor 8 would
+            # leave 8x8 latents, too coarse to keep a 64 px scene.
+            down_block_types=("DownEncoderBlock2D",) * 3,
+            up_block_types=("UpDecoderBlock2D",) * 3,
+            block_out_channels=(32, 64, 64),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=16,
+            sample_size=64,
+        )
+        torch.manual_seed(seed + 1)
+        unet = UNet2DConditionModel(
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64, 128),
+            # Cross-attention at 8x8 and 4x4 only: at 16x16 it doubles the step time.
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            layers_per_block=2,
+            cross_attention_dim=64,
+            attention_head_dim=4,
+            norm_num_groups=8,
+        )
+        torch.manual_seed(seed + 2)
+        eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                projection_dim=64,
+                hidden_act="quick_gelu",
+                bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
+                eos_token_id=eos,
+                pad_token_id=eos,
+            )
+        )
+        torch.manual_seed(seed + 3)
+        adapter = MotionAdapter(
+            block_out_channels=(32, 64, 128),  # must equal the UNet's
+            motion_layers_per_block=2,  # must equal the UNet's layers_per_block
+            motion_num_attention_heads=4,
+            motion_norm_num_groups=8,
+            motion_max_seq_length=32,
+            use_motion_mid_block=True,
+        )
+    # AnimateDiff's schedule (linear betas), which its video pipeline also samples with.
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
+        prediction_type="epsilon", clip_sample=False, steps_offset=1,
+    )  # fmt: skip
+    text_encoder.requires_grad_(False)
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "unet": unet,
+            "scheduler": scheduler, "motion_adapter": adapter}
+
+
+# --------------------------------------------------------------------------- stage 1: VAE
+
+
+def tinted_copies(frames: np.ndarray, seed: int) -> np.ndarray:
+    """Copies of (N, H, W, 3) frames with a random colour cast each, so the VAE learns colour."""
+    rng = np.random.default_rng(seed)
+    gains = rng.uniform(0.45, 1.35, (len(frames), 1, 1, 3)).astype(np.float32)
+    offsets = rng.uniform(-40, 40, (len(frames), 1, 1, 3)).astype(np.float32)
+    return np.clip(frames.astype(np.float32) * gains + offsets, 0, 255).astype(np.uint8)
+
+
+def vae_loss(vae: AutoencoderKL, images: torch.Tensor, randomness: LossRandomness, kl_weight: float) -> torch.Tensor:
+    """Reconstruction MSE of a sampled latent plus ``kl_weight`` times the KL to N(0, 1)."""
+    posterior = vae.encode(images).latent_dist
+    # Reparameterised sample; the noise comes from the core's per-sample streams.
+    eps = randomness.randn(*posterior.mean.shape[1:]).to(images.device)
+    latents = posterior.mean + posterior.std * eps
+    reconstruction = vae.decode(latents).sample
+    kl = posterior.kl().mean() / posterior.mean[0].numel()
+    return F.mse_loss(reconstruction, images) + kl_weight * kl
+
+
+def random_crops(images: np.ndarray, randomness: LossRandomness, crop: int) -> np.ndarray:
+    """One random ``crop`` x ``crop`` window per image (crop offsets from the per-sample streams)."""
+    size = images.shape[1]
+    if crop >= size:
+        return images
+    positions = size - crop + 1
+    offsets = [divmod(o, positions) for o in randomness.randint(positions**2).tolist()]
+    return np.stack([img[y:y + crop, x:x + crop] for img, (y, x) in zip(images, offsets, strict=True)])
+
+
+def train_vae(vae: AutoencoderKL, images: np.ndarray, config: TrainingConfig, checkpoint_dir: str | Path, *,
+              kl_weight: float = 1e-6, crop: int = 32, on_log: Callable | None = None) -> TrainingResult:
+    """Stage 1: train every VAE parameter on uint8 (N, H, W, 3) ``images``."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    vae.to(device).requires_grad_(True)
+
+    def compute_loss(model, indices, randomness):
+        batch = random_crops(images[indices.numpy()], randomness, crop)
+        return vae_loss(model, images_to_tensor(batch).to(device), randomness, kl_weight)
+
+    return train(vae, compute_loss, len(images), config, checkpoint_dir, on_log=on_log, description="starter VAE")
+
+
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKL, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Encode (posterior mean) and decode uint8 frames; returns uint8 frames."""
+    device = next(vae.parameters()).device
+    out = []
+    for start in range(0, len(frames), batch_size):
+        x = images_to_tensor(frames[start:start + batch_size]).to(device, vae.dtype)
+        y = vae.decode(vae.encode(x).latent_dist.mean).sample
+        out.append(((y.float().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(1, -1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def psnr(reference: np.ndarray, reconstruction: np.ndarray) -> float:
+    """Mean PSNR in dB over images, for uint8 arrays (N, H, W, 3)."""
+    diff = reference.astype(np.float64) - reconstruction.astype(np.float64)
+    mse = np.maximum((diff**2).reshape(len(diff), -1).mean(axis=1), 1e-10)
+    return float(np.mean(10 * np.log10(255.0**2 / mse)))
+
+
+def flat_colour_error(reference: np.ndarray, reconstruction: np.ndarray, window: int = 5, tolerance: int = 4) -> float:
+    """Mean per-channel absolute error (0-255) over flat colour regions, worst channel.
+
+    A pixel is in a flat region when every channel varies by at most ``tolerance`` over the
+    ``window`` x ``window`` neighbourhood of the reference: the inside of shapes, plain
+    backgrounds, machine faces. Edges are left out: they measure sharpness, not colour.
+    """
+    import cv2
+
+    kernel = np.ones((window, window), np.uint8)
+    errors, counts = np.zeros(3), 0
+    for ref, rec in zip(reference, reconstruction, strict=True):
+        spread = np.max([cv2.dilate(ref[..., c], kernel) - cv2.erode(ref[..., c], kernel) for c in range(3)], axis=0)
+        flat = spread <= tolerance
+        if flat.any():
+            errors += np.abs(ref[flat].astype(np.float64) - rec[flat].astype(np.float64)).sum(axis=0)
+            counts += int(flat.sum())
+    return float((errors / max(counts, 1)).max())
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae: AutoencoderKL, frames: np.ndarray) -> float:
+    """1 / std of the posterior means, so scaled latents have unit variance (SD's 0.18215)."""
+    device = next(vae.parameters()).device
+    latents = vae.encode(images_to_tensor(frames[:512]).to(device)).latent_dist.mean
+    return float(1.0 / latents.std())
+
+
+# --------------------------------------------------------------------------- stages 2 and 3
+
+
+@torch.no_grad()
+def encode_clip_latents(vae: AutoencoderKL, clips: np.ndarray, batch_size: int = 64,
+                        progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Scaled posterior-mean latents of uint8 clips (N, F, H, W, 3) -> (N, C, F, h, w)."""
+    device = next(vae.parameters()).device
+    frames = clips.reshape(-1, *clips.shape[2:])
+    out = []
+    for start in range(0, len(frames), batch_size):
+        x = images_to_tensor(frames[start:start + batch_size]).to(device)
+        out.append(vae.encode(x).latent_dist.mean.cpu() * vae.config.scaling_factor)
+        if progress:
+            progress(len(x))
+    flat = torch.cat(out)
+    return flat.reshape(len(clips), clips.shape[1], *flat.shape[1:]).movedim(1, 2).contiguous()
+
+
+def caption_cache(tokenizer, text_encoder, latents: torch.Tensor, captions: Sequence[str]) -> TrainingCache:
+    """A training cache of precomputed latents and the text states of their captions."""
+    unique = sorted(set(captions))
+    states = encode_text(tokenizer, text_encoder, unique + [""]).float().cpu()
+    index = {caption: i for i, caption in enumerate(unique)}
+    return TrainingCache(latents=latents, text_embeddings=states[[index[c] for c in captions]],
+                         empty_text_embedding=states[-1:])
+
+
+def train_denoiser(model: torch.nn.Module, noise_scheduler, cache: TrainingCache, config: TrainingConfig,
+                   checkpoint_dir: str | Path, *, caption_dropout: float, description: str,
+                   on_log: Callable | None = None) -> TrainingResult:
+    """Stages 2 and 3: the noise-prediction loss on cached latents for ``model``'s trainable parameters.
+
+    Stills (N, C, h, w) train the UNet; clips (N, C, F, h, w) train a motion UNet whose
+    temporal modules alone have ``requires_grad``.
+    """
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    loss_config = LossConfig(caption_dropout=caption_dropout)
+
+    def compute_loss(model, indices, randomness):
+        return noise_prediction_loss(model, noise_scheduler, cache.latents[indices].to(device),
+                                     cache.text_embeddings[indices].to(device), randomness, loss_config,
+                                     cache.empty_text_embedding)
+
+    return train(model, compute_loss, len(cache.latents), config, checkpoint_dir, on_log=on_log,
+                 description=description)
+
+
+def motion_unet_for_training(unet: UNet2DConditionModel, adapter: MotionAdapter):
+    """A motion UNet whose temporal modules alone train (AnimateDiff stage 1)."""
+    motion_unet = build_motion_unet(unet, adapter)
+    motion_unet.requires_grad_(False)
+    for name, parameter in motion_unet.named_parameters():
+        if "motion_modules" in name:
+            parameter.requires_grad_(True)
+    return motion_unet
+
+
+def copy_motion_modules(motion_unet, adapter: MotionAdapter) -> MotionAdapter:
+    """Write the trained temporal modules of ``motion_unet`` back into ``adapter``."""
+    trained = {name: p for name, p in motion_unet.state_dict().items() if "motion_modules" in name}
+    adapter_state = adapter.state_dict()
+    missing = [name for name in adapter_state if name not in trained]
+    if missing:
+        raise ValueError(f"the motion UNet lacks {len(missing)} adapter weights, e.g. {missing[:2]}")
+    adapter.load_state_dict({name: trained[name].to(adapter_state[name].dtype) for name in adapter_state})
+    return adapter
+
+
+# --------------------------------------------------------------------------- the published folder
+
+
+def save_starter(folder: str | Path, parts: dict[str, Any], marker: dict[str, Any],
+                 extra: Callable[[Path], None] | None = None) -> Path:
+    """Write the starter as a diffusers folder in fp16 (safetensors) plus ``motion_adapter/``.
+
+    fp16 halves the committed size; ``from_pretrained`` loads it into fp32 models unless a
+    dtype is asked for.
+    """
+    from machining_t2v.builtin_folders import publish_folder, read_marker
+
+    out = Path(folder)
+
+    def write(tmp: Path) -> None:
+        half = {name: (part.half() if isinstance(part, torch.nn.Module) else part) for name, part in parts.items()}
+        adapter = half.pop("motion_adapter")
+        pipe = StableDiffusionPipeline(**half, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        adapter.save_pretrained(tmp / "motion_adapter", safe_serialization=True)
+        for part in parts.values():
+            if isinstance(part, torch.nn.Module):
+                part.float()
+        if extra is not None:
+            extra(tmp)
+
+    def is_current(path: Path) -> bool:
+        return (read_marker(path, STARTER_MARKER) or {}).get("trained_at") == marker.get("trained_at")
+
+    return publish_folder(out, write, STARTER_MARKER, {"starter_version": STARTER_VERSION, **marker}, is_current)
+
+
+def folder_size_mb(folder: str | Path) -> float:
+    """Total size of the files under ``folder`` in MB."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 1e6
+
+
+def timed(label: str) -> Callable[[], float]:
+    """Start a wall-clock timer; calling the result logs and returns the seconds since."""
+    start = time.perf_counter()
+
+    def stop() -> float:
+        seconds = time.perf_counter() - start
+        logger.info("%s took %.1f s", label, seconds)
+        return seconds
+
+    return stop
+
+
+def steps_for_minutes(minutes: float, seconds_per_step: float) -> int:
+    """How many steps fit in a time budget (at least 1)."""
+    return max(1, math.floor(minutes * 60 / seconds_per_step))

@@ -1,0 +1,209 @@
+"""The starter world, the starter pretraining stages and the published starter folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from machining_t2v import sample_videos, starter, starter_world
+from machining_t2v.training import LossRandomness
+
+from .conftest import PROJECT_ROOT, run_pipeline
+
+COMMITTED_STARTER = PROJECT_ROOT / "models" / "starter"
+
+
+# --------------------------------------------------------------------------- the world
+
+
+def test_world_is_deterministic_and_labelled():
+    first = starter_world.render_pretraining_world(4, 11, seed=3)
+    again = starter_world.render_pretraining_world(4, 11, seed=3)
+    assert all(np.array_equal(a.frames, b.frames) and a.caption == b.caption for a, b in zip(first, again, strict=True))
+    frames, captions, labels = starter_world.stack_clips(first)
+    assert frames.shape == (15, starter_world.NUM_FRAMES, 64, 64, 3) and frames.dtype == np.uint8
+    assert [label["scene"] for label in labels[:4]] == ["milling", "turning", "milling", "turning"]
+    assert {label["scene"] for label in labels[4:]} == {"shapes"}
+    # Shapes cycle through every generic motion (all but the shop's radial feed and standing still).
+    assert {label["motion"] for label in labels[4:]} == set(starter_world.MOTIONS) - {"inward", "static"}
+    assert all(label["style"] == "neutral" for label in labels)
+
+
+def test_neutral_machine_scenes_hide_what_the_loras_must_learn():
+    clips = starter_world.render_machine_clips(6, seed=0, shop=False)
+    for clip in clips:
+        # Grey: no colour at all, so the shop's colours are left to the image LoRA.
+        assert np.array_equal(clip.frames[..., 0], clip.frames[..., 1])
+        assert np.array_equal(clip.frames[..., 1], clip.frames[..., 2])
+        # No material, no direction in the caption: the motion LoRA learns the tool paths.
+        labels = starter_world.expected_labels(clip.caption)
+        assert labels == {"scene": clip.scene, "style": None, "motion": None}
+    # The tool does move in the neutral clips.
+    assert all(np.abs(np.diff(c.frames.astype(int), axis=0)).mean() > 0.5 for c in clips)
+
+
+def test_shop_clips_keep_the_sample_captions_and_their_labels():
+    specs = sample_videos.sample_clip_specs(12, seed=5, width=128, height=128)
+    clips = starter_world.render_machine_clips(12, seed=5, shop=True)
+    for spec, clip in zip(specs, clips, strict=True):
+        assert clip.caption == spec.caption
+        assert starter_world.expected_labels(clip.caption) == {
+            "scene": spec.process, "style": "shop", "motion": starter_world.DIRECTION_MOTIONS[spec.direction]}
+    saturation = [cv2.cvtColor(c.frames[0], cv2.COLOR_RGB2HSV)[..., 1].mean() for c in clips]
+    assert min(saturation) > 5  # the shop look has colour; the neutral one has none
+
+
+@pytest.mark.parametrize(("motion", "axis", "sign"), [("right", 1, 1), ("left", 1, -1), ("down", 0, 1), ("up", 0, -1)])
+def test_shape_translations_move_the_way_the_caption_says(motion, axis, sign):
+    clip = starter_world.render_shape_clip(np.random.default_rng(0), motion)
+    assert f"moving {starter_world._TRANSLATION_WORDS[motion]}" in clip.caption
+    background = np.median(clip.frames[0].reshape(-1, 3), axis=0)
+
+    def centre(frame):
+        ys, xs = np.nonzero(np.abs(frame.astype(int) - background).sum(-1) > 40)
+        return np.array([ys.mean(), xs.mean()])
+
+    shift = centre(clip.frames[-1]) - centre(clip.frames[0])
+    assert sign * shift[axis] > 8 and abs(shift[1 - axis]) < 3
+
+
+def test_expected_labels_of_evaluation_style_prompts():
+    assert starter_world.expected_labels(
+        "mtv face the bar on a lathe, cast iron bar spinning in the chuck, fixed turning tool feeding inwards"
+    ) == {"scene": "turning", "style": "shop", "motion": "inward"}
+    assert starter_world.expected_labels("a red square rotating on a plain grey background") == {
+        "scene": "shapes", "style": None, "motion": "rotate"}
+    assert starter_world.expected_labels("a weld seam") == {"scene": None, "style": None, "motion": None}
+
+
+# --------------------------------------------------------------------------- stage helpers
+
+
+def test_psnr_and_flat_colour_error_on_known_images():
+    reference = np.full((2, 16, 16, 3), 100, np.uint8)
+    shifted = reference.copy()
+    shifted[..., 2] += 6  # a uniform colour cast on one channel
+    assert starter.flat_colour_error(reference, shifted) == pytest.approx(6.0)
+    assert starter.psnr(reference, shifted) == pytest.approx(10 * np.log10(255**2 / 12.0), abs=1e-6)
+    # Edges are not flat regions: a sharp edge blurred by the codec does not count as colour error.
+    edged = reference.copy()
+    edged[:, :, 8:] = 200
+    blurred = edged.copy()
+    blurred[:, :, 7:9] = 150
+    assert starter.flat_colour_error(edged, blurred) == pytest.approx(0.0)
+
+
+def test_random_crops_come_from_the_per_sample_streams():
+    images = np.arange(4 * 8 * 8 * 3, dtype=np.uint8).reshape(4, 8, 8, 3)
+    crops = starter.random_crops(images, LossRandomness(0, 1, 0, range(4)), crop=4)
+    again = starter.random_crops(images, LossRandomness(0, 1, 0, range(4)), crop=4)
+    assert crops.shape == (4, 4, 4, 3) and np.array_equal(crops, again)
+    # Sample 2 gets the same window whether or not it is computed beside samples 0 and 1.
+    alone = starter.random_crops(images[2:], LossRandomness(0, 1, 0, [2, 3]), crop=4)
+    assert np.array_equal(alone, crops[2:])
+
+
+def test_tinted_copies_change_colour_but_not_layout():
+    frames = starter_world.render_machine_clips(2, seed=0, shop=False)[0].frames
+    tinted = starter.tinted_copies(frames, seed=1)
+    assert tinted.shape == frames.shape
+    channel_means = tinted.reshape(-1, 3).mean(axis=0)
+    assert channel_means.max() - channel_means.min() > 5  # grey in, coloured out
+    edges_in, edges_out = (cv2.Canny(np.ascontiguousarray(f[0]), 50, 150) > 0 for f in (frames, tinted))
+    assert (edges_in & edges_out).sum() > 0.5 * edges_in.sum()
+
+
+def test_vae_stage_lowers_reconstruction_error(tmp_path):
+    from machining_t2v.training import TrainingConfig
+
+    frames = starter_world.stack_clips(starter_world.render_shape_clips(8, seed=0))[0][:, 0]
+    vae = starter.starter_components(0)["vae"]
+    before = starter.psnr(frames, starter.reconstruct(vae, frames))
+    config = TrainingConfig(max_steps=30, batch_size=8, learning_rate=2e-3, checkpoint_every=0)
+    result = starter.train_vae(vae, frames, config, tmp_path / "vae", crop=32)
+    after = starter.psnr(frames, starter.reconstruct(vae.eval(), frames))
+    assert result.global_step == 30 and after > before + 3
+
+
+def test_motion_modules_round_trip_into_the_adapter():
+    parts = starter.starter_components(0)
+    motion_unet = starter.motion_unet_for_training(parts["unet"], parts["motion_adapter"])
+    trainable = [n for n, p in motion_unet.named_parameters() if p.requires_grad]
+    assert trainable and all("motion_modules" in n for n in trainable)
+    with torch.no_grad():
+        for name, parameter in motion_unet.named_parameters():
+            if "motion_modules" in name:
+                parameter.add_(1.0)
+    adapter = starter.copy_motion_modules(motion_unet, starter.starter_components(0)["motion_adapter"])
+    fresh = starter.starter_components(0)["motion_adapter"]
+    trained, untouched = dict(adapter.named_parameters()), dict(fresh.named_parameters())
+    assert all(torch.allclose(trained[k], untouched[k] + 1.0) for k in untouched)
+    buffers = dict(fresh.named_buffers())  # the positional encodings are fixed, not trained
+    assert buffers and all(torch.equal(dict(adapter.named_buffers())[k], buffers[k]) for k in buffers)
+
+
+# --------------------------------------------------------------------------- the pipeline and the folder
+
+
+@pytest.mark.slow
+def test_starter_pipeline_end_to_end_with_a_tiny_budget(project):
+    steps = {"max_steps": 2, "batch_size": 4, "checkpoint_every": 1}
+    params = {"starter": {
+        "output_dir": str(project / "models" / "starter"),
+        "world": {"machine_clips": 4, "shape_clips": 4},
+        "vae": {"training": steps}, "unet": {"training": steps},
+        "motion_adapter": {"training": {**steps, "batch_size": 2}},
+        "evaluator": {"neutral_clips": 6, "shop_clips": 6, "shape_clips": 6, "epochs": 1},
+        "check": {"seeds_per_prompt": 1, "num_inference_steps": 2,
+                  "scene_prompts": ["a red circle standing still on a plain grey background"],
+                  "motion_prompts": ["a red circle moving from left to right on a plain grey background"]},
+    }}
+    run_pipeline(project, "starter", params)
+    folder = project / "models" / "starter"
+    report = json.loads((project / "data" / "08_reporting" / "starter_report.json").read_text())
+    assert report["folder"] == str(folder) and report["steps"] == {"vae": 2, "unet": 2, "motion_adapter": 2}
+    assert 0.0 <= report["scene_accuracy"] <= 1.0 and 0.0 <= report["generic_motion_accuracy"] <= 1.0
+    assert report["num_scene_samples"] == 1 and report["num_motion_samples"] == 1
+    assert np.isfinite(report["vae_psnr_db"]) and report["size_mb"] < 30
+    _assert_loads_like_any_diffusers_folder(folder)
+    # Every stage left its last checkpoint: a rerun resumes instead of training again.
+    checkpoints = project / "data" / "06_models" / "checkpoints" / "starter"
+    assert {p.name for p in checkpoints.iterdir()} == {"vae", "unet", "motion_adapter"}
+    assert all((checkpoints / stage / "checkpoint-2").is_dir() for stage in ("vae", "unet", "motion_adapter"))
+
+
+def _assert_loads_like_any_diffusers_folder(folder: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    from machining_t2v.inworld import InWorldEvaluator
+    from machining_t2v.models import load_base_model, load_motion_adapter
+
+    base = load_base_model(str(folder), tiny_model_dir=folder / "unused")
+    adapter = load_motion_adapter(str(folder / "motion_adapter"), tiny_model_dir=folder / "unused")
+    assert base.unet.dtype == torch.float32 and adapter.dtype == torch.float32  # fp16 files, fp32 models
+    assert base.unet.config.sample_size * 2 ** (len(base.vae.config.block_out_channels) - 1) == 64
+    pipe = StableDiffusionPipeline.from_pretrained(folder, use_safetensors=True)
+    assert pipe.unet.config.cross_attention_dim == base.text_encoder.config.hidden_size
+    InWorldEvaluator.load(folder / "inworld_evaluator")
+    sizes = [p.stat().st_size for p in folder.rglob("*.safetensors")]
+    assert sizes and not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))
+
+
+@pytest.mark.skipif(not COMMITTED_STARTER.is_dir(), reason="no starter model committed in models/starter")
+def test_committed_starter_loads_and_draws():
+    from machining_t2v.models import load_base_model
+    from machining_t2v.sampling import image_pipeline, sample_images
+
+    _assert_loads_like_any_diffusers_folder(COMMITTED_STARTER)
+    assert starter.folder_size_mb(COMMITTED_STARTER) <= 30
+    marker = json.loads((COMMITTED_STARTER / starter.STARTER_MARKER).read_text())
+    assert marker["starter_version"] == starter.STARTER_VERSION and marker["vae_psnr_db"] > 15
+    base = load_base_model(str(COMMITTED_STARTER), tiny_model_dir=COMMITTED_STARTER / "unused")
+    image = sample_images(image_pipeline(base, base.unet), ["a red circle standing still on a plain grey background"],
+                          seed=0, num_inference_steps=10, guidance_scale=4.0, resolution=64)[0]
+    assert image.shape == (64, 64, 3) and image.std() > 10  # a picture, not a flat field
