@@ -37,7 +37,7 @@ SMALL_RUN = {
                  "validation": {"every": 4, "num_inference_steps": 2}},
     "motion_ft": {"training": {"max_steps": 4, "lr_warmup_steps": 1, "checkpoint_every": 4},
                   "validation": {"every": 4, "num_inference_steps": 2}},
-    "evaluation": {"sampling": {"num_frames": 6, "num_inference_steps": 3}},
+    "evaluation": {"sampling": {"num_frames": 6, "num_inference_steps": 3, "seeds_per_prompt": 1}},
 }
 
 
