@@ -25,8 +25,6 @@ The result is an ordinary diffusers pipeline folder (safetensors, fp16) plus
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -330,19 +328,3 @@ def folder_size_mb(folder: str | Path) -> float:
     """Total size of the files under ``folder`` in MB."""
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 1e6
 
-
-def timed(label: str) -> Callable[[], float]:
-    """Start a wall-clock timer; calling the result logs and returns the seconds since."""
-    start = time.perf_counter()
-
-    def stop() -> float:
-        seconds = time.perf_counter() - start
-        logger.info("%s took %.1f s", label, seconds)
-        return seconds
-
-    return stop
-
-
-def steps_for_minutes(minutes: float, seconds_per_step: float) -> int:
-    """How many steps fit in a time budget (at least 1)."""
-    return max(1, math.floor(minutes * 60 / seconds_per_step))
