@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -337,22 +337,35 @@ def summarise_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
     Returns:
         one row per (variant, split) with ``n_clips`` and one column per metric.
     """
-    order = [*VARIANT_ADAPTERS, REFERENCE]
     rows = []
-    for variant in [v for v in order if v in set(metrics["variant"])]:
-        subset = metrics[metrics["variant"] == variant]
-        groups = [("all", subset)] if variant == REFERENCE else [("all", subset)] + [
-            (split, subset[subset["split"] == split]) for split in SPLITS if (subset["split"] == split).any()]
-        for split, group in groups:
-            means = group.groupby("metric")["value"].mean()
-            n_clips = len(group.drop_duplicates(["prompt_id", "seed"]))
-            rows.append({"variant": variant, "split": split, "n_clips": n_clips,
-                         **{metric: float(means.get(metric, np.nan)) for metric in METRICS}})
+    for variant, split, group in _variant_split_groups(metrics):
+        means = group.groupby("metric")["value"].mean()
+        n_clips = len(group.drop_duplicates(["prompt_id", "seed"]))
+        rows.append({"variant": variant, "split": split, "n_clips": n_clips,
+                     **{metric: float(means.get(metric, np.nan)) for metric in METRICS}})
     summary = pd.DataFrame(rows, columns=["variant", "split", "n_clips", *METRICS])
-    for row in summary.to_dict("records"):
-        prefix = f"eval.{row['variant']}." if row["split"] == "all" else f"eval.{row['variant']}.{row['split']}."
-        tracking.log_metrics({metric: row[metric] for metric in METRICS}, prefix=prefix)
+    _log_per_variant(summary, list(METRICS))
     return summary
+
+
+def _variant_split_groups(table: pd.DataFrame) -> Iterator[tuple[str, str, pd.DataFrame]]:
+    """(variant, split, rows) per variant in report order: ``all`` and each split present;
+    the reference clips only as ``all``."""
+    for variant in [v for v in [*VARIANT_ADAPTERS, REFERENCE] if v in set(table["variant"])]:
+        subset = table[table["variant"] == variant]
+        yield variant, "all", subset
+        if variant != REFERENCE:
+            for split in SPLITS:
+                if (subset["split"] == split).any():
+                    yield variant, split, subset[subset["split"] == split]
+
+
+def _log_per_variant(table: pd.DataFrame, columns: list[str], infix: str = "") -> None:
+    """Log ``columns`` of a per-(variant, split) table to MLflow as ``eval.<variant>[.<split>].<infix><column>``."""
+    for row in table.to_dict("records"):
+        split = "" if row["split"] == "all" else f"{row['split']}."
+        tracking.log_metrics({column: row[column] for column in columns},
+                             prefix=f"eval.{row['variant']}.{split}{infix}")
 
 
 def score_in_world(
@@ -404,10 +417,7 @@ def score_in_world(
             reference_clips[row.sample_id], str(row.caption or ""))
     predictions = pd.DataFrame(rows, columns=INWORLD_PREDICTION_COLUMNS)
     table = _in_world_accuracies(predictions)
-    for row in table.to_dict("records"):
-        prefix = (f"eval.{row['variant']}.inworld." if row["split"] == "all"
-                  else f"eval.{row['variant']}.{row['split']}.inworld.")
-        tracking.log_metrics({f"{key}_accuracy": row[f"{key}_accuracy"] for key in INWORLD_KEYS}, prefix=prefix)
+    _log_per_variant(table, [f"{key}_accuracy" for key in INWORLD_KEYS], infix="inworld.")
     logger.info("In-world metrics from %s: %s", folder, "; ".join(
         f"{r['variant']} style {r['style_accuracy']:.2f} scene {r['scene_accuracy']:.2f} "
         f"motion {r['motion_accuracy']:.2f}" for r in table[table["split"] == "all"].to_dict("records")))
@@ -423,14 +433,10 @@ def _labels(frame: pd.DataFrame, prefix: str) -> list[dict[str, str | None]]:
 def _in_world_accuracies(predictions: pd.DataFrame) -> pd.DataFrame:
     """Accuracy per (variant, split), grouped like :func:`summarise_metrics`."""
     rows = []
-    for variant in [v for v in [*VARIANT_ADAPTERS, REFERENCE] if v in set(predictions["variant"])]:
-        subset = predictions[predictions["variant"] == variant]
-        groups = [("all", subset)] if variant == REFERENCE else [("all", subset)] + [
-            (split, subset[subset["split"] == split]) for split in SPLITS if (subset["split"] == split).any()]
-        for split, group in groups:
-            predicted, expected = _labels(group, "predicted_"), _labels(group, "expected_")
-            rows.append({"variant": variant, "split": split, "n_clips": len(group),
-                         **{f"{key}_accuracy": accuracy(predicted, expected, key) for key in INWORLD_KEYS}})
+    for variant, split, group in _variant_split_groups(predictions):
+        predicted, expected = _labels(group, "predicted_"), _labels(group, "expected_")
+        rows.append({"variant": variant, "split": split, "n_clips": len(group),
+                     **{f"{key}_accuracy": accuracy(predicted, expected, key) for key in INWORLD_KEYS}})
     return pd.DataFrame(rows, columns=INWORLD_COLUMNS)
 
 
