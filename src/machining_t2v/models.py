@@ -152,6 +152,43 @@ def build_tiny_tokenizer(words: tuple[str, ...] = DOMAIN_WORDS) -> CLIPTokenizer
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
+def small_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int) -> CLIPTextModel:
+    """A randomly initialised 2-layer CLIP text encoder for ``tokenizer`` (seed the global RNG first).
+
+    Its embeddings differ per token, which is all a UNet's cross-attention needs to read a
+    caption; the built-in models keep it frozen.
+    """
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=hidden_size,
+            hidden_act="quick_gelu",
+            bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )
+    )
+
+
+def sd15_noise_scheduler(beta_schedule: str) -> DDPMScheduler:
+    """SD1.5's DDPM training schedule (1000 steps, betas 0.00085 -> 0.012, epsilon) with ``beta_schedule``."""
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule=beta_schedule,
+        prediction_type="epsilon",
+        clip_sample=False,
+        steps_offset=1,
+    )
+
+
 def _tiny_components(seed: int) -> dict[str, Any]:
     """Create the tiny pipeline components deterministically from ``seed``."""
     tokenizer = build_tiny_tokenizer()
@@ -184,22 +221,7 @@ def _tiny_components(seed: int) -> dict[str, Any]:
             scaling_factor=0.18215,
         )
         torch.manual_seed(seed + 2)
-        eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                projection_dim=32,
-                hidden_act="quick_gelu",
-                bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
-                eos_token_id=eos,
-                pad_token_id=eos,
-            )
-        )
+        text_encoder = small_text_encoder(tokenizer, hidden_size=32)
         torch.manual_seed(seed + 3)
         adapter = MotionAdapter(
             block_out_channels=(32, 64),  # must equal the UNet's
@@ -209,15 +231,7 @@ def _tiny_components(seed: int) -> dict[str, Any]:
             motion_max_seq_length=32,
             use_motion_mid_block=True,
         )
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type="epsilon",
-        clip_sample=False,
-        steps_offset=1,
-    )
+    scheduler = sd15_noise_scheduler("scaled_linear")
     return {
         "tokenizer": tokenizer,
         "text_encoder": text_encoder,

@@ -34,12 +34,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
-    DDPMScheduler,
     MotionAdapter,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from machining_t2v.diffusion import (
     LossConfig,
@@ -48,7 +46,13 @@ from machining_t2v.diffusion import (
     images_to_tensor,
     noise_prediction_loss,
 )
-from machining_t2v.models import DOMAIN_WORDS, build_motion_unet, build_tiny_tokenizer
+from machining_t2v.models import (
+    DOMAIN_WORDS,
+    build_motion_unet,
+    build_tiny_tokenizer,
+    sd15_noise_scheduler,
+    small_text_encoder,
+)
 from machining_t2v.starter_world import WORLD_WORDS
 from machining_t2v.training import LossRandomness, TrainingConfig, TrainingResult, train
 
@@ -94,22 +98,7 @@ def starter_components(seed: int) -> dict[str, Any]:
             norm_num_groups=8,
         )
         torch.manual_seed(seed + 2)
-        eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                projection_dim=64,
-                hidden_act="quick_gelu",
-                bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
-                eos_token_id=eos,
-                pad_token_id=eos,
-            )
-        )
+        text_encoder = small_text_encoder(tokenizer, hidden_size=64)
         torch.manual_seed(seed + 3)
         adapter = MotionAdapter(
             block_out_channels=(32, 64, 128),  # must equal the UNet's
@@ -120,10 +109,7 @@ def starter_components(seed: int) -> dict[str, Any]:
             use_motion_mid_block=True,
         )
     # AnimateDiff's schedule (linear betas), which its video pipeline also samples with.
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
-        prediction_type="epsilon", clip_sample=False, steps_offset=1,
-    )  # fmt: skip
+    scheduler = sd15_noise_scheduler("linear")
     text_encoder.requires_grad_(False)
     return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "unet": unet,
             "scheduler": scheduler, "motion_adapter": adapter}
