@@ -4,7 +4,7 @@
     python -m benchmarks.run --quick            # smoke mode: tiny inputs, one run each (figures not meaningful)
     python -m benchmarks.run --only decode,train
 
-Areas: decode, data_prep, train, generate, kedro.
+Areas: decode, data_prep, train, generate, evaluate, kedro.
 """
 
 from __future__ import annotations
@@ -36,10 +36,12 @@ AREAS = {
     "data_prep": "benchmarks.data_prep",
     "train": "benchmarks.train",
     "generate": "benchmarks.generate",
+    "evaluate": "benchmarks.evaluate",
     "kedro": "benchmarks.kedro_overhead",
 }
 ALIASES = {"data": "data_prep", "prep": "data_prep", "training": "train", "generation": "generate",
-           "kedro_overhead": "kedro", "decoding": "decode"}
+           "kedro_overhead": "kedro", "decoding": "decode",
+           "evaluation": "evaluate", "inworld": "evaluate"}
 DEFAULT_OUTPUT = PROJECT_ROOT / "data" / "08_reporting"
 
 

@@ -55,6 +55,6 @@ def test_unknown_area_is_refused():
     from benchmarks.run import parse_areas
 
     assert parse_areas("data,train,train") == ["data_prep", "train"]
-    assert parse_areas(None) == ["decode", "data_prep", "train", "generate", "kedro"]
+    assert parse_areas(None) == ["decode", "data_prep", "train", "generate", "evaluate", "kedro"]
     with pytest.raises(SystemExit, match="unknown area"):
         parse_areas("decode,nope")
