@@ -38,6 +38,7 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from tqdm.auto import tqdm
 
 from machining_t2v.diffusion import (
     LossConfig,
@@ -161,11 +162,15 @@ def train_vae(vae: AutoencoderKL, images: np.ndarray, config: TrainingConfig, ch
 
 
 @torch.no_grad()
-def reconstruct(vae: AutoencoderKL, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Encode (posterior mean) and decode uint8 frames; returns uint8 frames."""
+def reconstruct(vae: AutoencoderKL, frames: np.ndarray, batch_size: int = 64, description: str | None = None) -> np.ndarray:
+    """Encode (posterior mean) and decode uint8 frames; returns uint8 frames.
+
+    ``description`` names a progress bar (none without it).
+    """
     device = next(vae.parameters()).device
     out = []
-    for start in range(0, len(frames), batch_size):
+    starts = range(0, len(frames), batch_size)
+    for start in tqdm(starts, desc=description, unit="batch", disable=description is None):
         x = images_to_tensor(frames[start:start + batch_size]).to(device, vae.dtype)
         y = vae.decode(vae.encode(x).latent_dist.mean).sample
         out.append(((y.float().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(1, -1).cpu().numpy())

@@ -123,10 +123,19 @@ def evaluator_training_clips(params: dict[str, Any]) -> tuple[np.ndarray, list[d
     return frames, labels
 
 
-def train_starter_evaluator(params: dict[str, Any]) -> InWorldEvaluator:
-    """Train the in-world evaluator (scene, style, motion) on labelled renders."""
+def train_starter_evaluator(vae: AutoencoderKL, params: dict[str, Any]) -> InWorldEvaluator:
+    """Train the in-world evaluator (scene, style, motion) on labelled renders and their VAE round trips.
+
+    Every generated clip comes out of the starter's VAE decoder, which softens edges and
+    casts colour over whole frames. An evaluator that has only seen sharp renders misreads
+    that look (on held-out renders sent through the VAE it called 12% of the styles wrong);
+    each render is therefore also shown after an encode/decode round trip, with its label.
+    """
     frames, labels = evaluator_training_clips(params)
-    return train_evaluator(frames, labels, seed=int(params["seed"]), epochs=int(params["evaluator"]["epochs"]))
+    round_trips = starter.reconstruct(vae, frames.reshape(-1, *frames.shape[2:]), description="VAE round trips")
+    clips = np.concatenate([frames, round_trips.reshape(frames.shape)])
+    return train_evaluator(clips, labels + labels, seed=int(params["seed"]),
+                           epochs=int(params["evaluator"]["epochs"]))
 
 
 def publish_starter(vae: AutoencoderKL, unet: UNet2DConditionModel, adapter: MotionAdapter,
