@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from machining_t2v import cli, generation
 from machining_t2v.models import build_tiny_model
 from machining_t2v.video_io import probe_video, read_frames
+from tests.conftest import PROJECT_ROOT
 from tests.test_generation import make_loras
 
 SCRIPT = Path(sys.executable).with_name("machining-t2v")
@@ -42,7 +43,9 @@ def one_cpu_thread():
 
 
 def run_main(args: list[str], tiny_dir: Path) -> int:
-    return cli.main(["generate", "--tiny-model-dir", str(tiny_dir), "--steps", "1", "--frames", "2", *args])
+    # --base named: in the project folder the default would be the committed starter model.
+    return cli.main(["generate", "--base", "builtin:tiny", "--tiny-model-dir", str(tiny_dir), "--steps", "1",
+                     "--frames", "2", *args])
 
 
 def test_console_script_writes_playable_h264_and_gif(tiny_dir, outside_loras, tmp_path):
@@ -89,6 +92,28 @@ def test_same_settings_give_the_same_video_in_process(tiny_dir, outside_loras, t
     monkeypatch.chdir(default)
     assert run_main(["mtv slot milling"], tiny_dir) == 0  # default --out: <prompt slug>.mp4 here
     assert (default / "mtv_slot_milling.mp4").is_file() and (default / "mtv_slot_milling.gif").is_file()
+
+
+def test_default_base_is_the_starter_model_in_the_project_folder(tmp_path, monkeypatch, capsys, caplog):
+    monkeypatch.chdir(tmp_path)  # no project here
+    assert cli.default_base() == "builtin:tiny"
+    assert cli.default_motion_adapter("builtin:tiny") == "builtin:tiny"
+    assert cli.default_motion_adapter("stable-diffusion-v1-5/stable-diffusion-v1-5") == cli.DEFAULT_REAL_MOTION_ADAPTER
+    if not (PROJECT_ROOT / cli.PROJECT_STARTER_DIR / cli.STARTER_MARKER).is_file():
+        pytest.skip("no starter model committed in models/starter")
+    # In the project the LoRAs of data/06_models were trained on the starter, so it is the default,
+    # with the motion adapter of its own folder.
+    monkeypatch.chdir(PROJECT_ROOT)
+    assert cli.default_base() == "models/starter"
+    assert cli.default_motion_adapter("models/starter") == str(Path("models/starter/motion_adapter"))
+    out = tmp_path / "starter.mp4"
+    with caplog.at_level(logging.INFO, logger="machining_t2v"):
+        assert cli.main(["generate", "mtv face the bar on a lathe", "--steps", "2", "--frames", "4",
+                         "--out", str(out)]) == 0
+    assert "with base models/starter" in caplog.text
+    assert "random weights" not in capsys.readouterr().out
+    info = probe_video(out)
+    assert (info.num_frames, info.width, info.height) == (4, 64, 64)  # the starter's native 64 px
 
 
 def test_bad_inputs_fail_with_clear_messages(tiny_dir, tmp_path, capsys, caplog):

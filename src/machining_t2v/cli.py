@@ -32,6 +32,10 @@ SCHEDULERS = ("ddim", "euler", "dpm++")  # = machining_t2v.generation.SCHEDULERS
 # command-line errors answer without importing torch and diffusers
 DEFAULT_REAL_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-3"
 PROJECT_TINY_DIR = Path("data/06_models/tiny-sd")
+# The committed starter model and its marker file (= machining_t2v.starter.STARTER_MARKER, named
+# here so that choosing the default base needs no torch import).
+PROJECT_STARTER_DIR = Path("models/starter")
+STARTER_MARKER = "starter_model.json"
 
 
 @click.group(name="machining-t2v-project")
@@ -67,6 +71,24 @@ def default_tiny_model_dir() -> Path:
     return cache / "machining_t2v" / "tiny-sd"
 
 
+def default_base() -> str:
+    """The project's starter model (what the pipelines train on) when run inside the project, else builtin:tiny."""
+    if (PROJECT_STARTER_DIR / STARTER_MARKER).is_file():
+        return str(PROJECT_STARTER_DIR)
+    return "builtin:tiny"
+
+
+def default_motion_adapter(base: str) -> str:
+    """The adapter that goes with ``base``: its own ``motion_adapter/`` folder if it has one (the starter
+    does), the tiny one for builtin:tiny, else AnimateDiff's v1.5 adapter."""
+    if base == "builtin:tiny":
+        return "builtin:tiny"
+    own = Path(base) / "motion_adapter"
+    if (own / "config.json").is_file():
+        return str(own)
+    return DEFAULT_REAL_MOTION_ADAPTER
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (``machining-t2v generate ...``)."""
     parser = argparse.ArgumentParser(prog=PROG, description="Text-to-video for machine-tool processes "
@@ -90,10 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     gen.add_argument("--out", default=None, metavar="FILE.mp4", help="output .mp4 (a .gif is written beside "
                      "it); default: <prompt>.mp4 in the current folder")
-    gen.add_argument("--base", default="builtin:tiny", help="base model: builtin:tiny (default), a diffusers "
-                     "folder or a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5")
-    gen.add_argument("--motion-adapter", default=None, help="motion adapter: folder or hub id (default: "
-                     f"builtin:tiny with the tiny base, else {DEFAULT_REAL_MOTION_ADAPTER})")
+    gen.add_argument("--base", default=None, help="base model: a diffusers folder, a hub id such as "
+                     "stable-diffusion-v1-5/stable-diffusion-v1-5, or builtin:tiny (random weights). Default: "
+                     f"the project's starter model ({PROJECT_STARTER_DIR}) when run in the project folder, "
+                     "else builtin:tiny")
+    gen.add_argument("--motion-adapter", default=None, help="motion adapter: folder or hub id (default: the "
+                     "base folder's own motion_adapter/ if it has one, builtin:tiny with the tiny base, else "
+                     f"{DEFAULT_REAL_MOTION_ADAPTER})")
     gen.add_argument("--scheduler", choices=SCHEDULERS, default="ddim", help="sampler (default ddim)")
     gen.add_argument("--negative-prompt", default=None, help="what not to show")
     gen.add_argument("--size", type=_positive_int, default=None, help="frame side in pixels, a multiple of 8 "
@@ -140,10 +165,10 @@ def _generate(args: argparse.Namespace, out: Path) -> int:
     from machining_t2v import generation
 
     log = logging.getLogger("machining_t2v.cli")
-    motion_adapter = args.motion_adapter or ("builtin:tiny" if args.base == "builtin:tiny"
-                                             else DEFAULT_REAL_MOTION_ADAPTER)
+    base = args.base or default_base()
+    motion_adapter = args.motion_adapter or default_motion_adapter(base)
     generator = generation.load_generator(
-        args.base, motion_adapter, tiny_model_dir=args.tiny_model_dir or default_tiny_model_dir(),
+        base, motion_adapter, tiny_model_dir=args.tiny_model_dir or default_tiny_model_dir(),
         revision=args.revision, variant=args.variant, scheduler=args.scheduler, device=args.device, dtype=args.dtype,
     )  # fmt: skip
     generation.check_num_frames(generator, args.frames)
