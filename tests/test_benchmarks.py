@@ -16,11 +16,11 @@ import pytest
 from tests.conftest import PROJECT_ROOT
 
 
-def test_quick_decode_benchmark_writes_report(tmp_path):
+def test_quick_decode_and_evaluate_benchmarks_write_report(tmp_path):
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     # A subprocess: the benchmarks quieten loggers and warnings process-wide.
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "decode", "--output-dir", str(tmp_path),
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "decode,evaluate", "--output-dir", str(tmp_path),
          "--work-dir", str(tmp_path / "work")],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -49,6 +49,12 @@ def test_quick_decode_benchmark_writes_report(tmp_path):
     assert set(targets) == {"sample_videos.frames_vs_fastest_decoder", "long_h264.frames_vs_fastest_decoder"}
     for entry in targets.values():
         assert entry["value"] > 0 and entry["threshold"] == 0.8 and entry["met"] in (True, False)
+
+    evaluate = report["areas"]["evaluate"]
+    assert "error" not in evaluate
+    assert set(evaluate["metrics"]) == {"inworld.motion_features_ms_per_clip", "inworld.predict_ms_per_clip"}
+    assert all(math.isfinite(value) and value > 0 for value in evaluate["metrics"].values())
+    assert [t["key"] for t in evaluate["targets"]] == ["inworld.motion_features_under_100ms"]
 
 
 def test_unknown_area_is_refused():
