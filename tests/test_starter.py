@@ -231,7 +231,7 @@ def test_committed_evaluator_reads_renders_after_a_round_trip_through_the_starte
              + starter_world.render_shape_clips(8, 9102))
     frames, _, labels = starter_world.stack_clips(clips)
     vae = AutoencoderKL.from_pretrained(COMMITTED_STARTER / "vae", torch_dtype=torch.float32).eval()
-    round_trips = starter.reconstruct(vae, frames.reshape(-1, 64, 64, 3)).reshape(frames.shape)
+    round_trips = starter.reconstruct(vae, frames)
     predictions = InWorldEvaluator.load(COMMITTED_STARTER / "inworld_evaluator").predict(round_trips)
     # Measured on these 24 clips: scene and style 1.00; the evaluator before, trained on sharp
     # renders alone, read 83% of the styles right (88% on 60 clips per kind).

@@ -163,18 +163,20 @@ def train_vae(vae: AutoencoderKL, images: np.ndarray, config: TrainingConfig, ch
 
 @torch.no_grad()
 def reconstruct(vae: AutoencoderKL, frames: np.ndarray, batch_size: int = 64, description: str | None = None) -> np.ndarray:
-    """Encode (posterior mean) and decode uint8 frames; returns uint8 frames.
+    """Encode (posterior mean) and decode uint8 frames ``(..., H, W, 3)``, e.g. images or clips;
+    returns uint8 frames of the same shape.
 
     ``description`` names a progress bar (none without it).
     """
     device = next(vae.parameters()).device
+    flat = frames.reshape(-1, *frames.shape[-3:])
     out = []
-    starts = range(0, len(frames), batch_size)
+    starts = range(0, len(flat), batch_size)
     for start in tqdm(starts, desc=description, unit="batch", disable=description is None):
-        x = images_to_tensor(frames[start:start + batch_size]).to(device, vae.dtype)
+        x = images_to_tensor(flat[start:start + batch_size]).to(device, vae.dtype)
         y = vae.decode(vae.encode(x).latent_dist.mean).sample
         out.append(((y.float().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(1, -1).cpu().numpy())
-    return np.concatenate(out)
+    return np.concatenate(out).reshape(frames.shape)
 
 
 def psnr(reference: np.ndarray, reconstruction: np.ndarray) -> float:

@@ -132,8 +132,7 @@ def train_starter_evaluator(vae: AutoencoderKL, params: dict[str, Any]) -> InWor
     each render is therefore also shown after an encode/decode round trip, with its label.
     """
     frames, labels = evaluator_training_clips(params)
-    round_trips = starter.reconstruct(vae, frames.reshape(-1, *frames.shape[2:]), description="VAE round trips")
-    clips = np.concatenate([frames, round_trips.reshape(frames.shape)])
+    clips = np.concatenate([frames, starter.reconstruct(vae, frames, description="VAE round trips")])
     return train_evaluator(clips, labels + labels, seed=int(params["seed"]),
                            epochs=int(params["evaluator"]["epochs"]))
 
