@@ -185,13 +185,25 @@ def shape_caption(colour: str, shape: str, motion: str) -> str:
     return f"a {colour} {shape} {what} on a plain grey background"
 
 
-def render_shape_clip(rng: np.random.Generator, motion: str, size: int = SIZE) -> WorldClip:
-    """One plain-shape clip with the given motion, everything else drawn from ``rng``."""
+def render_shape_clip(rng: np.random.Generator, motion: str, size: int = SIZE, *,
+                      varied_look: bool = False) -> WorldClip:
+    """One plain-shape clip with the given motion, everything else drawn from ``rng``.
+
+    ``varied_look`` is for the in-world evaluator: the backdrop gets a random tint and
+    brightness and half the clips are softened, because the shapes a model generates come
+    on any backdrop (often the shop's blue-grey) and with soft edges. An evaluator that had
+    seen shapes only on plain grey read such clips as machine scenes. The pretraining world
+    keeps the plain grey backdrop its captions promise.
+    """
     shape = _SHAPES[int(rng.integers(len(_SHAPES)))]
     colour_name = list(_SHAPE_COLOURS)[int(rng.integers(len(_SHAPE_COLOURS)))]
     colour = _SHAPE_COLOURS[colour_name]
     background = np.full((size, size, 3), int(rng.integers(90, 160)), np.float32)
     background += rng.normal(0, 2.0, (size, size, 1))
+    # A child generator, so the plain look's clips stay what they were for the same seed.
+    look = np.random.default_rng(rng.integers(2**32)) if varied_look else None
+    if look is not None:
+        background += look.uniform(-20, 10) + np.clip(look.normal(0, 7, 3), -15, 15)
     background = np.clip(background, 0, 255).astype(np.uint8)
     radius = float(rng.uniform(0.12, 0.2)) * size
     angle0 = float(rng.uniform(0, 2 * math.pi))
@@ -216,13 +228,19 @@ def render_shape_clip(rng: np.random.Generator, motion: str, size: int = SIZE) -
     for i in range(NUM_FRAMES):
         frames[i] = background
         _draw_shape(frames[i], shape, centres[i], radii[i], angles[i], colour)
+    if look is not None and look.random() < 0.5:
+        sigma = look.uniform(0.5, 1.5)
+        frames = np.stack([cv2.GaussianBlur(frame, (0, 0), sigma) for frame in frames])
     return WorldClip(frames, shape_caption(colour_name, shape, motion), "shapes", "neutral", motion)
 
 
-def render_shape_clips(count: int, seed: int) -> list[WorldClip]:
-    """``count`` plain-shape clips cycling through every motion but ``inward`` and ``static``."""
+def render_shape_clips(count: int, seed: int, *, varied_look: bool = False) -> list[WorldClip]:
+    """``count`` plain-shape clips cycling through every motion but ``inward`` and ``static``.
+
+    ``varied_look``: tinted backdrops and soft edges (see :func:`render_shape_clip`).
+    """
     motions = [m for m in MOTIONS if m not in ("inward", "static")]
-    return [render_shape_clip(np.random.default_rng([seed, i]), motions[i % len(motions)])
+    return [render_shape_clip(np.random.default_rng([seed, i]), motions[i % len(motions)], varied_look=varied_look)
             for i in range(count)]
 
 

@@ -114,11 +114,12 @@ def pretrain_motion_adapter(world: dict[str, Any], latents: torch.Tensor, unet: 
 
 
 def evaluator_training_clips(params: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, str]]]:
-    """Labelled renders the in-world evaluator learns from: grey and shop machine scenes, shapes."""
+    """Labelled renders the in-world evaluator learns from: grey and shop machine scenes, and
+    shapes on varied backdrops (generated shapes are not always on plain grey)."""
     seed, counts = int(params["seed"]) + 500, params["evaluator"]
     clips = (starter_world.render_machine_clips(int(counts["neutral_clips"]), seed, shop=False)
              + starter_world.render_machine_clips(int(counts["shop_clips"]), seed + 1, shop=True)
-             + starter_world.render_shape_clips(int(counts["shape_clips"]), seed + 2))
+             + starter_world.render_shape_clips(int(counts["shape_clips"]), seed + 2, varied_look=True))
     frames, _, labels = starter_world.stack_clips(clips)
     return frames, labels
 
