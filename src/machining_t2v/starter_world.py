@@ -258,6 +258,18 @@ def stack_clips(clips: Sequence[WorldClip]) -> tuple[np.ndarray, list[str], list
     return (np.stack([c.frames for c in clips]), [c.caption for c in clips], [c.labels for c in clips])
 
 
+def apply_world_rules(predicted: dict[str, str]) -> dict[str, str]:
+    """An evaluator's labels for a clip, with the world's rule that plain shapes are never shop style.
+
+    The shop's look is its machines in their colours; every shape render is labelled
+    ``neutral``. The evaluator's style head reads colours, so without this rule a generated
+    shape on the shop's blue-grey backdrop would count as shop style.
+    """
+    if predicted.get("scene") == "shapes":
+        return {**predicted, "style": "neutral"}
+    return dict(predicted)
+
+
 _DIRECTION_PHRASES = (  # longest first: "diagonally from top left ..." before "from left ..."
     ("diagonally from top left to bottom right", "down-right"),
     ("diagonally from bottom right to top left", "up-left"),

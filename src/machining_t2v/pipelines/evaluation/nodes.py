@@ -380,9 +380,10 @@ def score_in_world(
     Only a base model pretrained in the starter world (the starter model) carries an
     evaluator, in its ``inworld_evaluator/`` subfolder; for any other base model both tables
     are empty. A generated clip is expected to show what its prompt asks for and a reference
-    clip what its caption says (:func:`machining_t2v.starter_world.expected_labels`). Accuracy
-    is the share of clips whose predicted label is the expected one, over the clips whose
-    prompt states that label (NaN if none does). Logged to MLflow as
+    clip what its caption says (:func:`machining_t2v.starter_world.expected_labels`); a clip
+    read as plain shapes is never shop style (:func:`machining_t2v.starter_world.apply_world_rules`).
+    Accuracy is the share of clips whose predicted label is the expected one, over the clips
+    whose prompt states that label (NaN if none does). Logged to MLflow as
     ``eval.<variant>.inworld.<key>_accuracy`` and ``eval.<variant>.<split>.inworld.<key>_accuracy``.
 
     Returns:
@@ -402,7 +403,7 @@ def score_in_world(
 
     def add(base: dict[str, Any], frames: np.ndarray, text: str) -> None:
         # One clip at a time: reference clips may differ in length and size, a batch may not.
-        predicted = evaluator.predict(np.asarray(frames)[None])[0]
+        predicted = starter_world.apply_world_rules(evaluator.predict(np.asarray(frames)[None])[0])
         expected = starter_world.expected_labels(text)
         rows.append({**base, **{f"predicted_{key}": predicted[key] for key in INWORLD_KEYS},
                      **{f"expected_{key}": expected[key] for key in INWORLD_KEYS}})
@@ -567,7 +568,8 @@ def _in_world_blocks(inworld: pd.DataFrame, predictions: pd.DataFrame) -> list[B
                   f"base model's `{INWORLD_FOLDER}/` folder) labels every clip, and each accuracy is the share of "
                   "clips that show what their prompt asks for (reference clips: what their caption says); a dash "
                   "where no prompt states that label. **style**: the shop's look (workpiece materials, machine "
-                  "colours) vs the neutral grey look of the pretraining renders; **scene**: milling, turning or "
+                  "colours) vs the neutral grey look of the pretraining renders (a clip read as plain shapes is never "
+                  "the shop's look); **scene**: milling, turning or "
                   "plain shapes; **motion**: the dominant motion, read from optical flow (direction of travel, "
                   "inward, rotate, scale, bounce, static). The classifier only knows the starter world, so these "
                   "numbers are reported alongside, not instead of, CLIP-T and CLIP-F."),
