@@ -72,6 +72,34 @@ def test_shape_translations_move_the_way_the_caption_says(motion, axis, sign):
     assert sign * shift[axis] > 8 and abs(shift[1 - axis]) < 3
 
 
+def test_varied_look_shapes_keep_their_labels_on_tinted_softened_backdrops():
+    plain = starter_world.render_shape_clips(22, seed=3)
+    varied = starter_world.render_shape_clips(22, seed=3, varied_look=True)
+    assert [c.labels for c in varied] == [c.labels for c in plain]
+    assert [c.caption for c in varied] == [c.caption for c in plain]
+    plain_corners = np.stack([c.frames[:, :4, :4].reshape(-1, 3) for c in plain]).astype(int)
+    varied_corners = np.stack([c.frames[:, :4, :4].reshape(-1, 3) for c in varied]).astype(int)
+    # The pretraining world's backdrop is grey, as its captions say; the evaluator's is tinted.
+    assert (plain_corners.max(-1) == plain_corners.min(-1)).all()
+    tint = (varied_corners.max(-1) - varied_corners.min(-1)).mean(-1)
+    assert (tint > 4).sum() >= 11
+    # Some clips are softened: fewer hard edges than the same clip drawn sharp.
+    def edges(clip):
+        return np.abs(np.diff(clip.frames.astype(int), axis=2)).max()
+    assert sum(edges(v) < 0.8 * edges(p) for v, p in zip(varied, plain, strict=True)) >= 5
+    # Turning the option on leaves the pretraining world as it was.
+    assert all(np.array_equal(a.frames, b.frames) for a, b in zip(plain, starter_world.render_shape_clips(22, seed=3),
+                                                                 strict=True))
+
+
+def test_world_rule_plain_shapes_are_never_shop_style():
+    read = {"scene": "shapes", "style": "shop", "motion": "right"}
+    assert starter_world.apply_world_rules(read) == {"scene": "shapes", "style": "neutral", "motion": "right"}
+    assert read["style"] == "shop"  # the evaluator's own reading is left as it was
+    machine = {"scene": "milling", "style": "shop", "motion": "left"}
+    assert starter_world.apply_world_rules(machine) == machine
+
+
 def test_expected_labels_of_evaluation_style_prompts():
     assert starter_world.expected_labels(
         "mtv face the bar on a lathe, cast iron bar spinning in the chuck, fixed turning tool feeding inwards"
@@ -237,6 +265,40 @@ def test_committed_evaluator_reads_renders_after_a_round_trip_through_the_starte
     # renders alone, read 83% of the styles right (88% on 60 clips per kind).
     assert accuracy(predictions, labels, "scene") >= 0.95
     assert accuracy(predictions, labels, "style") >= 0.95
+
+
+def generated_clips_labelled_by_eye() -> tuple[np.ndarray, list[dict[str, str]]]:
+    """The clips of tests/data/generated_by_eye (see its README) and the scene a person saw in each."""
+    import csv
+
+    from PIL import Image
+
+    folder = PROJECT_ROOT / "tests/data/generated_by_eye"
+    with (folder / "labels.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    clips = []
+    for row in rows:
+        strip = np.asarray(Image.open(folder / row["file"]).convert("RGB"))
+        clips.append(np.stack([strip[:, i * 66:i * 66 + 64] for i in range(8)]))  # 64 px frames, 2 px gaps
+    return np.stack(clips), [{"scene": row["scene_by_eye"], "variant": row["variant"]} for row in rows]
+
+
+def test_committed_evaluator_reads_generated_clips_as_a_person_does():
+    from machining_t2v.inworld import InWorldEvaluator
+
+    clips, seen = generated_clips_labelled_by_eye()
+    assert clips.shape == (28, 8, 64, 64, 3)
+    evaluator = InWorldEvaluator.load(COMMITTED_STARTER / "inworld_evaluator")
+    read = [starter_world.apply_world_rules(p) for p in evaluator.predict(clips)]
+    shapes = [r for r, s in zip(read, seen, strict=True) if s["scene"] == "shapes"]
+    machines = [(r, s) for r, s in zip(read, seen, strict=True) if s["scene"] != "shapes"]
+    # Measured: 8 of the 12 base shapes read as shapes and 13 of the 16 machines as the right
+    # process; the evaluator trained before shapes on varied backdrops read 1 and 12.
+    assert sum(r["scene"] == "shapes" for r in shapes) >= 7
+    assert sum(r["scene"] == s["scene"] for r, s in machines) >= 12
+    # A plain shape is not the shop's look, whatever colour its backdrop has (measured 4 of 12
+    # read as shop style, all of them read as machines; the evaluator before: 9).
+    assert sum(r["style"] == "shop" for r in shapes) <= 5
 
 
 def test_gpu_environment_changes_budgets_and_keeps_the_rest_of_the_recipe():
