@@ -301,6 +301,20 @@ def test_committed_evaluator_reads_generated_clips_as_a_person_does():
     assert sum(r["style"] == "shop" for r in shapes) <= 5
 
 
+def test_generate_defaults_are_what_the_starter_is_evaluated_with():
+    from kedro.config import OmegaConfigLoader
+
+    from machining_t2v.settings import CONFIG_LOADER_ARGS
+
+    params = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), env="local", **CONFIG_LOADER_ARGS)["parameters"]
+    generate, sampling = params["generate"], params["evaluation"]["sampling"]
+    # The starter was trained on 8-frame clips and oversaturates at guidance 7.5 (README, "Generating videos").
+    assert generate["num_frames"] == sampling["num_frames"] == starter_world.NUM_FRAMES
+    assert generate["guidance_scale"] == sampling["guidance_scale"] == 4.0
+    # The default prompt is phrased like the shop's captions and asks for a scene and a style.
+    assert starter_world.expected_labels(generate["prompt"]) == {"scene": "turning", "style": "shop", "motion": None}
+
+
 def test_gpu_environment_changes_budgets_and_keeps_the_rest_of_the_recipe():
     from kedro.config import OmegaConfigLoader
 

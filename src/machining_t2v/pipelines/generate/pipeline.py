@@ -1,7 +1,8 @@
 """``generate`` pipeline: a prompt (``generate.prompt``) -> a GIF and an H.264 mp4 in
 data/07_model_output/generated, with the project's LoRAs (or LoRAs given by path).
 
-    kedro run --pipelines=generate --params "generate.prompt=face the steel bar on the lathe"
+    kedro run --pipelines=generate \
+        --params "generate.prompt=pocket milling on a milling machine with a steel workpiece"
 """
 
 from kedro.pipeline import Node, Pipeline
