@@ -111,12 +111,13 @@ def test_default_base_is_the_starter_model_in_the_project_folder(tmp_path, monke
     assert cli.default_motion_adapter("models/starter") == str(Path("models/starter/motion_adapter"))
     out = tmp_path / "starter.mp4"
     with caplog.at_level(logging.INFO, logger="machining_t2v"):
-        assert cli.main(["generate", "mtv face the bar on a lathe", "--steps", "2", "--frames", "4",
-                         "--out", str(out)]) == 0
+        assert cli.main(["generate", "mtv face the bar on a lathe", "--steps", "2", "--out", str(out)]) == 0
     assert "with base models/starter" in caplog.text
+    # The starter's own frames and guidance, not SD1.5's 16 and 7.5.
+    assert "Generating 8 frames, 2 steps, guidance 4, seed 0" in caplog.text
     assert "random weights" not in capsys.readouterr().out
     info = probe_video(out)
-    assert (info.num_frames, info.width, info.height) == (4, 64, 64)  # the starter's native 64 px
+    assert (info.num_frames, info.width, info.height) == (8, 64, 64)  # the starter's native 64 px
 
 
 def test_bad_inputs_fail_with_clear_messages(tiny_dir, tmp_path, capsys, caplog):

@@ -304,6 +304,7 @@ def test_committed_evaluator_reads_generated_clips_as_a_person_does():
 def test_generate_defaults_are_what_the_starter_is_evaluated_with():
     from kedro.config import OmegaConfigLoader
 
+    from machining_t2v import cli
     from machining_t2v.settings import CONFIG_LOADER_ARGS
 
     params = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), env="local", **CONFIG_LOADER_ARGS)["parameters"]
@@ -311,6 +312,8 @@ def test_generate_defaults_are_what_the_starter_is_evaluated_with():
     # The starter was trained on 8-frame clips and oversaturates at guidance 7.5 (README, "Generating videos").
     assert generate["num_frames"] == sampling["num_frames"] == starter_world.NUM_FRAMES
     assert generate["guidance_scale"] == sampling["guidance_scale"] == 4.0
+    # The console script picks the same for the starter.
+    assert cli.default_sampling(str(PROJECT_ROOT / "models/starter")) == (generate["num_frames"], generate["guidance_scale"])
     # The default prompt is phrased like the shop's captions and asks for a scene and a style.
     assert starter_world.expected_labels(generate["prompt"]) == {"scene": "turning", "style": "shop", "motion": None}
 

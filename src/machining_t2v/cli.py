@@ -1,13 +1,13 @@
 """Console script ``machining-t2v``: generate a process video from text with the trained LoRAs.
 
-    machining-t2v generate "mtv face the steel bar on the lathe" \\
+    machining-t2v generate "mtv pocket milling on a milling machine, steel workpiece, spinning end mill" \\
         --image-lora data/06_models/image_lora --motion-lora data/06_models/motion_lora \\
-        --scale-image 0.8 --scale-motion 1.0 --frames 16 --steps 25 --guidance 7.5 --seed 0 \\
-        --out clip.mp4
+        --scale-image 0.8 --scale-motion 1.0 --steps 25 --seed 0 --out clip.mp4
 
-writes ``clip.mp4`` (H.264, plays in browsers) and ``clip.gif`` beside it. LoRAs are loaded by
-path from anywhere (a ``.safetensors`` file or a folder holding ``pytorch_lora_weights.safetensors``;
-diffusers, kohya and AnimateDiff MotionLoRA layouts). Everything runs through
+writes ``clip.mp4`` (H.264, plays in browsers) and ``clip.gif`` beside it. Frames and guidance
+default to the base model's: 8 and 4.0 for the starter model, 16 and 7.5 for SD1.5. LoRAs are
+loaded by path from anywhere (a ``.safetensors`` file or a folder holding
+``pytorch_lora_weights.safetensors``; diffusers, kohya and AnimateDiff MotionLoRA layouts). Everything runs through
 :mod:`machining_t2v.generation`, the code the ``generate`` and ``evaluation`` pipelines use.
 No Kedro project is needed.
 
@@ -36,6 +36,11 @@ PROJECT_TINY_DIR = Path("data/06_models/tiny-sd")
 # here so that choosing the default base needs no torch import).
 PROJECT_STARTER_DIR = Path("models/starter")
 STARTER_MARKER = "starter_model.json"
+# Frames and guidance when the command line does not say: SD1.5 with AnimateDiff's usual values,
+# and the starter model's (trained on 8-frame clips; oversaturated at guidance 7.5), which are
+# also what its evaluation and the generate pipeline use.
+SD15_FRAMES, SD15_GUIDANCE = 16, 7.5
+STARTER_FRAMES, STARTER_GUIDANCE = 8, 4.0
 
 
 @click.group(name="machining-t2v-project")
@@ -78,6 +83,13 @@ def default_base() -> str:
     return "builtin:tiny"
 
 
+def default_sampling(base: str) -> tuple[int, float]:
+    """Frames and guidance scale for ``base``: the starter model's own when it is one, else SD1.5's."""
+    if (Path(base) / STARTER_MARKER).is_file():
+        return STARTER_FRAMES, STARTER_GUIDANCE
+    return SD15_FRAMES, SD15_GUIDANCE
+
+
 def default_motion_adapter(base: str) -> str:
     """The adapter that goes with ``base``: its own ``motion_adapter/`` folder if it has one (the starter
     does), the tiny one for builtin:tiny, else AnimateDiff's v1.5 adapter."""
@@ -104,11 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="image LoRA strength (default 1.0)")
     gen.add_argument("--scale-motion", type=_non_negative_float, default=1.0, metavar="S",
                      help="motion LoRA strength (default 1.0)")
-    gen.add_argument("--frames", type=_positive_int, default=16, help="frames per clip (default 16; at most the "
-                     "motion adapter's motion_max_seq_length)")
+    gen.add_argument("--frames", type=_positive_int, default=None, help=f"frames per clip (default {SD15_FRAMES}, "
+                     f"{STARTER_FRAMES} with the starter model; at most the motion adapter's motion_max_seq_length)")
     gen.add_argument("--steps", type=_positive_int, default=25, help="denoising steps (default 25)")
-    gen.add_argument("--guidance", type=_non_negative_float, default=7.5, help="classifier-free guidance scale "
-                     "(default 7.5)")
+    gen.add_argument("--guidance", type=_non_negative_float, default=None, help="classifier-free guidance scale "
+                     f"(default {SD15_GUIDANCE}, {STARTER_GUIDANCE} with the starter model)")
     gen.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     gen.add_argument("--out", default=None, metavar="FILE.mp4", help="output .mp4 (a .gif is written beside "
                      "it); default: <prompt>.mp4 in the current folder")
@@ -171,7 +183,10 @@ def _generate(args: argparse.Namespace, out: Path) -> int:
         base, motion_adapter, tiny_model_dir=args.tiny_model_dir or default_tiny_model_dir(),
         revision=args.revision, variant=args.variant, scheduler=args.scheduler, device=args.device, dtype=args.dtype,
     )  # fmt: skip
-    generation.check_num_frames(generator, args.frames)
+    default_frames, default_guidance = default_sampling(base)
+    num_frames = args.frames or default_frames
+    guidance = default_guidance if args.guidance is None else args.guidance
+    generation.check_num_frames(generator, num_frames)
     scales = {}
     if args.image_lora:
         generation.load_lora(generator, args.image_lora, "image")
@@ -181,11 +196,12 @@ def _generate(args: argparse.Namespace, out: Path) -> int:
         scales["motion"] = args.scale_motion
     generation.set_lora_scales(generator, scales)
     generator.pipe.set_progress_bar_config(disable=args.quiet or not sys.stderr.isatty())
-    log.info("Generating %d frames, %d steps, seed %d with base %s%s", args.frames, args.steps, args.seed,
-             generator.base_source, "".join(f", {name} LoRA x{scale}" for name, scale in scales.items()))
+    log.info("Generating %d frames, %d steps, guidance %g, seed %d with base %s%s", num_frames, args.steps,
+             guidance, args.seed, generator.base_source,
+             "".join(f", {name} LoRA x{scale}" for name, scale in scales.items()))
     frames = generation.generate_video(
-        generator, args.prompt, negative_prompt=args.negative_prompt, num_frames=args.frames,
-        num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed, size=args.size,
+        generator, args.prompt, negative_prompt=args.negative_prompt, num_frames=num_frames,
+        num_inference_steps=args.steps, guidance_scale=guidance, seed=args.seed, size=args.size,
     )  # fmt: skip
     mp4, gif = generation.save_video(frames, out, fps=args.fps)
     print(f"Wrote {mp4} and {gif} ({len(frames)} frames, {frames.shape[2]}x{frames.shape[1]} px, {args.fps:g} fps)")
