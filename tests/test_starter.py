@@ -293,7 +293,7 @@ def test_committed_evaluator_reads_generated_clips_as_a_person_does():
     shapes = [r for r, s in zip(read, seen, strict=True) if s["scene"] == "shapes"]
     machines = [(r, s) for r, s in zip(read, seen, strict=True) if s["scene"] != "shapes"]
     # Measured: 8 of the 12 base shapes read as shapes and 13 of the 16 machines as the right
-    # process; the evaluator trained before shapes on varied backdrops read 1 and 12.
+    # process; the evaluator before, which had seen shapes on plain grey only, read 1 and 12.
     assert sum(r["scene"] == "shapes" for r in shapes) >= 7
     assert sum(r["scene"] == s["scene"] for r, s in machines) >= 12
     # A plain shape is not the shop's look, whatever colour its backdrop has (measured 4 of 12

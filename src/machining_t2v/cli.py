@@ -7,8 +7,9 @@
 writes ``clip.mp4`` (H.264, plays in browsers) and ``clip.gif`` beside it. Frames and guidance
 default to the base model's: 8 and 4.0 for the starter model, 16 and 7.5 for SD1.5. LoRAs are
 loaded by path from anywhere (a ``.safetensors`` file or a folder holding
-``pytorch_lora_weights.safetensors``; diffusers, kohya and AnimateDiff MotionLoRA layouts). Everything runs through
-:mod:`machining_t2v.generation`, the code the ``generate`` and ``evaluation`` pipelines use.
+``pytorch_lora_weights.safetensors``; diffusers, kohya and AnimateDiff MotionLoRA layouts).
+Everything runs through :mod:`machining_t2v.generation`, the code the ``generate`` and
+``evaluation`` pipelines use.
 No Kedro project is needed.
 
 Kedro also imports this module: ``kedro`` loads ``<package>.cli`` of a project and requires a
