@@ -102,7 +102,7 @@ def test_default_base_is_the_starter_model_in_the_project_folder(tmp_path, monke
     assert cli.default_base() == "builtin:tiny"
     assert cli.default_motion_adapter("builtin:tiny") == "builtin:tiny"
     assert cli.default_motion_adapter("stable-diffusion-v1-5/stable-diffusion-v1-5") == cli.DEFAULT_REAL_MOTION_ADAPTER
-    if not (PROJECT_ROOT / cli.PROJECT_STARTER_DIR / cli.STARTER_MARKER).is_file():
+    if not cli.is_starter_folder(PROJECT_ROOT / cli.PROJECT_STARTER_DIR):
         pytest.skip("no starter model committed in models/starter")
     # In the project the LoRAs of data/06_models were trained on the starter, so it is the default,
     # with the motion adapter of its own folder.

@@ -77,16 +77,21 @@ def default_tiny_model_dir() -> Path:
     return cache / "machining_t2v" / "tiny-sd"
 
 
+def is_starter_folder(base: str | Path) -> bool:
+    """Whether ``base`` is a starter model folder (it holds the starter's marker file)."""
+    return (Path(base) / STARTER_MARKER).is_file()
+
+
 def default_base() -> str:
     """The project's starter model (what the pipelines train on) when run inside the project, else builtin:tiny."""
-    if (PROJECT_STARTER_DIR / STARTER_MARKER).is_file():
+    if is_starter_folder(PROJECT_STARTER_DIR):
         return str(PROJECT_STARTER_DIR)
     return "builtin:tiny"
 
 
 def default_sampling(base: str) -> tuple[int, float]:
     """Frames and guidance scale for ``base``: the starter model's own when it is one, else SD1.5's."""
-    if (Path(base) / STARTER_MARKER).is_file():
+    if is_starter_folder(base):
         return STARTER_FRAMES, STARTER_GUIDANCE
     return SD15_FRAMES, SD15_GUIDANCE
 
