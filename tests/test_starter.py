@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -87,9 +88,11 @@ def test_varied_look_shapes_keep_their_labels_on_tinted_softened_backdrops():
     def edges(clip):
         return np.abs(np.diff(clip.frames.astype(int), axis=2)).max()
     assert sum(edges(v) < 0.8 * edges(p) for v, p in zip(varied, plain, strict=True)) >= 5
-    # Turning the option on leaves the pretraining world as it was.
-    assert all(np.array_equal(a.frames, b.frames) for a, b in zip(plain, starter_world.render_shape_clips(22, seed=3),
-                                                                 strict=True))
+    # The option leaves the pretraining world as it was before the option existed (the committed
+    # starter was trained on it): the same frames, byte for byte, as that code rendered.
+    plain_frames = np.stack([c.frames for c in plain])
+    assert hashlib.sha256(plain_frames.tobytes()).hexdigest() == (
+        "7637b1379faa3203dc816b427b4b7d19b5bb2363b433ad5245d10172b6e43bf4")
 
 
 def test_world_rule_plain_shapes_are_never_shop_style():
