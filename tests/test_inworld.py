@@ -199,6 +199,15 @@ def test_motion_accuracy_on_held_out_machining(predictions, held_out) -> None:
     assert accuracy(p, e, "motion") >= 0.85  # measured 0.97 (one facing clip read as "right")
 
 
+def test_a_clip_where_nothing_moves_reads_static(evaluator, held_out, predictions) -> None:
+    clips = held_out[0][:6]
+    frozen = np.repeat(clips[:, :1], clips.shape[1], axis=1)
+    read = evaluator.predict(frozen)
+    assert [p["motion"] for p in read] == ["static"] * 6
+    # Scene and style come from the frames and stay what they were for the moving clip.
+    assert [(p["scene"], p["style"]) for p in read] == [(p["scene"], p["style"]) for p in predictions[:6]]
+
+
 def test_frames_of_other_sizes_are_fitted_to_64(evaluator, held_out, predictions) -> None:
     # Doubling every pixel and letting the evaluator shrink it back (INTER_AREA) is lossless.
     clips = held_out[0][:6]
@@ -303,6 +312,18 @@ def test_same_seed_gives_the_same_evaluator() -> None:
     weight = "body.0.weight"
     assert not np.array_equal(first.frame_net.state_dict()[weight].numpy(),
                               other.frame_net.state_dict()[weight].numpy())
+
+
+def test_clips_without_scene_or_style_teach_the_motion_head_only() -> None:
+    clips, labels = world(6, 6, seed=3)
+    extra_clips, extra_labels = world(3, 3, seed=4)
+    motion_only = [{"scene": None, "style": None, "motion": label["motion"]} for label in extra_labels]
+    alone = train_evaluator(clips, labels, seed=5, epochs=2, progress=False)
+    more = train_evaluator(np.concatenate([clips, extra_clips]), labels + motion_only, seed=5, epochs=2,
+                           progress=False)
+    for name, tensor in alone.frame_net.state_dict().items():
+        assert np.array_equal(tensor.numpy(), more.frame_net.state_dict()[name].numpy()), name
+    assert not np.array_equal(alone.feature_mean, more.feature_mean)  # the motion head did see them
 
 
 # --------------------------------------------------------------------------- accuracy()

@@ -69,6 +69,10 @@ _FORMAT_VERSION = 1
 #: Bump whenever :func:`motion_features` changes, so a saved evaluator trained on the old
 #: features is refused instead of silently misreading the new ones.
 MOTION_FEATURES_VERSION = 1
+#: Position of the share of moving pixels in the :func:`motion_features` vector.
+_MOVING_SHARE = 2
+#: A clip where fewer than this share of the pixels moves reads as static (a moving shape covers more than 4%).
+_STILL_SHARE = 0.01
 # Farneback parameters (pyr_scale, levels, winsize, iterations, poly_n, poly_sigma): three
 # pyramid levels reach ~8 px/frame of motion at 64x64, enough for strided clips.
 _FLOW_PARAMS: dict[str, float] = {
@@ -194,6 +198,7 @@ def _flow_features(flows: np.ndarray) -> np.ndarray:
     mean_mag = mag.mean()
     moving_frac = moving.mean()
     mean_moving_mag = mag[moving].mean() if moving.any() else 0.0
+    # (Index _MOVING_SHARE of the vector is moving_frac.)
     scale_feats = [math.log1p(mean_mag * 10), math.log1p(mean_moving_mag * 10), moving_frac]
 
     # Where it points: global and per-cell direction histograms (cells show *where* things move).
@@ -417,14 +422,16 @@ class InWorldEvaluator:
             return []
         fitted = np.stack([_fit_frames(c) for c in clips])
         scene_p, style_p = self._frame_probs(fitted)
-        motion = self._motion_logits(np.stack([_flow_features(_flows(c)) for c in fitted]))
+        features = np.stack([_flow_features(_flows(c)) for c in fitted])
+        motions = [self.motions[int(m.argmax())] for m in self._motion_logits(features)]
+        if "static" in self.motions:
+            # Hardly a pixel moves faster than the flow threshold (Farneback finds a little flow even
+            # between identical frames): nothing to classify, the clip stands still.
+            motions = ["static" if share < _STILL_SHARE else m
+                       for m, share in zip(motions, features[:, _MOVING_SHARE], strict=True)]
         return [
-            {
-                "scene": self.scenes[int(s.argmax())],
-                "style": self.styles[int(t.argmax())],
-                "motion": self.motions[int(m.argmax())],
-            }
-            for s, t, m in zip(scene_p, style_p, motion, strict=True)
+            {"scene": self.scenes[int(s.argmax())], "style": self.styles[int(t.argmax())], "motion": m}
+            for s, t, m in zip(scene_p, style_p, motions, strict=True)
         ]
 
     def _config(self) -> dict[str, Any]:
@@ -716,7 +723,8 @@ def train_evaluator(
         clips: uint8 RGB ``(N, F, H, W, 3)``, ``F >= 2``; frames are fitted to 64x64. Use
             the frame count and stride that generated clips will have.
         labels: One mapping per clip with keys ``scene``, ``style`` and ``motion``; a value
-            may be ``None`` when unknown (that head then ignores the clip).
+            may be ``None`` when unknown (that head then ignores the clip; a clip with
+            neither scene nor style is left out of the frame CNN's training).
         seed: Seeds the CNN's initialisation, frame sampling, flips and noise, and the
             motion MLP's random hidden layer. Same seed and data give the same weights.
         epochs: Passes of the frame CNN over the clips; each pass draws one random frame
@@ -755,8 +763,11 @@ def train_evaluator(
     # fork_rng keeps the caller's global torch RNG untouched while seeding ours.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        frame_net = _train_frame_net(frames, scene, style, epochs, rng, progress)
-        _refit_frame_heads(frame_net, frames, scene, style, rng)
+        # A clip with neither a scene nor a style label teaches the motion head alone.
+        framed = (scene >= 0) | (style >= 0)
+        frame_clips, scene, style = frames[framed], scene[framed], style[framed]
+        frame_net = _train_frame_net(frame_clips, scene, style, epochs, rng, progress)
+        _refit_frame_heads(frame_net, frame_clips, scene, style, rng)
         motion_net = _train_motion_net(x, motion, np.random.default_rng([seed, 0x307]))
     info = {
         "seed": seed,

@@ -162,19 +162,28 @@ def train_vae(vae: AutoencoderKL, images: np.ndarray, config: TrainingConfig, ch
 
 
 @torch.no_grad()
-def reconstruct(vae: AutoencoderKL, frames: np.ndarray, batch_size: int = 64, description: str | None = None) -> np.ndarray:
+def reconstruct(vae: AutoencoderKL, frames: np.ndarray, batch_size: int = 64, description: str | None = None,
+                shimmer: float = 0.0, seed: int = 0) -> np.ndarray:
     """Encode (posterior mean) and decode uint8 frames ``(..., H, W, 3)``, e.g. images or clips;
     returns uint8 frames of the same shape.
 
+    ``shimmer`` adds independent Gaussian noise of that many latent standard deviations
+    (``1 / scaling_factor``) to every frame's latent before decoding, drawn from ``seed``: the
+    frame-to-frame shimmer of generated clips, whose frames are denoised from separate noise.
     ``description`` names a progress bar (none without it).
     """
     device = next(vae.parameters()).device
     flat = frames.reshape(-1, *frames.shape[-3:])
+    generator = torch.Generator().manual_seed(seed)
     out = []
     starts = range(0, len(flat), batch_size)
     for start in tqdm(starts, desc=description, unit="batch", disable=description is None):
         x = images_to_tensor(flat[start:start + batch_size]).to(device, vae.dtype)
-        y = vae.decode(vae.encode(x).latent_dist.mean).sample
+        latents = vae.encode(x).latent_dist.mean
+        if shimmer > 0:
+            noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
+            latents = latents + shimmer / vae.config.scaling_factor * noise
+        y = vae.decode(latents).sample
         out.append(((y.float().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(1, -1).cpu().numpy())
     return np.concatenate(out).reshape(frames.shape)
 
