@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+from tqdm.auto import tqdm
 
 from machining_t2v import starter, starter_world
 from machining_t2v.finetune import training_config_from_params
@@ -131,11 +132,41 @@ def train_starter_evaluator(vae: AutoencoderKL, params: dict[str, Any]) -> InWor
     casts colour over whole frames. An evaluator that has only seen sharp renders misreads
     that look (on held-out renders sent through the VAE it called 12% of the styles wrong);
     each render is therefore also shown after an encode/decode round trip, with its label.
+    Generated clips also shimmer, see :func:`shimmering_round_trips`.
     """
     frames, labels = evaluator_training_clips(params)
-    clips = np.concatenate([frames, starter.reconstruct(vae, frames, description="VAE round trips")])
-    return train_evaluator(clips, labels + labels, seed=int(params["seed"]),
+    shimmering, shimmering_labels = shimmering_round_trips(vae, frames, labels, params)
+    clips = np.concatenate([frames, starter.reconstruct(vae, frames, description="VAE round trips"), shimmering])
+    return train_evaluator(clips, labels + labels + shimmering_labels, seed=int(params["seed"]),
                            epochs=int(params["evaluator"]["epochs"]))
+
+
+def shimmering_round_trips(vae: AutoencoderKL, frames: np.ndarray, labels: list[dict[str, str]],
+                           params: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, str | None]]]:
+    """Some of the evaluator's renders held still and moving, through a round trip with latent shimmer.
+
+    Each frame of a generated clip is denoised from its own noise, so a scene that does not
+    move still shimmers from frame to frame (most pixels shift by about 1 px/frame, with no
+    net travel). The evaluator had seen no still clip at all and read every such clip as a
+    tool travelling left. ``evaluator.shimmer_clips`` renders are therefore shown with their
+    first frame held (labelled ``static``) and as they move (motion label kept), each through
+    a round trip with a shimmer drawn from ``evaluator.shimmer`` (latent standard deviations).
+    They teach the motion head only (no scene or style label); scene and style are learnt
+    from the renders and their plain round trips.
+    """
+    settings = params["evaluator"]
+    rng = np.random.default_rng([int(params["seed"]), 0x5111])
+    picks = rng.choice(len(frames), size=min(int(settings["shimmer_clips"]), len(frames)), replace=False)
+    held = np.repeat(frames[picks, :1], frames.shape[1], axis=1)
+    clips = np.concatenate([held, frames[picks]])
+    motions = ["static"] * len(picks) + [labels[i]["motion"] for i in picks]
+    clip_labels = [{"scene": None, "style": None, "motion": motion} for motion in motions]
+    low, high = (float(x) for x in settings["shimmer"])
+    shimmering = np.stack([
+        starter.reconstruct(vae, clip, shimmer=float(rng.uniform(low, high)), seed=number)
+        for number, clip in enumerate(tqdm(clips, desc="shimmering VAE round trips", unit="clip"))
+    ])
+    return shimmering, clip_labels
 
 
 def publish_starter(vae: AutoencoderKL, unet: UNet2DConditionModel, adapter: MotionAdapter,
