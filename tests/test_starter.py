@@ -242,6 +242,13 @@ def test_starter_pipeline_end_to_end_with_a_tiny_budget(project):
     checkpoints = project / "data" / "06_models" / "checkpoints" / "starter"
     assert {p.name for p in checkpoints.iterdir()} == {"vae", "unet", "motion_adapter"}
     assert all((checkpoints / stage / "checkpoint-2").is_dir() for stage in ("vae", "unet", "motion_adapter"))
+    # starter_check measures the published folder again, without any training stage.
+    report_file = project / "data" / "08_reporting" / "starter_report.json"
+    report_file.unlink()
+    run_pipeline(project, "starter_check", params)
+    recheck = json.loads(report_file.read_text())
+    assert recheck["folder"] == str(folder) and recheck["trained_at"] == report["trained_at"]
+    assert recheck["num_motion_samples"] == 1 and 0.0 <= recheck["generic_motion_accuracy"] <= 1.0
 
 
 def _assert_loads_like_any_diffusers_folder(folder: Path) -> None:
@@ -284,6 +291,21 @@ def test_committed_starter_loads_and_draws():
     # with an untrained UNet draws noise (roughness 11, std 50).
     assert trained.shape == (64, 64, 3) and trained.std() > 2  # not a flat field
     assert roughness(trained) < 0.25 * roughness(untrained)
+
+
+def test_describe_published_starter_reads_the_folder_marker_or_names_the_empty_folder(tmp_path):
+    from machining_t2v.pipelines.starter.nodes import describe_published_starter
+
+    marker = {"kind": "starter model", "trained_at": "2026-01-01T00:00:00+00:00", "steps": {"vae": 3}}
+    (tmp_path / starter.STARTER_MARKER).write_text(json.dumps(marker))
+    (tmp_path / "weights.safetensors").write_bytes(b"x" * 300_000)
+    described = describe_published_starter({"output_dir": str(tmp_path)})
+    assert described["folder"] == str(tmp_path) and described["steps"] == {"vae": 3}
+    assert described["size_mb"] == pytest.approx(0.3, abs=0.01)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"empty holds no starter model .*kedro run --pipelines=starter"):
+        describe_published_starter({"output_dir": str(empty)})
 
 
 @pytest.mark.skipif(not COMMITTED_STARTER.is_dir(), reason="no starter model committed in models/starter")

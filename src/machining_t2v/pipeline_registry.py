@@ -42,6 +42,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "generate": generate.create_pipeline(),
         # Pretrains the committed starter model; maintainers only, hours of CPU.
         "starter": starter.create_pipeline(),
+        "starter_check": starter.create_check_pipeline(),
         # image_ft runs before motion_ft: its LoRA is merged into the motion training's base.
         # The evaluation nodes appear once and run last (they read both LoRAs).
         "__default__": image_chain + motion_chain,

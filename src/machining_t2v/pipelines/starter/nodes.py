@@ -13,6 +13,7 @@ from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
 from tqdm.auto import tqdm
 
 from machining_t2v import starter, starter_world
+from machining_t2v.builtin_folders import read_marker
 from machining_t2v.finetune import training_config_from_params
 from machining_t2v.inworld import InWorldEvaluator, accuracy, train_evaluator
 from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
@@ -191,6 +192,22 @@ def publish_starter(vae: AutoencoderKL, unet: UNet2DConditionModel, adapter: Mot
     info = {"folder": str(folder), "size_mb": round(starter.folder_size_mb(folder), 2), **marker}
     logger.info("Published the starter model to %s (%.1f MB)", folder, info["size_mb"])
     return info
+
+
+def describe_published_starter(params: dict[str, Any]) -> dict[str, Any]:
+    """What ``publish_starter`` returned, read back from the starter folder at ``output_dir``.
+
+    Lets ``starter_check`` measure the committed folder without retraining it.
+
+    Raises:
+        ValueError: ``output_dir`` holds no starter model (no readable ``starter_model.json``).
+    """
+    folder = Path(params["output_dir"])
+    marker = read_marker(folder, starter.STARTER_MARKER)
+    if marker is None:
+        raise ValueError(f"{folder} holds no starter model (no readable {starter.STARTER_MARKER}); "
+                         "make one with `kedro run --pipelines=starter`")
+    return {"folder": str(folder), "size_mb": round(starter.folder_size_mb(folder), 2), **marker}
 
 
 def _with_labels(prompts: list[str]) -> list[dict[str, str | None]]:

@@ -4,12 +4,14 @@ train the in-world evaluator, publish the starter folder and check it against it
 Run once by the maintainers (``kedro run --pipelines=starter``); every training stage
 checkpoints, so an interrupted run picks up where it stopped. Not part of ``__default__``:
 the published folder is committed and is what the fine-tuning pipelines load.
+``starter_check`` measures the published folder again without retraining it.
 """
 
 from kedro.pipeline import Node, Pipeline
 
 from .nodes import (
     check_starter,
+    describe_published_starter,
     encode_starter_world,
     pretrain_motion_adapter,
     pretrain_unet,
@@ -39,5 +41,15 @@ def create_pipeline(**kwargs) -> Pipeline:
                   "starter_vae_metrics", "params:starter"],
                  "starter_model", name="publish_starter"),
             Node(check_starter, ["starter_model", "params:starter"], "starter_report", name="check_starter"),
+        ]
+    )
+
+
+def create_check_pipeline(**kwargs) -> Pipeline:
+    """Measure the published starter folder (``starter.output_dir``) against its targets."""
+    return Pipeline(
+        [
+            Node(describe_published_starter, "params:starter", "published_starter", name="describe_published_starter"),
+            Node(check_starter, ["published_starter", "params:starter"], "starter_report", name="check_starter"),
         ]
     )
