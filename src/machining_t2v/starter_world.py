@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from machining_t2v import sample_videos
+from machining_t2v import sample_videos, video_io
 
 SCENES = ("milling", "turning", "shapes")
 STYLES = ("neutral", "shop")
@@ -147,6 +147,26 @@ def render_machine_clips(count: int, seed: int, *, shop: bool, render_size: int 
 def render_shop_clip(spec: sample_videos.ClipSpec) -> np.ndarray:
     """A sample-video spec rendered as a 64 px, 8-frame clip in the shop's look."""
     return _to_world_frames(sample_videos.render_clip(spec))
+
+
+def render_sample_video_clips(count: int, seed: int) -> list[WorldClip]:
+    """``count`` shop clips cut from videos rendered like the built-in sample videos.
+
+    The videos have the sample data's defaults (256 px, 2 to 4 s at 12 fps); one clip of each is
+    cut as the frames pipeline cuts them (8 frames, every second frame, area-downsampled to 64
+    px, at one of up to 3 evenly spread starts). The tool covers its path over the whole video,
+    so per frame it travels a third to two thirds as far as in the 16-frame renders of
+    :func:`render_machine_clips`: this is the motion of the shop's clips, which the motion LoRA learns.
+    """
+    rng = np.random.default_rng(seed)
+    clips = []
+    for spec in sample_videos.sample_clip_specs(count, seed=seed):
+        video = sample_videos.render_clip(spec)
+        starts = video_io.clip_start_indices(len(video), NUM_FRAMES, stride=2, max_clips=3)
+        picked = video[video_io.clip_frame_indices(int(rng.choice(starts)), NUM_FRAMES, stride=2)]
+        frames = np.stack([cv2.resize(f, (SIZE, SIZE), interpolation=cv2.INTER_AREA) for f in picked])
+        clips.append(WorldClip(frames, spec.caption, spec.process, "shop", DIRECTION_MOTIONS[spec.direction]))
+    return clips
 
 
 # --------------------------------------------------------------------------- shapes
