@@ -236,6 +236,8 @@ def check_starter(starter_model: dict[str, Any], params: dict[str, Any]) -> dict
 
     Scene control: images for prompts of each scene type, classified by the in-world evaluator.
     Generic motion: clips for plain-shape motion prompts, classified from their optical flow.
+    Tool travel: clips for the grey machine captions (no direction named), and the share of them
+    whose motion reads as one a sample video's tool makes: what the motion LoRA builds on.
     """
     folder = starter_model["folder"]
     check = params["check"]
@@ -256,6 +258,11 @@ def check_starter(starter_model: dict[str, Any], params: dict[str, Any]) -> dict
         videos_pipe, check["motion_prompts"], seed=seed * 1000, resolution=64,
         num_frames=starter_world.NUM_FRAMES, **sampling)]
     video_predictions = evaluator.predict(np.stack(videos))
+    machine_videos = [video for seed in seeds for video in sample_videos(
+        videos_pipe, check["machine_prompts"], seed=seed * 1000, resolution=64,
+        num_frames=starter_world.NUM_FRAMES, **sampling)]
+    tool_motions = set(starter_world.DIRECTION_MOTIONS.values())
+    travelling = [p["motion"] in tool_motions for p in evaluator.predict(np.stack(machine_videos))]
     # sample_images lays prompts out per seed; re-pair predictions with their prompt labels.
     scene_expected = _with_labels([p for _ in seeds for p in check["scene_prompts"]])
     motion_expected = _with_labels([p for _ in seeds for p in check["motion_prompts"]])
@@ -266,9 +273,11 @@ def check_starter(starter_model: dict[str, Any], params: dict[str, Any]) -> dict
         "video_scene_accuracy": accuracy(video_predictions, motion_expected, "scene"),
         "num_scene_samples": len(images),
         "num_motion_samples": len(videos),
+        "machine_tool_travel_share": float(np.mean(travelling)),
+        "num_machine_samples": len(machine_videos),
         "targets": {"vae_psnr_db": ">= 25", "vae_flat_colour_error": "< 10", "scene_accuracy": ">= 0.90",
                     "generic_motion_accuracy": ">= 0.70"},
     }
-    logger.info("Starter check: scene accuracy %.2f, generic motion accuracy %.2f",
-                report["scene_accuracy"], report["generic_motion_accuracy"])
+    logger.info("Starter check: scene accuracy %.2f, generic motion accuracy %.2f, machine tool travels in %.2f",
+                report["scene_accuracy"], report["generic_motion_accuracy"], report["machine_tool_travel_share"])
     return report
