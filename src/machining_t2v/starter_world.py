@@ -109,10 +109,14 @@ def _machine_specs(count: int, seed: int, render_size: int) -> list[sample_video
     return specs
 
 
+def _area_downsample(frames: np.ndarray, size: int = SIZE) -> np.ndarray:
+    """Square frames resized to ``size`` with area interpolation, as the frames pipeline resizes."""
+    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames])
+
+
 def _to_world_frames(video: np.ndarray, size: int = SIZE) -> np.ndarray:
     # Every second source frame, as the frames pipeline's default stride, area-downsampled.
-    frames = video[::2][:NUM_FRAMES]
-    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames])
+    return _area_downsample(video[::2][:NUM_FRAMES], size)
 
 
 def neutral_look(frames: np.ndarray) -> np.ndarray:
@@ -164,8 +168,7 @@ def render_sample_video_clips(count: int, seed: int) -> list[WorldClip]:
         video = sample_videos.render_clip(spec)
         starts = video_io.clip_start_indices(len(video), NUM_FRAMES, stride=2, max_clips=3)
         picked = video[video_io.clip_frame_indices(int(rng.choice(starts)), NUM_FRAMES, stride=2)]
-        frames = np.stack([cv2.resize(f, (SIZE, SIZE), interpolation=cv2.INTER_AREA) for f in picked])
-        clips.append(WorldClip(frames, spec.caption, spec.process, "shop", DIRECTION_MOTIONS[spec.direction]))
+        clips.append(WorldClip(_area_downsample(picked), spec.caption, spec.process, "shop", DIRECTION_MOTIONS[spec.direction]))
     return clips
 
 

@@ -206,7 +206,7 @@ def publish_starter(vae: AutoencoderKL, unet: UNet2DConditionModel, adapter: Mot
     }
     folder = starter.save_starter(params["output_dir"], parts, marker,
                                   extra=lambda tmp: evaluator.save(tmp / "inworld_evaluator"))
-    info = {"folder": str(folder), "size_mb": round(starter.folder_size_mb(folder), 2), **marker}
+    info = _published_info(folder, marker)
     logger.info("Published the starter model to %s (%.1f MB)", folder, info["size_mb"])
     return info
 
@@ -224,6 +224,10 @@ def describe_published_starter(params: dict[str, Any]) -> dict[str, Any]:
     if marker is None:
         raise ValueError(f"{folder} holds no starter model (no readable {starter.STARTER_MARKER}); "
                          "make one with `kedro run --pipelines=starter`")
+    return _published_info(folder, marker)
+
+
+def _published_info(folder: Path, marker: dict[str, Any]) -> dict[str, Any]:
     return {"folder": str(folder), "size_mb": round(starter.folder_size_mb(folder), 2), **marker}
 
 
@@ -254,13 +258,14 @@ def check_starter(starter_model: dict[str, Any], params: dict[str, Any]) -> dict
     # A still as a two-frame clip: the evaluator scores clips (its motion guess is ignored here).
     image_predictions = evaluator.predict(np.repeat(np.stack(images)[:, None], 2, axis=1))
     videos_pipe = video_pipeline(base, build_motion_unet(base.unet, adapter), adapter)
-    videos = [video for seed in seeds for video in sample_videos(
-        videos_pipe, check["motion_prompts"], seed=seed * 1000, resolution=64,
-        num_frames=starter_world.NUM_FRAMES, **sampling)]
+
+    def clips_for(prompts: list[str]) -> list[np.ndarray]:
+        return [video for seed in seeds for video in sample_videos(
+            videos_pipe, prompts, seed=seed * 1000, resolution=64, num_frames=starter_world.NUM_FRAMES, **sampling)]
+
+    videos = clips_for(check["motion_prompts"])
     video_predictions = evaluator.predict(np.stack(videos))
-    machine_videos = [video for seed in seeds for video in sample_videos(
-        videos_pipe, check["machine_prompts"], seed=seed * 1000, resolution=64,
-        num_frames=starter_world.NUM_FRAMES, **sampling)]
+    machine_videos = clips_for(check["machine_prompts"])
     tool_motions = set(starter_world.DIRECTION_MOTIONS.values())
     travelling = [p["motion"] in tool_motions for p in evaluator.predict(np.stack(machine_videos))]
     # sample_images lays prompts out per seed; re-pair predictions with their prompt labels.
