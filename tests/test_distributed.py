@@ -304,7 +304,7 @@ LAUNCH_PARAMS = ("image_ft.training.max_steps=12,image_ft.training.batch_size=4,
                  "image_ft.training.gradient_accumulation_steps=2,image_ft.training.checkpoint_every=6,"
                  "image_ft.training.lr_warmup_steps=2,image_ft.loss.caption_dropout=0.25,"
                  "image_ft.loss.noise_offset=0.05,image_ft.validation.every=0,"
-                 "image_ft.validation.num_inference_steps=1")
+                 "image_ft.validation.num_inference_steps=1,image_ft.training.log_every=1")
 # Relative to the largest LoRA weight; measured 1-vs-2-process difference: see the test.
 REAL_LORA_TOLERANCE = 1e-5
 LORA_FILE = "data/06_models/image_lora/pytorch_lora_weights.safetensors"
