@@ -60,6 +60,15 @@ def test_shop_clips_keep_the_sample_captions_and_their_labels():
     assert min(saturation) > 5  # the shop look has colour; the neutral one has none
 
 
+def test_shop_clips_are_cut_with_the_frames_pipeline_defaults():
+    import yaml
+
+    frames = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_frames.yml").read_text())["frames"]
+    assert (starter_world.FRAME_STRIDE, starter_world.CLIPS_PER_VIDEO) == (frames["frame_stride"],
+                                                                           frames["clips_per_video"])
+    assert (starter_world.NUM_FRAMES, starter_world.SIZE) == (frames["num_frames"], frames["resolution"])
+
+
 def test_sample_video_clips_are_cut_from_sample_videos_as_the_frames_pipeline_cuts_them():
     from machining_t2v.video_io import clip_frame_indices, clip_start_indices
 

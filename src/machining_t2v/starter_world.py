@@ -80,6 +80,9 @@ WORLD_WORDS: tuple[str, ...] = tuple(
 
 SIZE = 64
 NUM_FRAMES = 8
+# The frames pipeline's defaults (conf/base/parameters_frames.yml): shop clips are cut like its clips.
+FRAME_STRIDE = 2
+CLIPS_PER_VIDEO = 3
 
 
 @dataclass(frozen=True)
@@ -115,8 +118,8 @@ def _area_downsample(frames: np.ndarray, size: int = SIZE) -> np.ndarray:
 
 
 def _to_world_frames(video: np.ndarray, size: int = SIZE) -> np.ndarray:
-    # Every second source frame, as the frames pipeline's default stride, area-downsampled.
-    return _area_downsample(video[::2][:NUM_FRAMES], size)
+    """The video's first clip, every ``FRAME_STRIDE``-th frame, area-downsampled."""
+    return _area_downsample(video[::FRAME_STRIDE][:NUM_FRAMES], size)
 
 
 def neutral_look(frames: np.ndarray) -> np.ndarray:
@@ -166,8 +169,8 @@ def render_sample_video_clips(count: int, seed: int) -> list[WorldClip]:
     clips = []
     for spec in sample_videos.sample_clip_specs(count, seed=seed):
         video = sample_videos.render_clip(spec)
-        starts = video_io.clip_start_indices(len(video), NUM_FRAMES, stride=2, max_clips=3)
-        picked = video[video_io.clip_frame_indices(int(rng.choice(starts)), NUM_FRAMES, stride=2)]
+        starts = video_io.clip_start_indices(len(video), NUM_FRAMES, stride=FRAME_STRIDE, max_clips=CLIPS_PER_VIDEO)
+        picked = video[video_io.clip_frame_indices(int(rng.choice(starts)), NUM_FRAMES, stride=FRAME_STRIDE)]
         clips.append(WorldClip(_area_downsample(picked), spec.caption, spec.process, "shop", DIRECTION_MOTIONS[spec.direction]))
     return clips
 
