@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from transformers import CLIPTextModel
 
 from machining_t2v import sample_videos, starter, starter_world
 from machining_t2v.training import LossRandomness
@@ -254,6 +255,35 @@ def test_motion_modules_round_trip_into_the_adapter():
     assert buffers and all(torch.equal(dict(adapter.named_buffers())[k], buffers[k]) for k in buffers)
 
 
+@pytest.mark.parametrize("text_encoder_learning_rate", [None, 1e-3])
+def test_text_encoder_trains_with_the_denoiser_only_when_asked(tmp_path, text_encoder_learning_rate):
+    from safetensors.torch import load_file
+
+    from machining_t2v.training import TrainingConfig
+
+    parts = starter.starter_components(0)
+    stills = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    captions = ["a red circle moving from left to right on a plain grey background",
+                "a red circle moving from right to left on a plain grey background"] * 2
+    config = TrainingConfig(max_steps=2, batch_size=2, learning_rate=1e-3, checkpoint_every=2)
+    starter.train_denoiser(parts["unet"], parts["scheduler"], stills, captions, parts["tokenizer"],
+                           parts["text_encoder"], config, tmp_path, caption_dropout=0.5,
+                           text_encoder_learning_rate=text_encoder_learning_rate, description="test")
+    fresh = starter.starter_components(0)
+    changed = [name for name, p in parts["text_encoder"].named_parameters()
+               if not torch.equal(p, dict(fresh["text_encoder"].named_parameters())[name])]
+    assert not any(p.requires_grad for p in parts["text_encoder"].parameters())
+    assert not torch.equal(parts["unet"].conv_in.weight, fresh["unet"].conv_in.weight)
+    saved = load_file(tmp_path / "checkpoint-2" / "trainable.safetensors")
+    if text_encoder_learning_rate is None:
+        assert changed == [] and not any("text_encoder" in name for name in saved)
+    else:
+        # The encoder's layers trained, and the checkpoint holds them, so a resumed run continues them.
+        assert any("encoder.layers" in name for name in changed)
+        assert {name for name in saved if name.startswith("text_encoder.")} == \
+            {f"text_encoder.{name}" for name, _ in parts["text_encoder"].named_parameters()}
+
+
 # --------------------------------------------------------------------------- the pipeline and the folder
 
 
@@ -264,7 +294,8 @@ def test_starter_pipeline_end_to_end_with_a_tiny_budget(project):
         "output_dir": str(project / "models" / "starter"),
         "world": {"machine_clips": 4, "shape_clips": 4},
         "vae": {"training": steps}, "unet": {"training": steps},
-        "motion_adapter": {"training": {**steps, "batch_size": 2}},
+        # The adapter stage also trains the text encoder, so its output reaches the published folder.
+        "motion_adapter": {"text_encoder_learning_rate": 1e-3, "training": {**steps, "batch_size": 2}},
         "evaluator": {"neutral_clips": 6, "shop_clips": 6, "shape_clips": 6, "shimmer_clips": 4,
                       "shimmer": [0.1, 0.5], "sample_video_clips": 4, "epochs": 1},
         "check": {"seeds_per_prompt": 1, "num_inference_steps": 2,
@@ -280,6 +311,12 @@ def test_starter_pipeline_end_to_end_with_a_tiny_budget(project):
     assert report["num_machine_samples"] == 2 and report["machine_tool_travel_share"] in (0.0, 0.5, 1.0)
     assert np.isfinite(report["vae_psnr_db"]) and report["size_mb"] < 30
     _assert_loads_like_any_diffusers_folder(folder)
+    marker = json.loads((folder / starter.STARTER_MARKER).read_text())
+    assert marker["text_encoder_trained_in"] == ["motion_adapter"]
+    published = CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict()
+    seeded = starter.starter_components(0)["text_encoder"].state_dict()
+    assert not torch.equal(published["encoder.layers.0.mlp.fc1.weight"].float(),
+                           seeded["encoder.layers.0.mlp.fc1.weight"].half().float())
     # Every stage left its last checkpoint: a rerun resumes instead of training again.
     checkpoints = project / "data" / "06_models" / "checkpoints" / "starter"
     assert {p.name for p in checkpoints.iterdir()} == {"vae", "unet", "motion_adapter"}

@@ -13,9 +13,10 @@ shapes), on a CPU, in three stages that all run on the project's one training co
 2. **UNet** (``UNet2DConditionModel``, cross-attention at 8x8 and 4x4): the usual epsilon
    noise-prediction loss with caption dropout, on cached latents of stills, under a frozen,
    randomly initialised CLIP text encoder (its embeddings differ per word, which is all the
-   cross-attention needs to read a caption).
+   cross-attention needs to read a caption), or one trained with the UNet on request.
 3. **Motion adapter** (``MotionAdapter``): only the temporal modules of the
-   ``UNetMotionModel`` train, on 8-frame clips, like AnimateDiff.
+   ``UNetMotionModel`` train, on 8-frame clips, like AnimateDiff; on request the text encoder
+   trains with them (see :class:`DenoiserWithTextEncoder`).
 
 The result is an ordinary diffusers pipeline folder (safetensors, fp16) plus
 ``motion_adapter/`` and ``inworld_evaluator/`` subfolders, loaded by
@@ -251,25 +252,73 @@ def caption_cache(tokenizer, text_encoder, latents: torch.Tensor, captions: Sequ
                          empty_text_embedding=states[-1:])
 
 
-def train_denoiser(model: torch.nn.Module, noise_scheduler, cache: TrainingCache, config: TrainingConfig,
-                   checkpoint_dir: str | Path, *, caption_dropout: float, description: str,
+class DenoiserWithTextEncoder(torch.nn.Module):
+    """A denoiser trained together with the text encoder that conditions it.
+
+    The frozen random encoder tells which words a caption has but hardly in which order, so
+    "from left to right" and "from right to left" reach the UNet almost alike. Training the
+    encoder with the denoiser lets the loss teach it the order where the frames depend on it.
+    """
+
+    def __init__(self, denoiser: torch.nn.Module, text_encoder: torch.nn.Module):
+        super().__init__()
+        self.denoiser = denoiser
+        self.text_encoder = text_encoder
+
+
+def caption_token_ids(tokenizer, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids of the distinct captions, each sample's caption index, and the empty caption's ids."""
+    unique = sorted(set(captions))
+    tokens = tokenizer(unique + [""], padding="max_length", max_length=tokenizer.model_max_length,
+                       truncation=True, return_tensors="pt").input_ids
+    index = {caption: i for i, caption in enumerate(unique)}
+    return tokens[:-1], torch.tensor([index[c] for c in captions]), tokens[-1:]
+
+
+def train_denoiser(model: torch.nn.Module, noise_scheduler, latents: torch.Tensor, captions: Sequence[str],
+                   tokenizer, text_encoder: torch.nn.Module, config: TrainingConfig, checkpoint_dir: str | Path, *,
+                   caption_dropout: float, text_encoder_learning_rate: float | None = None, description: str,
                    on_log: Callable | None = None) -> TrainingResult:
     """Stages 2 and 3: the noise-prediction loss on cached latents for ``model``'s trainable parameters.
 
     Stills (N, C, h, w) train the UNet; clips (N, C, F, h, w) train a motion UNet whose
-    temporal modules alone have ``requires_grad``.
+    temporal modules alone have ``requires_grad``. With ``text_encoder_learning_rate`` the
+    text encoder trains too, at that rate (its states are then computed every step);
+    without it the encoder stays frozen and the states of the captions are computed once.
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
     loss_config = LossConfig(caption_dropout=caption_dropout)
 
-    def compute_loss(model, indices, randomness):
-        return noise_prediction_loss(model, noise_scheduler, cache.latents[indices].to(device),
-                                     cache.text_embeddings[indices].to(device), randomness, loss_config,
-                                     cache.empty_text_embedding)
+    if text_encoder_learning_rate is None:
+        cache = caption_cache(tokenizer, text_encoder, latents, captions)
+        model.to(device)
 
-    return train(model, compute_loss, len(cache.latents), config, checkpoint_dir, on_log=on_log,
-                 description=description)
+        def compute_loss(model, indices, randomness):
+            return noise_prediction_loss(model, noise_scheduler, cache.latents[indices].to(device),
+                                         cache.text_embeddings[indices].to(device), randomness, loss_config,
+                                         cache.empty_text_embedding)
+
+        return train(model, compute_loss, len(latents), config, checkpoint_dir, on_log=on_log,
+                     description=description)
+
+    caption_ids, sample_caption, empty_ids = caption_token_ids(tokenizer, captions)
+    joint = DenoiserWithTextEncoder(model, text_encoder.requires_grad_(True)).to(device)
+    param_groups = [
+        {"params": [p for p in model.parameters() if p.requires_grad], "lr": config.learning_rate},
+        {"params": list(text_encoder.parameters()), "lr": text_encoder_learning_rate},
+    ]
+
+    def compute_joint_loss(joint, indices, randomness):
+        ids = caption_ids[sample_caption[indices]].to(device)
+        states = joint.text_encoder(ids)[0]
+        empty_state = joint.text_encoder(empty_ids.to(device))[0]
+        return noise_prediction_loss(joint.denoiser, noise_scheduler, latents[indices].to(device), states,
+                                     randomness, loss_config, empty_state)
+
+    result = train(joint, compute_joint_loss, len(latents), config, checkpoint_dir, param_groups=param_groups,
+                   on_log=on_log, description=description)
+    text_encoder.requires_grad_(False)
+    return result
 
 
 def motion_unet_for_training(unet: UNet2DConditionModel, adapter: MotionAdapter):

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
 from tqdm.auto import tqdm
+from transformers import CLIPTextModel
 
 from machining_t2v import starter, starter_world
 from machining_t2v.builtin_folders import read_marker
@@ -84,35 +85,55 @@ def encode_starter_world(world: dict[str, Any], vae: AutoencoderKL, params: dict
     return starter.encode_clip_latents(vae, world["clips"])
 
 
-def pretrain_unet(world: dict[str, Any], latents: torch.Tensor, params: dict[str, Any]) -> UNet2DConditionModel:
-    """Stage 2: train the text-conditioned UNet on stills of the world (frozen text encoder)."""
+def _text_encoder_learning_rate(stage: dict[str, Any]) -> float | None:
+    rate = stage.get("text_encoder_learning_rate")
+    return None if rate is None else float(rate)
+
+
+def pretrain_unet(world: dict[str, Any], latents: torch.Tensor,
+                  params: dict[str, Any]) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    """Stage 2: train the text-conditioned UNet on stills of the world.
+
+    Returns:
+        The UNet and the text encoder: the seeded random one, frozen, unless
+        ``unet.text_encoder_learning_rate`` trains it with the UNet.
+    """
     seed, stage = int(params["seed"]), params["unet"]
     parts = starter.starter_components(seed)
     per_clip = int(stage["stills_per_clip"])
     step = max(1, latents.shape[2] // per_clip)
     stills = latents[:, :, ::step][:, :, :per_clip].movedim(2, 1).reshape(-1, *latents.shape[1:2], *latents.shape[3:])
     captions = [caption for caption in world["captions"] for _ in range(per_clip)]
-    cache = starter.caption_cache(parts["tokenizer"], parts["text_encoder"], stills, captions)
-    unet = parts["unet"]
+    unet, text_encoder = parts["unet"], parts["text_encoder"]
     config = training_config_from_params(stage["training"], len(stills))
-    starter.train_denoiser(unet, parts["scheduler"], cache, config, Path(params["checkpoint_dir"]) / "unet",
-                           caption_dropout=float(stage["caption_dropout"]), description="starter UNet")
-    return unet.eval().requires_grad_(False)
+    starter.train_denoiser(unet, parts["scheduler"], stills, captions, parts["tokenizer"], text_encoder, config,
+                           Path(params["checkpoint_dir"]) / "unet", caption_dropout=float(stage["caption_dropout"]),
+                           text_encoder_learning_rate=_text_encoder_learning_rate(stage),
+                           description="starter UNet")
+    return unet.eval().requires_grad_(False), text_encoder.eval()
 
 
 def pretrain_motion_adapter(world: dict[str, Any], latents: torch.Tensor, unet: UNet2DConditionModel,
-                            params: dict[str, Any]) -> MotionAdapter:
-    """Stage 3: train the motion adapter's temporal modules on the world's clips (UNet frozen)."""
+                            text_encoder: CLIPTextModel,
+                            params: dict[str, Any]) -> tuple[MotionAdapter, CLIPTextModel]:
+    """Stage 3: train the motion adapter's temporal modules on the world's clips (UNet frozen).
+
+    Returns:
+        The adapter and the text encoder, trained on with the adapter when
+        ``motion_adapter.text_encoder_learning_rate`` is set (clips are where a caption's
+        word order shows: which way a shape moves), else as stage 2 left it.
+    """
     seed, stage = int(params["seed"]), params["motion_adapter"]
     parts = starter.starter_components(seed)
-    cache = starter.caption_cache(parts["tokenizer"], parts["text_encoder"], latents, world["captions"])
     adapter = parts["motion_adapter"]
     motion_unet = starter.motion_unet_for_training(unet, adapter)
     config = training_config_from_params(stage["training"], len(latents))
-    starter.train_denoiser(motion_unet, parts["scheduler"], cache, config,
-                           Path(params["checkpoint_dir"]) / "motion_adapter",
-                           caption_dropout=float(stage["caption_dropout"]), description="starter motion adapter")
-    return starter.copy_motion_modules(motion_unet, adapter).eval()
+    starter.train_denoiser(motion_unet, parts["scheduler"], latents, world["captions"], parts["tokenizer"],
+                           text_encoder, config, Path(params["checkpoint_dir"]) / "motion_adapter",
+                           caption_dropout=float(stage["caption_dropout"]),
+                           text_encoder_learning_rate=_text_encoder_learning_rate(stage),
+                           description="starter motion adapter")
+    return starter.copy_motion_modules(motion_unet, adapter).eval(), text_encoder.eval()
 
 
 def evaluator_training_clips(params: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, str]]]:
@@ -187,21 +208,24 @@ def shimmering_round_trips(vae: AutoencoderKL, frames: np.ndarray, labels: list[
     return shimmering, clip_labels
 
 
-def publish_starter(vae: AutoencoderKL, unet: UNet2DConditionModel, adapter: MotionAdapter,
-                    evaluator: InWorldEvaluator, vae_metrics: dict[str, float], params: dict[str, Any]) -> dict[str, Any]:
+def publish_starter(vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: CLIPTextModel,
+                    adapter: MotionAdapter, evaluator: InWorldEvaluator, vae_metrics: dict[str, float],
+                    params: dict[str, Any]) -> dict[str, Any]:
     """Save the starter as a diffusers folder (fp16) with its motion adapter and evaluator.
 
     Returns:
         Where it went, its size and what it was trained with (also in ``starter_model.json``).
     """
     parts = starter.starter_components(int(params["seed"]))
-    parts.update(vae=vae, unet=unet, motion_adapter=adapter)
+    parts.update(vae=vae, unet=unet, text_encoder=text_encoder, motion_adapter=adapter)
     marker = {
         "kind": "starter model pretrained from scratch on the generic starter world",
         "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "seed": int(params["seed"]),
         "world": params["world"],
         "steps": {stage: params[stage]["training"]["max_steps"] for stage in ("vae", "unet", "motion_adapter")},
+        "text_encoder_trained_in": [stage for stage in ("unet", "motion_adapter")
+                                    if _text_encoder_learning_rate(params[stage]) is not None],
         **vae_metrics,
     }
     folder = starter.save_starter(params["output_dir"], parts, marker,
