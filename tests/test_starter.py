@@ -308,6 +308,9 @@ def test_starter_pipeline_end_to_end_with_a_tiny_budget(project):
     assert report["folder"] == str(folder) and report["steps"] == {"vae": 2, "unet": 2, "motion_adapter": 2}
     assert 0.0 <= report["scene_accuracy"] <= 1.0 and 0.0 <= report["generic_motion_accuracy"] <= 1.0
     assert report["num_scene_samples"] == 1 and report["num_motion_samples"] == 1
+    reads = report["generic_motion_reads"]
+    assert list(reads) == ["right"] and sum(reads["right"].values()) == 1
+    assert reads["right"].get("right", 0) == report["generic_motion_accuracy"]
     assert report["num_machine_samples"] == 2 and report["machine_tool_travel_share"] in (0.0, 0.5, 1.0)
     assert np.isfinite(report["vae_psnr_db"]) and report["size_mb"] < 30
     _assert_loads_like_any_diffusers_folder(folder)

@@ -259,11 +259,27 @@ def _with_labels(prompts: list[str]) -> list[dict[str, str | None]]:
     return [starter_world.expected_labels(prompt) for prompt in prompts]
 
 
+def _confusion(predictions: list[dict[str, str]], expected: list[dict[str, str | None]],
+               key: str) -> dict[str, dict[str, int]]:
+    """How often each expected label was read as each label: ``{expected: {read: count}}``.
+
+    Rows without an expected label are left out, as :func:`accuracy` leaves them out.
+    """
+    counts: dict[str, dict[str, int]] = {}
+    for predicted, wanted in zip(predictions, expected, strict=True):
+        if wanted.get(key) is None:
+            continue
+        row = counts.setdefault(wanted[key], {})
+        row[predicted[key]] = row.get(predicted[key], 0) + 1
+    return counts
+
+
 def check_starter(starter_model: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """Measure the published starter against its targets, loading it like any diffusers folder.
 
     Scene control: images for prompts of each scene type, classified by the in-world evaluator.
     Generic motion: clips for plain-shape motion prompts, classified from their optical flow.
+    ``generic_motion_reads`` shows which motions miss and how (``{expected: {read: count}}``).
     Tool travel: clips for the grey machine captions (no direction named), and the share of them
     whose motion reads as one a sample video's tool makes: what the motion LoRA builds on.
     """
@@ -299,6 +315,7 @@ def check_starter(starter_model: dict[str, Any], params: dict[str, Any]) -> dict
         **starter_model,
         "scene_accuracy": accuracy(image_predictions, scene_expected, "scene"),
         "generic_motion_accuracy": accuracy(video_predictions, motion_expected, "motion"),
+        "generic_motion_reads": _confusion(video_predictions, motion_expected, "motion"),
         "video_scene_accuracy": accuracy(video_predictions, motion_expected, "scene"),
         "num_scene_samples": len(images),
         "num_motion_samples": len(videos),
