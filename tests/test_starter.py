@@ -106,6 +106,29 @@ def test_shape_translations_move_the_way_the_caption_says(motion, axis, sign):
     assert sign * shift[axis] > 8 and abs(shift[1 - axis]) < 3
 
 
+def test_distinct_direction_words_give_each_direction_its_own_set_of_words():
+    translations = [m for m in starter_world.MOTIONS if m in starter_world.DIRECTION_WORDINGS["order"]]
+    assert len(translations) == 8
+
+    def words(motion: str, wording: str) -> frozenset[str]:
+        return frozenset(starter_world.shape_caption("red", "circle", motion, wording).split())
+
+    # The committed wording: right and left differ only in word order, which the frozen encoder hardly sees.
+    assert words("right", "order") == words("left", "order")
+    assert len({words(m, "distinct") for m in translations}) == 8
+    for motion in translations:
+        order = starter_world.shape_caption("red", "circle", motion, "order")
+        distinct = starter_world.shape_caption("red", "circle", motion, "distinct")
+        assert starter_world.expected_labels(order)["motion"] == motion
+        assert starter_world.expected_labels(distinct)["motion"] == motion
+        assert starter_world.reword_directions(order, "distinct") == distinct
+        assert starter_world.reword_directions(order, "order") == order
+    clip = starter_world.render_shape_clip(np.random.default_rng(0), "up-left", wording="distinct")
+    assert "diagonally towards the top left" in clip.caption and clip.labels["motion"] == "up-left"
+    with pytest.raises(ValueError, match="unknown direction wording 'sideways'"):
+        starter_world.shape_caption("red", "circle", "right", "sideways")
+
+
 def test_varied_look_shapes_keep_their_labels_on_tinted_softened_backdrops():
     plain = starter_world.render_shape_clips(22, seed=3)
     varied = starter_world.render_shape_clips(22, seed=3, varied_look=True)
@@ -292,7 +315,7 @@ def test_starter_pipeline_end_to_end_with_a_tiny_budget(project):
     steps = {"max_steps": 2, "batch_size": 4, "checkpoint_every": 1}
     params = {"starter": {
         "output_dir": str(project / "models" / "starter"),
-        "world": {"machine_clips": 4, "shape_clips": 4},
+        "world": {"machine_clips": 4, "shape_clips": 4, "direction_words": "distinct"},
         "vae": {"training": steps}, "unet": {"training": steps},
         # The adapter stage also trains the text encoder, so its output reaches the published folder.
         "motion_adapter": {"text_encoder_learning_rate": 1e-3, "training": {**steps, "batch_size": 2}},
@@ -308,6 +331,8 @@ def test_starter_pipeline_end_to_end_with_a_tiny_budget(project):
     assert report["folder"] == str(folder) and report["steps"] == {"vae": 2, "unet": 2, "motion_adapter": 2}
     assert 0.0 <= report["scene_accuracy"] <= 1.0 and 0.0 <= report["generic_motion_accuracy"] <= 1.0
     assert report["num_scene_samples"] == 1 and report["num_motion_samples"] == 1
+    # The world was captioned with distinct direction words, so the check asks in them.
+    assert report["generic_motion_prompts"] == ["a red circle moving towards the right on a plain grey background"]
     reads = report["generic_motion_reads"]
     assert list(reads) == ["right"] and sum(reads["right"].values()) == 1
     assert reads["right"].get("right", 0) == report["generic_motion_accuracy"]

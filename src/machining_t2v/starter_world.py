@@ -63,6 +63,20 @@ _TRANSLATION_WORDS = {
     "up-right": "diagonally from bottom left to top right",
     "down-left": "diagonally from top right to bottom left",
 }
+# The same directions, each named by its own set of words. The committed starter's frozen random
+# text encoder tells which words a caption has, hardly in which order, so with the wording above
+# it finds the axis of a motion but not its sign (README, "The starter model").
+_DISTINCT_TRANSLATION_WORDS = {
+    "right": "towards the right", "left": "towards the left",
+    "down": "towards the bottom", "up": "towards the top",
+    "down-right": "diagonally towards the bottom right",
+    "up-left": "diagonally towards the top left",
+    "up-right": "diagonally towards the top right",
+    "down-left": "diagonally towards the bottom left",
+}
+#: How shape captions name a translation: ``order`` ("from left to right", what the committed
+#: starter was trained on) or ``distinct`` (a different set of words per direction).
+DIRECTION_WORDINGS = {"order": _TRANSLATION_WORDS, "distinct": _DISTINCT_TRANSLATION_WORDS}
 _SHAPE_COLOURS = {
     "red": (210, 45, 40), "green": (50, 170, 70), "blue": (45, 85, 210), "yellow": (230, 205, 40),
     "orange": (235, 130, 30), "purple": (140, 60, 180), "white": (240, 240, 240), "black": (25, 25, 25),
@@ -201,10 +215,16 @@ def _draw_shape(img: np.ndarray, shape: str, centre: np.ndarray, radius: float, 
         cv2.fillPoly(img, [points], colour, cv2.LINE_AA, shift=4)
 
 
-def shape_caption(colour: str, shape: str, motion: str) -> str:
-    """Caption of a plain-shapes clip; the motion is always named."""
+def _direction_words(wording: str) -> dict[str, str]:
+    if wording not in DIRECTION_WORDINGS:
+        raise ValueError(f"unknown direction wording {wording!r}; use one of {sorted(DIRECTION_WORDINGS)}")
+    return DIRECTION_WORDINGS[wording]
+
+
+def shape_caption(colour: str, shape: str, motion: str, wording: str = "order") -> str:
+    """Caption of a plain-shapes clip; the motion is always named (translations in ``wording``)."""
     if motion in _TRANSLATIONS:
-        what = f"moving {_TRANSLATION_WORDS[motion]}"
+        what = f"moving {_direction_words(wording)[motion]}"
     else:
         what = {"rotate": "rotating", "scale": "growing", "bounce": "bouncing back and forth",
                 "static": "standing still"}[motion]
@@ -212,7 +232,7 @@ def shape_caption(colour: str, shape: str, motion: str) -> str:
 
 
 def render_shape_clip(rng: np.random.Generator, motion: str, size: int = SIZE, *,
-                      varied_look: bool = False) -> WorldClip:
+                      varied_look: bool = False, wording: str = "order") -> WorldClip:
     """One plain-shape clip with the given motion, everything else drawn from ``rng``.
 
     ``varied_look`` is for the in-world evaluator: the backdrop gets a random tint and
@@ -257,26 +277,43 @@ def render_shape_clip(rng: np.random.Generator, motion: str, size: int = SIZE, *
     if look is not None and look.random() < 0.5:
         sigma = look.uniform(0.5, 1.5)
         frames = np.stack([cv2.GaussianBlur(frame, (0, 0), sigma) for frame in frames])
-    return WorldClip(frames, shape_caption(colour_name, shape, motion), "shapes", "neutral", motion)
+    return WorldClip(frames, shape_caption(colour_name, shape, motion, wording), "shapes", "neutral", motion)
 
 
-def render_shape_clips(count: int, seed: int, *, varied_look: bool = False) -> list[WorldClip]:
+def render_shape_clips(count: int, seed: int, *, varied_look: bool = False,
+                       wording: str = "order") -> list[WorldClip]:
     """``count`` plain-shape clips cycling through every motion but ``inward`` and ``static``.
 
-    ``varied_look``: tinted backdrops and soft edges (see :func:`render_shape_clip`).
+    ``varied_look``: tinted backdrops and soft edges (see :func:`render_shape_clip`);
+    ``wording``: how captions name a translation (:data:`DIRECTION_WORDINGS`).
     """
     motions = [m for m in MOTIONS if m not in ("inward", "static")]
-    return [render_shape_clip(np.random.default_rng([seed, i]), motions[i % len(motions)], varied_look=varied_look)
+    return [render_shape_clip(np.random.default_rng([seed, i]), motions[i % len(motions)], varied_look=varied_look,
+                              wording=wording)
             for i in range(count)]
 
 
 # --------------------------------------------------------------------------- world and prompts
 
 
-def render_pretraining_world(num_machine_clips: int, num_shape_clips: int, seed: int) -> list[WorldClip]:
+def render_pretraining_world(num_machine_clips: int, num_shape_clips: int, seed: int,
+                             wording: str = "order") -> list[WorldClip]:
     """The starter model's pretraining clips: neutral machine scenes then plain shapes."""
     return (render_machine_clips(num_machine_clips, seed, shop=False)
-            + render_shape_clips(num_shape_clips, seed + 1))
+            + render_shape_clips(num_shape_clips, seed + 1, wording=wording))
+
+
+def reword_directions(prompt: str, wording: str) -> str:
+    """``prompt`` with a translation phrased as captions in ``wording`` phrase it.
+
+    The starter check's prompts are written in the ``order`` wording; a starter trained on
+    the other is asked in the words it was trained on.
+    """
+    target = _direction_words(wording)
+    for motion, phrase in sorted(_TRANSLATION_WORDS.items(), key=lambda item: -len(item[1])):
+        if phrase in prompt:
+            return prompt.replace(phrase, target[motion])
+    return prompt
 
 
 def stack_clips(clips: Sequence[WorldClip]) -> tuple[np.ndarray, list[str], list[dict[str, str]]]:
@@ -303,6 +340,10 @@ _DIRECTION_PHRASES = (  # longest first: "diagonally from top left ..." before "
     ("diagonally from top right to bottom left", "down-left"),
     ("from left to right", "right"), ("from right to left", "left"),
     ("from top to bottom", "down"), ("from bottom to top", "up"),
+    ("diagonally towards the bottom right", "down-right"), ("diagonally towards the top left", "up-left"),
+    ("diagonally towards the top right", "up-right"), ("diagonally towards the bottom left", "down-left"),
+    ("towards the right", "right"), ("towards the left", "left"),
+    ("towards the bottom", "down"), ("towards the top", "up"),
     ("towards the chuck", "left"), ("away from the chuck", "right"),
     ("inwards", "inward"), ("rotating", "rotate"), ("growing", "scale"), ("bouncing", "bounce"),
 )

@@ -31,7 +31,7 @@ def render_starter_world(params: dict[str, Any]) -> dict[str, Any]:
     """
     world = params["world"]
     clips = starter_world.render_pretraining_world(int(world["machine_clips"]), int(world["shape_clips"]),
-                                                   int(params["seed"]))
+                                                   int(params["seed"]), wording=world["direction_words"])
     frames, captions, labels = starter_world.stack_clips(clips)
     logger.info("Rendered %d starter-world clips (%d unique captions)", len(frames), len(set(captions)))
     return {"clips": frames, "captions": captions, "labels": labels}
@@ -303,19 +303,23 @@ def check_starter(starter_model: dict[str, Any], params: dict[str, Any]) -> dict
         return [video for seed in seeds for video in sample_videos(
             videos_pipe, prompts, seed=seed * 1000, resolution=64, num_frames=starter_world.NUM_FRAMES, **sampling)]
 
-    videos = clips_for(check["motion_prompts"])
+    # Ask in the words the folder's world was captioned with (markers from before the option: "order").
+    wording = starter_model.get("world", {}).get("direction_words", "order")
+    motion_prompts = [starter_world.reword_directions(prompt, wording) for prompt in check["motion_prompts"]]
+    videos = clips_for(motion_prompts)
     video_predictions = evaluator.predict(np.stack(videos))
     machine_videos = clips_for(check["machine_prompts"])
     tool_motions = set(starter_world.DIRECTION_MOTIONS.values())
     travelling = [p["motion"] in tool_motions for p in evaluator.predict(np.stack(machine_videos))]
     # sample_images lays prompts out per seed; re-pair predictions with their prompt labels.
     scene_expected = _with_labels([p for _ in seeds for p in check["scene_prompts"]])
-    motion_expected = _with_labels([p for _ in seeds for p in check["motion_prompts"]])
+    motion_expected = _with_labels([p for _ in seeds for p in motion_prompts])
     report = {
         **starter_model,
         "scene_accuracy": accuracy(image_predictions, scene_expected, "scene"),
         "generic_motion_accuracy": accuracy(video_predictions, motion_expected, "motion"),
         "generic_motion_reads": _confusion(video_predictions, motion_expected, "motion"),
+        "generic_motion_prompts": motion_prompts,
         "video_scene_accuracy": accuracy(video_predictions, motion_expected, "scene"),
         "num_scene_samples": len(images),
         "num_motion_samples": len(videos),
