@@ -243,12 +243,19 @@ def encode_clip_latents(vae: AutoencoderKL, clips: np.ndarray, batch_size: int =
     return flat.reshape(len(clips), clips.shape[1], *flat.shape[1:]).movedim(1, 2).contiguous()
 
 
+def _distinct_captions(captions: Sequence[str]) -> tuple[list[str], torch.Tensor]:
+    """The distinct captions (sorted) and each sample's index into them: a world has far fewer
+    captions than clips, so each is encoded once."""
+    unique = sorted(set(captions))
+    index = {caption: i for i, caption in enumerate(unique)}
+    return unique, torch.tensor([index[c] for c in captions])
+
+
 def caption_cache(tokenizer, text_encoder, latents: torch.Tensor, captions: Sequence[str]) -> TrainingCache:
     """A training cache of precomputed latents and the text states of their captions."""
-    unique = sorted(set(captions))
+    unique, sample_caption = _distinct_captions(captions)
     states = encode_text(tokenizer, text_encoder, unique + [""]).float().cpu()
-    index = {caption: i for i, caption in enumerate(unique)}
-    return TrainingCache(latents=latents, text_embeddings=states[[index[c] for c in captions]],
+    return TrainingCache(latents=latents, text_embeddings=states[sample_caption],
                          empty_text_embedding=states[-1:])
 
 
@@ -269,11 +276,10 @@ class DenoiserWithTextEncoder(torch.nn.Module):
 
 def caption_token_ids(tokenizer, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token ids of the distinct captions, each sample's caption index, and the empty caption's ids."""
-    unique = sorted(set(captions))
+    unique, sample_caption = _distinct_captions(captions)
     tokens = tokenizer(unique + [""], padding="max_length", max_length=tokenizer.model_max_length,
                        truncation=True, return_tensors="pt").input_ids
-    index = {caption: i for i, caption in enumerate(unique)}
-    return tokens[:-1], torch.tensor([index[c] for c in captions]), tokens[-1:]
+    return tokens[:-1], sample_caption, tokens[-1:]
 
 
 def train_denoiser(model: torch.nn.Module, noise_scheduler, latents: torch.Tensor, captions: Sequence[str],

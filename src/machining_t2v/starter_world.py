@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -77,6 +77,13 @@ _DISTINCT_TRANSLATION_WORDS = {
 #: How shape captions name a translation: ``order`` ("from left to right", what the committed
 #: starter was trained on) or ``distinct`` (a different set of words per direction).
 DIRECTION_WORDINGS = {"order": _TRANSLATION_WORDS, "distinct": _DISTINCT_TRANSLATION_WORDS}
+
+
+def _longest_first(phrases: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    # A phrase inside a longer one ("towards the top" in "diagonally towards the top left") must lose to it.
+    return tuple(sorted(phrases, key=lambda phrase_and_motion: -len(phrase_and_motion[0])))
+
+
 _SHAPE_COLOURS = {
     "red": (210, 45, 40), "green": (50, 170, 70), "blue": (45, 85, 210), "yellow": (230, 205, 40),
     "orange": (235, 130, 30), "purple": (140, 60, 180), "white": (240, 240, 240), "black": (25, 25, 25),
@@ -310,7 +317,7 @@ def reword_directions(prompt: str, wording: str) -> str:
     the other is asked in the words it was trained on.
     """
     target = _direction_words(wording)
-    for motion, phrase in sorted(_TRANSLATION_WORDS.items(), key=lambda item: -len(item[1])):
+    for phrase, motion in _longest_first((phrase, motion) for motion, phrase in _TRANSLATION_WORDS.items()):
         if phrase in prompt:
             return prompt.replace(phrase, target[motion])
     return prompt
@@ -333,17 +340,9 @@ def apply_world_rules(predicted: dict[str, str]) -> dict[str, str]:
     return dict(predicted)
 
 
-_DIRECTION_PHRASES = (  # longest first: "diagonally from top left ..." before "from left ..."
-    ("diagonally from top left to bottom right", "down-right"),
-    ("diagonally from bottom right to top left", "up-left"),
-    ("diagonally from bottom left to top right", "up-right"),
-    ("diagonally from top right to bottom left", "down-left"),
-    ("from left to right", "right"), ("from right to left", "left"),
-    ("from top to bottom", "down"), ("from bottom to top", "up"),
-    ("diagonally towards the bottom right", "down-right"), ("diagonally towards the top left", "up-left"),
-    ("diagonally towards the top right", "up-right"), ("diagonally towards the bottom left", "down-left"),
-    ("towards the right", "right"), ("towards the left", "left"),
-    ("towards the bottom", "down"), ("towards the top", "up"),
+_DIRECTION_PHRASES = _longest_first(
+    (phrase, motion) for words in DIRECTION_WORDINGS.values() for motion, phrase in words.items()
+) + (
     ("towards the chuck", "left"), ("away from the chuck", "right"),
     ("inwards", "inward"), ("rotating", "rotate"), ("growing", "scale"), ("bouncing", "bounce"),
 )

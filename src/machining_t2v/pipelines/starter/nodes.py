@@ -86,7 +86,7 @@ def encode_starter_world(world: dict[str, Any], vae: AutoencoderKL, params: dict
 
 
 def _text_encoder_learning_rate(stage: dict[str, Any]) -> float | None:
-    rate = stage.get("text_encoder_learning_rate")
+    rate = stage["text_encoder_learning_rate"]
     return None if rate is None else float(rate)
 
 
