@@ -307,6 +307,50 @@ def test_text_encoder_trains_with_the_denoiser_only_when_asked(tmp_path, text_en
             {f"text_encoder.{name}" for name, _ in parts["text_encoder"].named_parameters()}
 
 
+def test_zero_terminal_snr_schedule_leaves_nothing_of_the_clip_at_the_top_timestep():
+    from diffusers import DDIMScheduler
+
+    leaky = starter.starter_components(0)["scheduler"]
+    # The committed starter's schedule: its top timestep keeps 4% of the clip.
+    assert float(leaky.alphas_cumprod[-1]) ** 0.5 > 0.03 and leaky.config.prediction_type == "epsilon"
+    clean = starter.starter_components(0, prediction_type="v_prediction", zero_terminal_snr=True)["scheduler"]
+    assert float(clean.alphas_cumprod[-1]) == 0.0 and clean.config.prediction_type == "v_prediction"
+    assert clean.config.beta_schedule == leaky.config.beta_schedule == "linear"
+    # Sampling starts from the top timestep, where the model learnt from pure noise.
+    sampler = DDIMScheduler.from_config(clean.config)
+    sampler.set_timesteps(25)
+    assert int(sampler.timesteps[0]) == 999
+    with pytest.raises(ValueError, match="v_prediction"):
+        starter.starter_noise_scheduler("epsilon", zero_terminal_snr=True)
+    with pytest.raises(ValueError, match="sample"):
+        starter.starter_noise_scheduler("sample")
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "dpm++"])
+def test_v_prediction_starter_trains_and_samples_from_pure_noise(tmp_path, sampler):
+    from machining_t2v.generation import generate_video, load_generator
+    from machining_t2v.training import TrainingConfig
+
+    parts = starter.starter_components(0, prediction_type="v_prediction", zero_terminal_snr=True)
+    clips = torch.randn(2, 4, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    motion_unet = starter.motion_unet_for_training(parts["unet"], parts["motion_adapter"])
+    config = TrainingConfig(max_steps=2, batch_size=2, learning_rate=1e-3, checkpoint_every=0)
+    result = starter.train_denoiser(motion_unet, parts["scheduler"], clips, ["a red circle rotating"] * 2,
+                                    parts["tokenizer"], parts["text_encoder"], config, tmp_path / "ck",
+                                    caption_dropout=0.0, description="test")
+    assert result.losses and all(np.isfinite(loss) for loss in result.losses)
+    starter.copy_motion_modules(motion_unet, parts["motion_adapter"])
+    folder = starter.save_starter(tmp_path / "starter", parts, {"trained_at": "test"})
+
+    generator = load_generator(str(folder), str(folder / "motion_adapter"), tiny_model_dir=folder, scheduler=sampler)
+    schedule = generator.pipe.scheduler.config
+    assert schedule.prediction_type == "v_prediction" and schedule.rescale_betas_zero_snr
+    clip = generate_video(generator, "a red circle rotating", num_frames=8, num_inference_steps=3,
+                          guidance_scale=4.0, seed=0, size=64)
+    # An untrained model draws noise, but finite noise: no step divided by the zero SNR.
+    assert clip.shape == (8, 64, 64, 3) and clip.dtype == np.uint8 and clip.std() > 1.0
+
+
 # --------------------------------------------------------------------------- the pipeline and the folder
 
 
@@ -341,6 +385,10 @@ def test_starter_pipeline_end_to_end_with_a_tiny_budget(project):
     _assert_loads_like_any_diffusers_folder(folder)
     marker = json.loads((folder / starter.STARTER_MARKER).read_text())
     assert marker["text_encoder_trained_in"] == ["motion_adapter"]
+    # The default schedule reaches the folder, so the LoRA trainers and the samplers follow it.
+    assert marker["noise_schedule"] == {"prediction_type": "v_prediction", "zero_terminal_snr": True}
+    schedule = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert schedule["prediction_type"] == "v_prediction" and schedule["rescale_betas_zero_snr"] is True
     published = CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict()
     seeded = starter.starter_components(0)["text_encoder"].state_dict()
     assert not torch.equal(published["encoder.layers.0.mlp.fc1.weight"].float(),
@@ -533,5 +581,6 @@ def test_gpu_environment_changes_budgets_and_keeps_the_rest_of_the_recipe():
     assert gpu["vae"]["training"]["mixed_precision"] == "no"  # a string, not YAML's boolean
     # What conf/gpu does not name comes from base: the check, the evaluator, the learning rates.
     assert gpu["check"] == base["check"] and gpu["evaluator"] == base["evaluator"]
+    assert gpu["noise_schedule"] == base["noise_schedule"]
     assert gpu["unet"]["training"]["learning_rate"] == base["unet"]["training"]["learning_rate"]
     assert gpu["checkpoint_dir"] != base["checkpoint_dir"]

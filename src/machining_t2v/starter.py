@@ -10,10 +10,11 @@ shapes), on a CPU, in three stages that all run on the project's one training co
    term, trained on random crops (the VAE is convolutional, and crops cost a quarter of a
    full frame) of the world's frames and of colour-tinted copies of them, so colours survive
    the round trip even though the world itself is mostly grey.
-2. **UNet** (``UNet2DConditionModel``, cross-attention at 8x8 and 4x4): the usual epsilon
-   noise-prediction loss with caption dropout, on cached latents of stills, under a frozen,
-   randomly initialised CLIP text encoder (its embeddings differ per word, which is all the
-   cross-attention needs to read a caption), or one trained with the UNet on request.
+2. **UNet** (``UNet2DConditionModel``, cross-attention at 8x8 and 4x4): the denoising loss
+   (v or epsilon, see :func:`starter_noise_scheduler`) with caption dropout, on cached
+   latents of stills, under a frozen, randomly initialised CLIP text encoder (its embeddings
+   differ per word, which is all the cross-attention needs to read a caption), or one trained
+   with the UNet on request.
 3. **Motion adapter** (``MotionAdapter``): only the temporal modules of the
    ``UNetMotionModel`` train, on 8-frame clips, like AnimateDiff; on request the text encoder
    trains with them (see :class:`DenoiserWithTextEncoder`).
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
+    DDPMScheduler,
     MotionAdapter,
     StableDiffusionPipeline,
     UNet2DConditionModel,
@@ -67,8 +69,36 @@ STARTER_VERSION = 1
 # --------------------------------------------------------------------------- architecture
 
 
-def starter_components(seed: int) -> dict[str, Any]:
-    """Fresh (untrained) starter components, deterministic from ``seed``."""
+def starter_noise_scheduler(prediction_type: str = "epsilon", zero_terminal_snr: bool = False) -> DDPMScheduler:
+    """The starter's training schedule: AnimateDiff's linear betas (its video pipeline samples with them).
+
+    The defaults are SD1.5's epsilon schedule, under which the committed starter v1 was trained.
+    Its top timestep still keeps sqrt(alpha_bar) = 4% of the clip: enough for the model to read
+    which way a shape moves from the noisy clip itself, so in training the caption's direction
+    words never decide anything, and sampling from pure noise picks a direction at random.
+    ``zero_terminal_snr`` rescales the betas so the top timestep is pure noise (Lin et al. 2024,
+    "Common Diffusion Noise Schedules and Sample Steps are Flawed") and samples from it
+    ("trailing" spacing); it needs ``v_prediction``, as the noise is all there is to predict there.
+
+    Raises:
+        ValueError: zero terminal SNR with a prediction type other than ``v_prediction``.
+    """
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type must be epsilon or v_prediction, got {prediction_type!r}")
+    if zero_terminal_snr and prediction_type != "v_prediction":
+        raise ValueError(f"zero_terminal_snr needs prediction_type v_prediction, got {prediction_type!r}: at zero "
+                         "SNR an epsilon model sees the noise itself and cannot say anything of the clip")
+    schedule = sd15_noise_scheduler("linear").config
+    if zero_terminal_snr:
+        return DDPMScheduler.from_config(schedule, prediction_type=prediction_type, rescale_betas_zero_snr=True,
+                                         timestep_spacing="trailing")
+    return DDPMScheduler.from_config(schedule, prediction_type=prediction_type)
+
+
+def starter_components(seed: int, *, prediction_type: str = "epsilon",
+                       zero_terminal_snr: bool = False) -> dict[str, Any]:
+    """Fresh (untrained) starter components, deterministic from ``seed``; the noise schedule as
+    :func:`starter_noise_scheduler` builds it from ``prediction_type`` and ``zero_terminal_snr``."""
     tokenizer = build_tiny_tokenizer(DOMAIN_WORDS + WORLD_WORDS)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -110,8 +140,7 @@ def starter_components(seed: int) -> dict[str, Any]:
             motion_max_seq_length=32,
             use_motion_mid_block=True,
         )
-    # AnimateDiff's schedule (linear betas), which its video pipeline also samples with.
-    scheduler = sd15_noise_scheduler("linear")
+    scheduler = starter_noise_scheduler(prediction_type, zero_terminal_snr)
     text_encoder.requires_grad_(False)
     return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "unet": unet,
             "scheduler": scheduler, "motion_adapter": adapter}

@@ -85,6 +85,16 @@ def encode_starter_world(world: dict[str, Any], vae: AutoencoderKL, params: dict
     return starter.encode_clip_latents(vae, world["clips"])
 
 
+def _components(params: dict[str, Any]) -> dict[str, Any]:
+    """The seeded starter components, with the noise schedule of ``noise_schedule``."""
+    schedule = params["noise_schedule"]
+    zero_terminal_snr = schedule["zero_terminal_snr"]
+    if not isinstance(zero_terminal_snr, bool):
+        raise ValueError(f"starter.noise_schedule.zero_terminal_snr must be true or false, got {zero_terminal_snr!r}")
+    return starter.starter_components(int(params["seed"]), prediction_type=str(schedule["prediction_type"]),
+                                      zero_terminal_snr=zero_terminal_snr)
+
+
 def _text_encoder_learning_rate(stage: dict[str, Any]) -> float | None:
     rate = stage["text_encoder_learning_rate"]
     return None if rate is None else float(rate)
@@ -98,8 +108,8 @@ def pretrain_unet(world: dict[str, Any], latents: torch.Tensor,
         The UNet and the text encoder: the seeded random one, frozen, unless
         ``unet.text_encoder_learning_rate`` trains it with the UNet.
     """
-    seed, stage = int(params["seed"]), params["unet"]
-    parts = starter.starter_components(seed)
+    stage = params["unet"]
+    parts = _components(params)
     per_clip = int(stage["stills_per_clip"])
     step = max(1, latents.shape[2] // per_clip)
     stills = latents[:, :, ::step][:, :, :per_clip].movedim(2, 1).reshape(-1, *latents.shape[1:2], *latents.shape[3:])
@@ -123,8 +133,8 @@ def pretrain_motion_adapter(world: dict[str, Any], latents: torch.Tensor, unet: 
         ``motion_adapter.text_encoder_learning_rate`` is set (clips are where a caption's
         word order shows: which way a shape moves), else as stage 2 left it.
     """
-    seed, stage = int(params["seed"]), params["motion_adapter"]
-    parts = starter.starter_components(seed)
+    stage = params["motion_adapter"]
+    parts = _components(params)
     adapter = parts["motion_adapter"]
     motion_unet = starter.motion_unet_for_training(unet, adapter)
     config = training_config_from_params(stage["training"], len(latents))
@@ -216,13 +226,14 @@ def publish_starter(vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder
     Returns:
         Where it went, its size and what it was trained with (also in ``starter_model.json``).
     """
-    parts = starter.starter_components(int(params["seed"]))
+    parts = _components(params)
     parts.update(vae=vae, unet=unet, text_encoder=text_encoder, motion_adapter=adapter)
     marker = {
         "kind": "starter model pretrained from scratch on the generic starter world",
         "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "seed": int(params["seed"]),
         "world": params["world"],
+        "noise_schedule": params["noise_schedule"],
         "steps": {stage: params[stage]["training"]["max_steps"] for stage in ("vae", "unet", "motion_adapter")},
         "text_encoder_trained_in": [stage for stage in ("unet", "motion_adapter")
                                     if _text_encoder_learning_rate(params[stage]) is not None],
