@@ -75,13 +75,14 @@ def starter_noise_scheduler(prediction_type: str = "epsilon", zero_terminal_snr:
     The defaults are SD1.5's epsilon schedule, under which the committed starter v1 was trained.
     Its top timestep still keeps sqrt(alpha_bar) = 4% of the clip: enough for the model to read
     which way a shape moves from the noisy clip itself, so in training the caption's direction
-    words never decide anything, and sampling from pure noise picks a direction at random.
+    words hardly lower the loss, and sampling from pure noise picks a direction at random.
     ``zero_terminal_snr`` rescales the betas so the top timestep is pure noise (Lin et al. 2024,
     "Common Diffusion Noise Schedules and Sample Steps are Flawed") and samples from it
     ("trailing" spacing); it needs ``v_prediction``, as the noise is all there is to predict there.
 
     Raises:
-        ValueError: zero terminal SNR with a prediction type other than ``v_prediction``.
+        ValueError: a prediction type other than ``epsilon`` or ``v_prediction``, or zero
+            terminal SNR with ``epsilon``.
     """
     if prediction_type not in ("epsilon", "v_prediction"):
         raise ValueError(f"prediction_type must be epsilon or v_prediction, got {prediction_type!r}")
