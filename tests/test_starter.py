@@ -95,7 +95,7 @@ def test_sample_video_clips_are_cut_from_sample_videos_as_the_frames_pipeline_cu
 @pytest.mark.parametrize(("motion", "axis", "sign"), [("right", 1, 1), ("left", 1, -1), ("down", 0, 1), ("up", 0, -1)])
 def test_shape_translations_move_the_way_the_caption_says(motion, axis, sign):
     clip = starter_world.render_shape_clip(np.random.default_rng(0), motion)
-    assert f"moving {starter_world._TRANSLATION_WORDS[motion]}" in clip.caption
+    assert f"moving {starter_world.DIRECTION_WORDINGS['order'][motion]}" in clip.caption
     background = np.median(clip.frames[0].reshape(-1, 3), axis=0)
 
     def centre(frame):

@@ -55,28 +55,28 @@ _TRANSLATIONS = {
     "down-right": (math.sqrt(0.5), math.sqrt(0.5)), "up-left": (-math.sqrt(0.5), -math.sqrt(0.5)),
     "up-right": (math.sqrt(0.5), -math.sqrt(0.5)), "down-left": (-math.sqrt(0.5), math.sqrt(0.5)),
 }
-_TRANSLATION_WORDS = {
-    "right": "from left to right", "left": "from right to left",
-    "down": "from top to bottom", "up": "from bottom to top",
-    "down-right": "diagonally from top left to bottom right",
-    "up-left": "diagonally from bottom right to top left",
-    "up-right": "diagonally from bottom left to top right",
-    "down-left": "diagonally from top right to bottom left",
+#: Where each translation starts and ends in the frame; both wordings of it are made from these.
+_TRANSLATION_ENDS = {
+    "right": ("left", "right"), "left": ("right", "left"),
+    "down": ("top", "bottom"), "up": ("bottom", "top"),
+    "down-right": ("top left", "bottom right"), "up-left": ("bottom right", "top left"),
+    "up-right": ("bottom left", "top right"), "down-left": ("top right", "bottom left"),
 }
-# The same directions, each named by its own set of words. The committed starter's frozen random
-# text encoder tells which words a caption has, hardly in which order, so with the wording above
-# it finds the axis of a motion but not its sign (README, "The starter model").
-_DISTINCT_TRANSLATION_WORDS = {
-    "right": "towards the right", "left": "towards the left",
-    "down": "towards the bottom", "up": "towards the top",
-    "down-right": "diagonally towards the bottom right",
-    "up-left": "diagonally towards the top left",
-    "up-right": "diagonally towards the top right",
-    "down-left": "diagonally towards the bottom left",
-}
+
+
+def _translation_words(motion: str, wording: str) -> str:
+    start, end = _TRANSLATION_ENDS[motion]
+    words = f"from {start} to {end}" if wording == "order" else f"towards the {end}"
+    return f"diagonally {words}" if "-" in motion else words
+
+
 #: How shape captions name a translation: ``order`` ("from left to right", what the committed
-#: starter was trained on) or ``distinct`` (a different set of words per direction).
-DIRECTION_WORDINGS = {"order": _TRANSLATION_WORDS, "distinct": _DISTINCT_TRANSLATION_WORDS}
+#: starter was trained on) or ``distinct`` ("towards the right": each direction named by its own
+#: set of words). The committed starter's frozen random text encoder tells which words a caption
+#: has, hardly in which order, so with ``order`` it finds the axis of a motion but not its sign
+#: (README, "The starter model").
+DIRECTION_WORDINGS = {wording: {motion: _translation_words(motion, wording) for motion in _TRANSLATION_ENDS}
+                      for wording in ("order", "distinct")}
 
 
 def _longest_first(phrases: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -317,7 +317,7 @@ def reword_directions(prompt: str, wording: str) -> str:
     the other is asked in the words it was trained on.
     """
     target = _direction_words(wording)
-    for phrase, motion in _longest_first((phrase, motion) for motion, phrase in _TRANSLATION_WORDS.items()):
+    for phrase, motion in _longest_first((phrase, motion) for motion, phrase in DIRECTION_WORDINGS["order"].items()):
         if phrase in prompt:
             return prompt.replace(phrase, target[motion])
     return prompt
