@@ -326,11 +326,12 @@ def test_zero_terminal_snr_schedule_leaves_nothing_of_the_clip_at_the_top_timest
         starter.starter_noise_scheduler("sample")
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "euler", "dpm++"])
-def test_v_prediction_starter_trains_and_samples_from_pure_noise(tmp_path, sampler):
-    from machining_t2v.generation import generate_video, load_generator
+@pytest.fixture(scope="module")
+def v_prediction_starter(tmp_path_factory) -> Path:
+    """A starter folder under the zero-terminal-SNR v schedule, its adapter trained 2 steps."""
     from machining_t2v.training import TrainingConfig
 
+    tmp_path = tmp_path_factory.mktemp("v_prediction_starter")
     parts = starter.starter_components(0, prediction_type="v_prediction", zero_terminal_snr=True)
     clips = torch.randn(2, 4, 8, 16, 16, generator=torch.Generator().manual_seed(0))
     motion_unet = starter.motion_unet_for_training(parts["unet"], parts["motion_adapter"])
@@ -340,8 +341,14 @@ def test_v_prediction_starter_trains_and_samples_from_pure_noise(tmp_path, sampl
                                     caption_dropout=0.0, description="test")
     assert result.losses and all(np.isfinite(loss) for loss in result.losses)
     starter.copy_motion_modules(motion_unet, parts["motion_adapter"])
-    folder = starter.save_starter(tmp_path / "starter", parts, {"trained_at": "test"})
+    return starter.save_starter(tmp_path / "starter", parts, {"trained_at": "test"})
 
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "dpm++"])
+def test_v_prediction_starter_trains_and_samples_from_pure_noise(v_prediction_starter, sampler):
+    from machining_t2v.generation import generate_video, load_generator
+
+    folder = v_prediction_starter
     generator = load_generator(str(folder), str(folder / "motion_adapter"), tiny_model_dir=folder, scheduler=sampler)
     schedule = generator.pipe.scheduler.config
     assert schedule.prediction_type == "v_prediction" and schedule.rescale_betas_zero_snr
