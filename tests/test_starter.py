@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
 from machining_t2v import sample_videos, starter, starter_world
@@ -280,8 +281,6 @@ def test_motion_modules_round_trip_into_the_adapter():
 
 @pytest.mark.parametrize("text_encoder_learning_rate", [None, 1e-3])
 def test_text_encoder_trains_with_the_denoiser_only_when_asked(tmp_path, text_encoder_learning_rate):
-    from safetensors.torch import load_file
-
     from machining_t2v.training import TrainingConfig
 
     parts = starter.starter_components(0)
@@ -326,6 +325,58 @@ def test_zero_terminal_snr_schedule_leaves_nothing_of_the_clip_at_the_top_timest
         starter.starter_noise_scheduler("sample")
 
 
+def test_top_timestep_share_draws_that_share_from_the_noisiest_timesteps():
+    from machining_t2v.diffusion import LossConfig, draw_timesteps
+
+    def draws(share: float) -> torch.Tensor:
+        return draw_timesteps(LossRandomness(0, 1, 0, range(512)), 1000, LossConfig(top_timestep_share=share))
+
+    # No share draws nothing more: a run without it draws exactly what it drew before the option.
+    assert torch.equal(draws(0.0), LossRandomness(0, 1, 0, range(512)).randint(1000))
+    everything_top = draws(1.0)
+    assert int(everything_top.min()) >= 900 and int(everything_top.max()) <= 999
+    assert len(set(everything_top.tolist())) > 90  # spread over the whole window, not one timestep
+    # Half from the top 100, the other half uniform (a tenth of which lands there too): 55% expected.
+    assert 0.48 < float((draws(0.5) >= 900).float().mean()) < 0.62
+    assert 0.05 < float((draws(0.0) >= 900).float().mean()) < 0.15
+    with pytest.raises(ValueError, match="top_timestep_share"):
+        LossConfig(top_timestep_share=1.5)
+
+
+def test_cross_attention_trains_with_the_adapter_and_returns_to_the_unet(tmp_path):
+    from machining_t2v.training import TrainingConfig
+
+    parts = starter.starter_components(0, prediction_type="v_prediction", zero_terminal_snr=True)
+    motion_unet = starter.motion_unet_for_training(parts["unet"], parts["motion_adapter"],
+                                                   train_cross_attention=True)
+    trainable = [name for name, p in motion_unet.named_parameters() if p.requires_grad]
+    cross_attention = [name for name in trainable if "motion_modules" not in name]
+    assert cross_attention and all(".attn2." in name for name in cross_attention)
+    assert len(cross_attention) < len(trainable)  # the temporal modules train as well
+    clips = torch.randn(2, 4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    config = TrainingConfig(max_steps=2, batch_size=2, learning_rate=1e-2, checkpoint_every=0)
+    result = starter.train_denoiser(motion_unet, parts["scheduler"], clips,
+                                    ["a red circle moving towards the right", "a red circle moving towards the left"],
+                                    parts["tokenizer"], parts["text_encoder"], config, tmp_path,
+                                    caption_dropout=0.0, top_timestep_share=1.0, description="test")
+    assert len(result.losses) == 2 and all(np.isfinite(loss) for loss in result.losses)
+
+    unet = starter.copy_cross_attention(motion_unet, parts["unet"])
+    fresh = dict(starter.starter_components(0)["unet"].named_parameters())
+    changed = {name for name, p in unet.named_parameters() if not torch.equal(p, fresh[name])}
+    assert changed and all(".attn2." in name for name in changed)
+    assert len(changed) == len(cross_attention)  # every cross-attention weight came back
+
+
+def test_motion_adapter_stage_refuses_a_cross_attention_switch_that_is_not_a_boolean():
+    from machining_t2v.pipelines.starter.nodes import pretrain_motion_adapter
+
+    parts = starter.starter_components(0)
+    with pytest.raises(ValueError, match="starter.motion_adapter.train_cross_attention"):
+        pretrain_motion_adapter({"captions": []}, torch.zeros(0), parts["unet"], parts["text_encoder"],
+                                {"motion_adapter": {"train_cross_attention": "yes"}})
+
+
 @pytest.fixture(scope="module")
 def v_prediction_starter(tmp_path_factory) -> Path:
     """A starter folder under the zero-terminal-SNR v schedule, its adapter trained 2 steps."""
@@ -368,8 +419,10 @@ def test_starter_pipeline_end_to_end_with_a_tiny_budget(project):
         "output_dir": str(project / "models" / "starter"),
         "world": {"machine_clips": 4, "shape_clips": 4, "direction_words": "distinct"},
         "vae": {"training": steps}, "unet": {"training": steps},
-        # The adapter stage also trains the text encoder, so its output reaches the published folder.
-        "motion_adapter": {"text_encoder_learning_rate": 1e-3, "training": {**steps, "batch_size": 2}},
+        # The adapter stage also trains the text encoder and the UNet's cross-attention, so what it
+        # trained of them must reach the published folder.
+        "motion_adapter": {"text_encoder_learning_rate": 1e-3, "train_cross_attention": True,
+                           "top_timestep_share": 0.5, "training": {**steps, "batch_size": 2}},
         "evaluator": {"neutral_clips": 6, "shop_clips": 6, "shape_clips": 6, "shimmer_clips": 4,
                       "shimmer": [0.1, 0.5], "sample_video_clips": 4, "epochs": 1},
         "check": {"seeds_per_prompt": 1, "num_inference_steps": 2,
@@ -392,6 +445,7 @@ def test_starter_pipeline_end_to_end_with_a_tiny_budget(project):
     _assert_loads_like_any_diffusers_folder(folder)
     marker = json.loads((folder / starter.STARTER_MARKER).read_text())
     assert marker["text_encoder_trained_in"] == ["motion_adapter"]
+    assert marker["motion_adapter_stage"] == {"train_cross_attention": True, "top_timestep_share": 0.5}
     # The default schedule reaches the folder, so the LoRA trainers and the samplers follow it.
     assert marker["noise_schedule"] == {"prediction_type": "v_prediction", "zero_terminal_snr": True}
     schedule = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
@@ -404,6 +458,11 @@ def test_starter_pipeline_end_to_end_with_a_tiny_budget(project):
     checkpoints = project / "data" / "06_models" / "checkpoints" / "starter"
     assert {p.name for p in checkpoints.iterdir()} == {"vae", "unet", "motion_adapter"}
     assert all((checkpoints / stage / "checkpoint-2").is_dir() for stage in ("vae", "unet", "motion_adapter"))
+    # The published UNet is stage 2's with the cross-attention stage 3 trained on.
+    stage_2 = load_file(checkpoints / "unet" / "checkpoint-2" / "trainable.safetensors")
+    published_unet = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    changed = {name for name, p in published_unet.items() if not torch.equal(p, stage_2[name].half())}
+    assert changed and all(".attn2." in name for name in changed)
     # starter_check measures the published folder again, without any training stage.
     report_file = project / "data" / "08_reporting" / "starter_report.json"
     report_file.unlink()

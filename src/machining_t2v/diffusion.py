@@ -30,6 +30,14 @@ class LossConfig:
     snr_gamma: float | None = None  # min-SNR weighting (Hang et al. 2023); None = plain MSE
     noise_offset: float = 0.0  # offset noise for darker/brighter images; 0 = off
     appearance_debias: float | None = None  # clips only: MotionDirector's beta; None = plain loss
+    top_timestep_share: float = 0.0  # share of samples whose timestep is drawn from the noisiest ones only
+    top_timestep_window: int = 100  # how many of the noisiest timesteps those are drawn from
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.top_timestep_share <= 1.0:
+            raise ValueError(f"top_timestep_share must lie in [0, 1], got {self.top_timestep_share}")
+        if self.top_timestep_window < 1:
+            raise ValueError(f"top_timestep_window must be at least 1, got {self.top_timestep_window}")
 
 
 @dataclass
@@ -96,6 +104,23 @@ def build_cache(tokenizer, text_encoder, vae, samples: np.ndarray, captions: Seq
     return TrainingCache(latents=latents, text_embeddings=text_embeddings, empty_text_embedding=unique_states[-1:])
 
 
+def draw_timesteps(randomness: LossRandomness, num_train_timesteps: int, config: LossConfig) -> torch.LongTensor:
+    """One training timestep per sample: uniform, or for ``config.top_timestep_share`` of the
+    samples one of the ``top_timestep_window`` noisiest.
+
+    Only near pure noise does the caption alone decide what the clip becomes (which way a shape
+    moves); lower down the noisy clip already shows it, so uniform timesteps teach it seldom.
+    With a share of 0 nothing more is drawn, so earlier runs draw exactly what they drew.
+    """
+    timesteps = randomness.randint(num_train_timesteps)
+    if config.top_timestep_share > 0:
+        window = min(config.top_timestep_window, num_train_timesteps)
+        from_top = randomness.rand() < config.top_timestep_share
+        top = num_train_timesteps - window + randomness.randint(window)
+        timesteps = torch.where(from_top, top, timesteps)
+    return timesteps
+
+
 def noise_prediction_loss(
     unet: torch.nn.Module,
     noise_scheduler,
@@ -122,7 +147,7 @@ def noise_prediction_loss(
     if config.noise_offset:
         offset_shape = (latents.shape[1],) + (1,) * (latents.ndim - 2)
         noise = noise + config.noise_offset * randomness.randn(*offset_shape).to(device)
-    timesteps = randomness.randint(noise_scheduler.config.num_train_timesteps).to(device)
+    timesteps = draw_timesteps(randomness, noise_scheduler.config.num_train_timesteps, config).to(device)
     noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
 
     # Caption dropout: some samples see the empty caption, so classifier-free guidance still works.

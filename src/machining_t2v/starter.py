@@ -314,7 +314,8 @@ def caption_token_ids(tokenizer, captions: Sequence[str]) -> tuple[torch.Tensor,
 
 def train_denoiser(model: torch.nn.Module, noise_scheduler, latents: torch.Tensor, captions: Sequence[str],
                    tokenizer, text_encoder: torch.nn.Module, config: TrainingConfig, checkpoint_dir: str | Path, *,
-                   caption_dropout: float, text_encoder_learning_rate: float | None = None, description: str,
+                   caption_dropout: float, text_encoder_learning_rate: float | None = None,
+                   top_timestep_share: float = 0.0, description: str,
                    on_log: Callable | None = None) -> TrainingResult:
     """Stages 2 and 3: the noise-prediction loss on cached latents for ``model``'s trainable parameters.
 
@@ -322,9 +323,11 @@ def train_denoiser(model: torch.nn.Module, noise_scheduler, latents: torch.Tenso
     temporal modules alone have ``requires_grad``. With ``text_encoder_learning_rate`` the
     text encoder trains too, at that rate (its states are then computed every step);
     without it the encoder stays frozen and the states of the captions are computed once.
+    ``top_timestep_share`` of the samples train at the 100 noisiest timesteps
+    (:func:`~machining_t2v.diffusion.draw_timesteps`).
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    loss_config = LossConfig(caption_dropout=caption_dropout)
+    loss_config = LossConfig(caption_dropout=caption_dropout, top_timestep_share=top_timestep_share)
 
     if text_encoder_learning_rate is None:
         cache = caption_cache(tokenizer, text_encoder, latents, captions)
@@ -358,14 +361,37 @@ def train_denoiser(model: torch.nn.Module, noise_scheduler, latents: torch.Tenso
     return result
 
 
-def motion_unet_for_training(unet: UNet2DConditionModel, adapter: MotionAdapter):
-    """A motion UNet whose temporal modules alone train (AnimateDiff stage 1)."""
+def _is_cross_attention(name: str) -> bool:
+    """A spatial transformer's cross-attention (``attn2``: where the caption enters the UNet)."""
+    return ".attn2." in name and "motion_modules" not in name
+
+
+def motion_unet_for_training(unet: UNet2DConditionModel, adapter: MotionAdapter, *,
+                             train_cross_attention: bool = False):
+    """A motion UNet whose temporal modules alone train (AnimateDiff stage 1).
+
+    ``train_cross_attention``: the UNet's cross-attention trains with them. Stage 2 trained it
+    on stills, where no caption word says which way anything moves; on clips it can learn to
+    pass the direction words on (write it back with :func:`copy_cross_attention`).
+    """
     motion_unet = build_motion_unet(unet, adapter)
     motion_unet.requires_grad_(False)
     for name, parameter in motion_unet.named_parameters():
-        if "motion_modules" in name:
+        if "motion_modules" in name or (train_cross_attention and _is_cross_attention(name)):
             parameter.requires_grad_(True)
     return motion_unet
+
+
+def copy_cross_attention(motion_unet, unet: UNet2DConditionModel) -> UNet2DConditionModel:
+    """Write the cross-attention of ``motion_unet`` back into the image ``unet`` it was built from."""
+    unet_state = unet.state_dict()
+    trained = {name: p for name, p in motion_unet.state_dict().items() if _is_cross_attention(name)}
+    missing = [name for name in unet_state if _is_cross_attention(name) and name not in trained]
+    if missing or not trained:
+        raise ValueError(f"the motion UNet lacks {len(missing)} of the UNet's cross-attention weights, "
+                         f"e.g. {missing[:2]}")
+    unet.load_state_dict({**unet_state, **{name: trained[name].to(unet_state[name].dtype) for name in trained}})
+    return unet
 
 
 def copy_motion_modules(motion_unet, adapter: MotionAdapter) -> MotionAdapter:

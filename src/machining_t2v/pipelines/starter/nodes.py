@@ -125,25 +125,34 @@ def pretrain_unet(world: dict[str, Any], latents: torch.Tensor,
 
 def pretrain_motion_adapter(world: dict[str, Any], latents: torch.Tensor, unet: UNet2DConditionModel,
                             text_encoder: CLIPTextModel,
-                            params: dict[str, Any]) -> tuple[MotionAdapter, CLIPTextModel]:
-    """Stage 3: train the motion adapter's temporal modules on the world's clips (UNet frozen).
+                            params: dict[str, Any]) -> tuple[MotionAdapter, CLIPTextModel, UNet2DConditionModel]:
+    """Stage 3: train the motion adapter's temporal modules on the world's clips.
 
     Returns:
-        The adapter and the text encoder, trained on with the adapter when
-        ``motion_adapter.text_encoder_learning_rate`` is set (clips are where a caption's
-        word order shows: which way a shape moves), else as stage 2 left it.
+        The adapter; the text encoder, trained on with the adapter when
+        ``motion_adapter.text_encoder_learning_rate`` is set (clips are where a caption's word
+        order shows: which way a shape moves), else as stage 2 left it; and the UNet, whose
+        cross-attention trained too when ``motion_adapter.train_cross_attention`` is true,
+        else stage 2's, untouched.
     """
     stage = params["motion_adapter"]
+    train_cross_attention = stage["train_cross_attention"]
+    if not isinstance(train_cross_attention, bool):
+        raise ValueError("starter.motion_adapter.train_cross_attention must be true or false, "
+                         f"got {train_cross_attention!r}")
     parts = _components(params)
     adapter = parts["motion_adapter"]
-    motion_unet = starter.motion_unet_for_training(unet, adapter)
+    motion_unet = starter.motion_unet_for_training(unet, adapter, train_cross_attention=train_cross_attention)
     config = training_config_from_params(stage["training"], len(latents))
     starter.train_denoiser(motion_unet, parts["scheduler"], latents, world["captions"], parts["tokenizer"],
                            text_encoder, config, Path(params["checkpoint_dir"]) / "motion_adapter",
                            caption_dropout=float(stage["caption_dropout"]),
                            text_encoder_learning_rate=_text_encoder_learning_rate(stage),
+                           top_timestep_share=float(stage["top_timestep_share"]),
                            description="starter motion adapter")
-    return starter.copy_motion_modules(motion_unet, adapter).eval(), text_encoder.eval()
+    if train_cross_attention:
+        unet = starter.copy_cross_attention(motion_unet, unet)
+    return starter.copy_motion_modules(motion_unet, adapter).eval(), text_encoder.eval(), unet
 
 
 def evaluator_training_clips(params: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, str]]]:
@@ -237,6 +246,8 @@ def publish_starter(vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder
         "steps": {stage: params[stage]["training"]["max_steps"] for stage in ("vae", "unet", "motion_adapter")},
         "text_encoder_trained_in": [stage for stage in ("unet", "motion_adapter")
                                     if _text_encoder_learning_rate(params[stage]) is not None],
+        "motion_adapter_stage": {key: params["motion_adapter"][key]
+                                 for key in ("train_cross_attention", "top_timestep_share")},
         **vae_metrics,
     }
     folder = starter.save_starter(params["output_dir"], parts, marker,
