@@ -514,6 +514,22 @@ def test_committed_starter_loads_and_draws():
     assert roughness(trained) < 0.25 * roughness(untrained)
 
 
+def test_publishing_replaces_an_earlier_starter_but_never_a_folder_of_other_files(tmp_path):
+    parts = starter.starter_components(0)
+    folder = tmp_path / "starter"
+    starter.save_starter(folder, parts, {"trained_at": "first run"})
+    # A later run without a training time (a hand-made marker) still replaces it.
+    starter.save_starter(folder, parts, {"note": "second run"})
+    assert json.loads((folder / starter.STARTER_MARKER).read_text())["note"] == "second run"
+
+    users_model = tmp_path / "my_sd15"
+    users_model.mkdir()
+    (users_model / "model_index.json").write_text("{}")
+    with pytest.raises(ValueError, match="my_sd15.*not a starter model.*starter.output_dir"):
+        starter.save_starter(users_model, parts, {"trained_at": "third run"})
+    assert [p.name for p in users_model.iterdir()] == ["model_index.json"]
+
+
 def test_describe_published_starter_reads_the_folder_marker_or_names_the_empty_folder(tmp_path):
     from machining_t2v.pipelines.starter.nodes import describe_published_starter
 

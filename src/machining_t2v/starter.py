@@ -413,11 +413,13 @@ def save_starter(folder: str | Path, parts: dict[str, Any], marker: dict[str, An
     """Write the starter as a diffusers folder in fp16 (safetensors) plus ``motion_adapter/``.
 
     fp16 halves the committed size; ``from_pretrained`` loads it into fp32 models unless a
-    dtype is asked for.
+    dtype is asked for. ``folder`` may hold an earlier starter (it is replaced), never anything
+    else: a folder with files but no starter marker is refused, not deleted.
     """
-    from machining_t2v.builtin_folders import publish_folder, read_marker
+    from machining_t2v.builtin_folders import publish_folder, read_marker, refuse_foreign_folder
 
     out = Path(folder)
+    refuse_foreign_folder(out, STARTER_MARKER, "starter model", "starter.output_dir")
 
     def write(tmp: Path) -> None:
         half = {name: (part.half() if isinstance(part, torch.nn.Module) else part) for name, part in parts.items()}
@@ -433,7 +435,10 @@ def save_starter(folder: str | Path, parts: dict[str, Any], marker: dict[str, An
             extra(tmp)
 
     def is_current(path: Path) -> bool:
-        return (read_marker(path, STARTER_MARKER) or {}).get("trained_at") == marker.get("trained_at")
+        # Another process published this very run (same training time) while this one wrote.
+        published = read_marker(path, STARTER_MARKER)
+        trained_at = marker.get("trained_at")
+        return published is not None and trained_at is not None and published.get("trained_at") == trained_at
 
     return publish_folder(out, write, STARTER_MARKER, {"starter_version": STARTER_VERSION, **marker}, is_current)
 
