@@ -664,5 +664,9 @@ def test_gpu_environment_changes_budgets_and_keeps_the_rest_of_the_recipe():
     # What conf/gpu does not name comes from base: the check, the evaluator, the learning rates.
     assert gpu["check"] == base["check"] and gpu["evaluator"] == base["evaluator"]
     assert gpu["noise_schedule"] == base["noise_schedule"]
+    # The base recipe's way of teaching the caption's direction holds on the GPU too.
+    assert gpu["world"]["direction_words"] == base["world"]["direction_words"] == "distinct"
+    assert {key: gpu["motion_adapter"][key] for key in ("train_cross_attention", "top_timestep_share")} == \
+        {"train_cross_attention": True, "top_timestep_share": 0.5}
     assert gpu["unet"]["training"]["learning_rate"] == base["unet"]["training"]["learning_rate"]
     assert gpu["checkpoint_dir"] != base["checkpoint_dir"]
