@@ -15,9 +15,11 @@ shapes), on a CPU, in three stages that all run on the project's one training co
    latents of stills, under a frozen, randomly initialised CLIP text encoder (its embeddings
    differ per word, which is all the cross-attention needs to read a caption), or one trained
    with the UNet on request.
-3. **Motion adapter** (``MotionAdapter``): only the temporal modules of the
-   ``UNetMotionModel`` train, on 8-frame clips, like AnimateDiff; on request the text encoder
-   trains with them (see :class:`DenoiserWithTextEncoder`).
+3. **Motion adapter** (``MotionAdapter``): the temporal modules of the ``UNetMotionModel``
+   train on 8-frame clips, like AnimateDiff; on request the UNet's cross-attention (see
+   :func:`motion_unet_for_training`) and the text encoder (see
+   :class:`DenoiserWithTextEncoder`) train with them, and a share of the samples trains at the
+   noisiest timesteps only (:func:`machining_t2v.diffusion.draw_timesteps`).
 
 The result is an ordinary diffusers pipeline folder (safetensors, fp16) plus
 ``motion_adapter/`` and ``inworld_evaluator/`` subfolders, loaded by
@@ -320,7 +322,7 @@ def train_denoiser(model: torch.nn.Module, noise_scheduler, latents: torch.Tenso
     """Stages 2 and 3: the noise-prediction loss on cached latents for ``model``'s trainable parameters.
 
     Stills (N, C, h, w) train the UNet; clips (N, C, F, h, w) train a motion UNet whose
-    temporal modules alone have ``requires_grad``. With ``text_encoder_learning_rate`` the
+    temporal modules (and, if asked, cross-attention) alone have ``requires_grad``. With ``text_encoder_learning_rate`` the
     text encoder trains too, at that rate (its states are then computed every step);
     without it the encoder stays frozen and the states of the captions are computed once.
     ``top_timestep_share`` of the samples train at the 100 noisiest timesteps

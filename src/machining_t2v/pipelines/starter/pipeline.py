@@ -41,8 +41,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                  name="train_inworld_evaluator"),
             Node(publish_starter,
                  ["starter_vae", "starter_published_unet", "starter_text_encoder", "starter_motion_adapter",
-                  "starter_evaluator",
-                  "starter_vae_metrics", "params:starter"],
+                  "starter_evaluator", "starter_vae_metrics", "params:starter"],
                  "starter_model", name="publish_starter"),
             Node(check_starter, ["starter_model", "params:starter"], "starter_report", name="check_starter"),
         ]
