@@ -322,9 +322,10 @@ def train_denoiser(model: torch.nn.Module, noise_scheduler, latents: torch.Tenso
     """Stages 2 and 3: the noise-prediction loss on cached latents for ``model``'s trainable parameters.
 
     Stills (N, C, h, w) train the UNet; clips (N, C, F, h, w) train a motion UNet whose
-    temporal modules (and, if asked, cross-attention) alone have ``requires_grad``. With ``text_encoder_learning_rate`` the
-    text encoder trains too, at that rate (its states are then computed every step);
-    without it the encoder stays frozen and the states of the captions are computed once.
+    temporal modules (and, if asked, cross-attention) alone have ``requires_grad``. With
+    ``text_encoder_learning_rate`` the text encoder trains too, at that rate (its states are
+    then computed every step); without it the encoder stays frozen and the states of the
+    captions are computed once.
     ``top_timestep_share`` of the samples train at the 100 noisiest timesteps
     (:func:`~machining_t2v.diffusion.draw_timesteps`).
     """

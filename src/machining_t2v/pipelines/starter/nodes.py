@@ -85,14 +85,19 @@ def encode_starter_world(world: dict[str, Any], vae: AutoencoderKL, params: dict
     return starter.encode_clip_latents(vae, world["clips"])
 
 
+def _switch(params: dict[str, Any], section: str, key: str) -> bool:
+    """``params[section][key]``, refused unless it is a YAML boolean (a string "false" is truthy)."""
+    value = params[section][key]
+    if not isinstance(value, bool):
+        raise ValueError(f"starter.{section}.{key} must be true or false, got {value!r}")
+    return value
+
+
 def _components(params: dict[str, Any]) -> dict[str, Any]:
     """The seeded starter components, with the noise schedule of ``noise_schedule``."""
-    schedule = params["noise_schedule"]
-    zero_terminal_snr = schedule["zero_terminal_snr"]
-    if not isinstance(zero_terminal_snr, bool):
-        raise ValueError(f"starter.noise_schedule.zero_terminal_snr must be true or false, got {zero_terminal_snr!r}")
-    return starter.starter_components(int(params["seed"]), prediction_type=str(schedule["prediction_type"]),
-                                      zero_terminal_snr=zero_terminal_snr)
+    return starter.starter_components(int(params["seed"]),
+                                      prediction_type=str(params["noise_schedule"]["prediction_type"]),
+                                      zero_terminal_snr=_switch(params, "noise_schedule", "zero_terminal_snr"))
 
 
 def _text_encoder_learning_rate(stage: dict[str, Any]) -> float | None:
@@ -136,10 +141,7 @@ def pretrain_motion_adapter(world: dict[str, Any], latents: torch.Tensor, unet: 
         else stage 2's, untouched.
     """
     stage = params["motion_adapter"]
-    train_cross_attention = stage["train_cross_attention"]
-    if not isinstance(train_cross_attention, bool):
-        raise ValueError("starter.motion_adapter.train_cross_attention must be true or false, "
-                         f"got {train_cross_attention!r}")
+    train_cross_attention = _switch(params, "motion_adapter", "train_cross_attention")
     parts = _components(params)
     adapter = parts["motion_adapter"]
     motion_unet = starter.motion_unet_for_training(unet, adapter, train_cross_attention=train_cross_attention)
