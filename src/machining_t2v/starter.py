@@ -74,7 +74,7 @@ STARTER_VERSION = 1
 def starter_noise_scheduler(prediction_type: str = "epsilon", zero_terminal_snr: bool = False) -> DDPMScheduler:
     """The starter's training schedule: AnimateDiff's linear betas (its video pipeline samples with them).
 
-    The defaults are SD1.5's epsilon schedule, under which the committed starter v1 was trained.
+    The defaults are SD1.5's epsilon schedule, under which starter v1 was trained.
     Its top timestep still keeps sqrt(alpha_bar) = 4% of the clip: enough for the model to read
     which way a shape moves from the noisy clip itself, so in training the caption's direction
     words hardly lower the loss, and sampling from pure noise picks a direction at random.

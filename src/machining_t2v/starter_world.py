@@ -70,11 +70,11 @@ def _translation_words(motion: str, wording: str) -> str:
     return f"diagonally {words}" if "-" in motion else words
 
 
-#: How shape captions name a translation: ``order`` ("from left to right", what the committed
-#: starter was trained on) or ``distinct`` ("towards the right": each direction named by its own
-#: set of words). The committed starter's frozen random text encoder tells which words a caption
-#: has, hardly in which order, so with ``order`` it finds the axis of a motion but not its sign
-#: (README, "The starter model").
+#: How shape captions name a translation: ``order`` ("from left to right", what starter v1
+#: was trained on) or ``distinct`` ("towards the right": each direction named by its own set of
+#: words, what the committed starter was continued on). The starter's frozen random text
+#: encoder tells which words a caption has, hardly in which order, so with ``order`` it finds
+#: the axis of a motion but not its sign (README, "The starter model").
 DIRECTION_WORDINGS = {wording: {motion: _translation_words(motion, wording) for motion in _TRANSLATION_ENDS}
                       for wording in ("order", "distinct")}
 
