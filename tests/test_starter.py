@@ -409,6 +409,43 @@ def test_v_prediction_starter_trains_and_samples_from_pure_noise(v_prediction_st
     assert clip.shape == (8, 64, 64, 3) and clip.dtype == np.uint8 and clip.std() > 1.0
 
 
+def test_continuing_a_published_starter_starts_its_stages_from_the_folder(v_prediction_starter, tmp_path):
+    from machining_t2v.pipelines.starter.nodes import (
+        pretrain_unet,
+        pretrain_vae,
+        render_starter_world,
+    )
+
+    folder = v_prediction_starter
+    no_steps = {"max_steps": 0, "batch_size": 2, "checkpoint_every": 0}
+    params = {"seed": 7, "continue_from": str(folder), "checkpoint_dir": str(tmp_path / "checkpoints"),
+              "noise_schedule": {"prediction_type": "epsilon", "zero_terminal_snr": False},
+              "world": {"machine_clips": 1, "shape_clips": 1, "direction_words": "distinct"},
+              "vae": {"stills_per_clip": 1, "crop": 32, "kl_weight": 1e-6, "training": no_steps},
+              "unet": {"stills_per_clip": 2, "caption_dropout": 0.0, "text_encoder_learning_rate": None,
+                       "training": no_steps}}
+    world = render_starter_world(params)
+    vae, metrics = pretrain_vae(world, params)
+    # No step trained: the VAE is the folder's, with the latent scale its UNet was trained with
+    # (a fresh start would measure a new one from this world's stills).
+    published_vae = load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
+    assert metrics["vae_steps"] == 0
+    assert all(torch.equal(p.half(), published_vae[name]) for name, p in vae.state_dict().items())
+    published_scale = json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"]
+    assert vae.config.scaling_factor == published_scale
+    latents = starter.encode_clip_latents(vae, world["clips"])
+    unet, _ = pretrain_unet(world, latents, params)
+    published_unet = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(p.half(), published_unet[name]) for name, p in unet.state_dict().items())
+    seeded = starter.starter_components(7)["unet"].state_dict()
+    assert not torch.equal(unet.state_dict()["conv_in.weight"], seeded["conv_in.weight"])
+
+    not_a_starter = tmp_path / "my_sd15"
+    not_a_starter.mkdir()
+    with pytest.raises(ValueError, match=r"continue_from: .*my_sd15 is not a published starter model"):
+        pretrain_vae(world, {**params, "continue_from": str(not_a_starter)})
+
+
 # --------------------------------------------------------------------------- the pipeline and the folder
 
 
@@ -470,6 +507,30 @@ def test_starter_pipeline_end_to_end_with_a_tiny_budget(project):
     recheck = json.loads(report_file.read_text())
     assert recheck["folder"] == str(folder) and recheck["trained_at"] == report["trained_at"]
     assert recheck["num_motion_samples"] == 1 and 0.0 <= recheck["generic_motion_accuracy"] <= 1.0
+
+    # A second run trains on from the published folder, under v1's schedule, into a folder and
+    # checkpoints of its own; the VAE and UNet stages train no step, the adapter stage two.
+    continued = project / "models" / "starter_continued"
+    no_steps = {**steps, "max_steps": 0}
+    run_pipeline(project, "starter", {"starter": {
+        **params["starter"], "output_dir": str(continued), "continue_from": str(folder),
+        "checkpoint_dir": str(project / "data" / "06_models" / "checkpoints" / "starter_continued"),
+        "noise_schedule": {"prediction_type": "epsilon", "zero_terminal_snr": False},
+        "vae": {"training": no_steps}, "unet": {"training": no_steps}}})
+    continued_marker = json.loads((continued / starter.STARTER_MARKER).read_text())
+    assert continued_marker["continued_from"] == {"folder": str(folder), "trained_at": marker["trained_at"]}
+    schedule = json.loads((continued / "scheduler" / "scheduler_config.json").read_text())
+    assert schedule["prediction_type"] == "epsilon" and not schedule["rescale_betas_zero_snr"]
+
+    def weights(root: Path, part: str) -> dict[str, torch.Tensor]:
+        return load_file(next((root / part).glob("*.safetensors")))
+
+    assert all(torch.equal(p, weights(folder, "vae")[name]) for name, p in weights(continued, "vae").items())
+    first_unet, continued_unet = weights(folder, "unet"), weights(continued, "unet")
+    changed = {name for name, p in continued_unet.items() if not torch.equal(p, first_unet[name])}
+    assert changed and all(".attn2." in name for name in changed)
+    first_adapter, continued_adapter = weights(folder, "motion_adapter"), weights(continued, "motion_adapter")
+    assert any(not torch.equal(p, first_adapter[name]) for name, p in continued_adapter.items())
 
 
 def _assert_loads_like_any_diffusers_folder(folder: Path) -> None:

@@ -54,18 +54,21 @@ def pretrain_vae(world: dict[str, Any], params: dict[str, Any]) -> tuple[Autoenc
     """Stage 1: train the VAE on the world's frames and colour-tinted copies of them.
 
     Returns:
-        The trained VAE (its ``scaling_factor`` set from the latents' spread) and its held-out
-        reconstruction figures: PSNR and the flat-colour error.
+        The trained VAE (its ``scaling_factor`` set from the latents' spread, or kept from the
+        ``continue_from`` folder) and its held-out reconstruction figures: PSNR and the
+        flat-colour error.
     """
     seed, stage = int(params["seed"]), params["vae"]
     stills = _stills(world["clips"], int(stage["stills_per_clip"]))
     images = np.concatenate([stills, starter.tinted_copies(stills, seed)])
-    vae = starter.starter_components(seed)["vae"]
+    vae = _components(params)["vae"]
     config = training_config_from_params(stage["training"], len(images))
     result = starter.train_vae(vae, images, config, Path(params["checkpoint_dir"]) / "vae",
                                kl_weight=float(stage["kl_weight"]), crop=int(stage["crop"]))
     vae.eval().requires_grad_(False)
-    vae.register_to_config(scaling_factor=starter.latent_scaling_factor(vae, stills))
+    if not params.get("continue_from"):
+        # A continued folder keeps its latent scale: its UNet was trained on latents scaled by it.
+        vae.register_to_config(scaling_factor=starter.latent_scaling_factor(vae, stills))
     held_out = _held_out_frames(seed)
     reconstruction = starter.reconstruct(vae, held_out)
     metrics = {
@@ -94,10 +97,27 @@ def _switch(params: dict[str, Any], section: str, key: str) -> bool:
 
 
 def _components(params: dict[str, Any]) -> dict[str, Any]:
-    """The seeded starter components, with the noise schedule of ``noise_schedule``."""
-    return starter.starter_components(int(params["seed"]),
-                                      prediction_type=str(params["noise_schedule"]["prediction_type"]),
-                                      zero_terminal_snr=_switch(params, "noise_schedule", "zero_terminal_snr"))
+    """The components the stages start from: the seeded random starter or, with ``continue_from``,
+    the weights of that published starter folder. The noise schedule is always ``noise_schedule``'s,
+    so a folder can be trained on under another schedule than it was made with."""
+    parts = starter.starter_components(int(params["seed"]),
+                                       prediction_type=str(params["noise_schedule"]["prediction_type"]),
+                                       zero_terminal_snr=_switch(params, "noise_schedule", "zero_terminal_snr"))
+    if params.get("continue_from"):
+        parts.update(_published_weights(Path(params["continue_from"])))
+    return parts
+
+
+def _published_weights(folder: Path) -> dict[str, Any]:
+    """Tokenizer, text encoder, VAE, UNet and motion adapter of a published starter, in fp32."""
+    if read_marker(folder, starter.STARTER_MARKER) is None:
+        raise ValueError(f"starter.continue_from: {folder} is not a published starter model (no readable "
+                         f"{starter.STARTER_MARKER}); name a folder `kedro run --pipelines=starter` wrote, "
+                         "e.g. models/starter")
+    base = load_base_model(str(folder), tiny_model_dir=folder)
+    adapter = load_motion_adapter(str(folder / "motion_adapter"), tiny_model_dir=folder)
+    return {"tokenizer": base.tokenizer, "text_encoder": base.text_encoder.requires_grad_(False),
+            "vae": base.vae, "unet": base.unet, "motion_adapter": adapter}
 
 
 def _text_encoder_learning_rate(stage: dict[str, Any]) -> float | None:
@@ -239,8 +259,10 @@ def publish_starter(vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder
     """
     parts = _components(params)
     parts.update(vae=vae, unet=unet, text_encoder=text_encoder, motion_adapter=adapter)
+    continued_from = params.get("continue_from")
     marker = {
-        "kind": "starter model pretrained from scratch on the generic starter world",
+        "kind": ("starter model trained on from a published starter in the generic starter world" if continued_from
+                 else "starter model pretrained from scratch on the generic starter world"),
         "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "seed": int(params["seed"]),
         "world": params["world"],
@@ -252,6 +274,9 @@ def publish_starter(vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder
                                  for key in ("train_cross_attention", "top_timestep_share")},
         **vae_metrics,
     }
+    if continued_from:
+        earlier = read_marker(Path(continued_from), starter.STARTER_MARKER) or {}
+        marker["continued_from"] = {"folder": str(continued_from), "trained_at": earlier.get("trained_at")}
     folder = starter.save_starter(params["output_dir"], parts, marker,
                                   extra=lambda tmp: evaluator.save(tmp / "inworld_evaluator"))
     info = _published_info(folder, marker)
