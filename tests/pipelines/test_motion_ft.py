@@ -190,6 +190,46 @@ def test_dual_path_with_image_lora_merged(motion_ft_run, tmp_path):
     assert motion_unet is not None
 
 
+def test_dual_path_clip_loss_keeps_the_configured_loss_options(motion_ft_run):
+    """motion_ft.loss applies to both paths of the dual mode: with every sample at the noisiest
+    timesteps, the clips (not only the stills) are noised only there."""
+    from diffusers import DDPMScheduler
+
+    from machining_t2v.diffusion import LossConfig, TrainingCache
+    from machining_t2v.lora import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
+    from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
+    from machining_t2v.pipelines.motion_ft.nodes import _dual_path_loss
+    from machining_t2v.training import LossRandomness
+
+    class TimestepRecordingScheduler(DDPMScheduler):
+        def add_noise(self, original_samples, noise, timesteps):
+            self.noised.append((original_samples.shape[2], timesteps.clone()))  # frames per sample
+            return super().add_noise(original_samples, noise, timesteps)
+
+    tiny = motion_ft_run / "data/06_models/tiny-sd"
+    unet = build_motion_unet(load_base_model("builtin:tiny", tiny).unet, load_motion_adapter("builtin:tiny", tiny))
+    add_lora(unet, rank=2, alpha=2, target_modules=MOTION_LORA_TARGETS, adapter_name="motion")
+    add_lora(unet, rank=2, alpha=2, target_modules=IMAGE_LORA_TARGETS, adapter_name="spatial")
+    unet.set_adapters(["motion", "spatial"])
+    scheduler = TimestepRecordingScheduler(num_train_timesteps=1000)
+    scheduler.noised = []
+    generator = torch.Generator().manual_seed(0)
+    clips = TrainingCache(torch.randn(4, 4, 3, 8, 8, generator=generator), torch.randn(4, 77, 32, generator=generator),
+                          torch.zeros(1, 77, 32))
+    stills = TrainingCache(torch.randn(3, 4, 8, 8, generator=generator), torch.randn(3, 77, 32, generator=generator),
+                           torch.zeros(1, 77, 32))
+    config = LossConfig(top_timestep_share=1.0, top_timestep_window=100)
+    compute_loss = _dual_path_loss(clips, stills, scheduler, config, debias=1.0, spatial_dropout=0.5, device="cpu")
+    for step in range(1, 4):
+        loss = compute_loss(unet, torch.arange(4), LossRandomness(0, step, 0, range(4)))
+        assert torch.isfinite(loss)
+    # Stills go through the motion UNet as one-frame clips.
+    clip_timesteps = torch.cat([t for frames, t in scheduler.noised if frames == 3])
+    still_timesteps = torch.cat([t for frames, t in scheduler.noised if frames == 1])
+    assert len(clip_timesteps) == 12 and len(still_timesteps) == 12
+    assert clip_timesteps.min() >= 900 and still_timesteps.min() >= 900
+
+
 def test_lora_scale_switches_an_adapter_off_and_restores_it(motion_ft_run):
     from machining_t2v.lora import MOTION_LORA_TARGETS, add_lora
     from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter

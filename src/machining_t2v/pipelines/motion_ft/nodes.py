@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -173,8 +174,8 @@ def _cpu(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _dual_path_loss(clip_cache, still_cache, noise_scheduler, loss_config: LossConfig, debias: float,
                     spatial_dropout: float, device: str) -> Callable:
     """MotionDirector's step: spatial loss on stills (temporal LoRA off) + debiased temporal loss on clips."""
-    temporal_config = LossConfig(caption_dropout=loss_config.caption_dropout, snr_gamma=loss_config.snr_gamma,
-                                 noise_offset=loss_config.noise_offset, appearance_debias=debias)
+    # Every loss option of motion_ft.loss applies to the clips too; only the debias is the dual mode's own.
+    temporal_config = dataclasses.replace(loss_config, appearance_debias=debias)
     num_stills = still_cache.latents.shape[0]
 
     def compute_loss(model, indices, randomness):
