@@ -430,6 +430,7 @@ def test_continuing_a_published_starter_starts_its_stages_from_the_folder(v_pred
     # (a fresh start would measure a new one from this world's stills).
     published_vae = load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
     assert metrics["vae_steps"] == 0
+    assert metrics["vae_final_loss"] is None  # starter_model.json holds null, which every JSON reader takes
     assert all(torch.equal(p.half(), published_vae[name]) for name, p in vae.state_dict().items())
     published_scale = json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"]
     assert vae.config.scaling_factor == published_scale

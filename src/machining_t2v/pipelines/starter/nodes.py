@@ -73,7 +73,7 @@ def pretrain_vae(world: dict[str, Any], params: dict[str, Any]) -> tuple[Autoenc
     reconstruction = starter.reconstruct(vae, held_out)
     metrics = {
         "vae_steps": result.global_step,
-        "vae_final_loss": result.losses[-1] if result.losses else float("nan"),
+        "vae_final_loss": result.losses[-1] if result.losses else None,  # JSON null, not NaN
         "vae_psnr_db": starter.psnr(held_out, reconstruction),
         "vae_flat_colour_error": starter.flat_colour_error(held_out, reconstruction),
         "vae_scaling_factor": float(vae.config.scaling_factor),
