@@ -50,7 +50,7 @@ def _held_out_frames(seed: int) -> np.ndarray:
     return starter_world.stack_clips(clips)[0][:, ::4].reshape(-1, starter_world.SIZE, starter_world.SIZE, 3)
 
 
-def pretrain_vae(world: dict[str, Any], params: dict[str, Any]) -> tuple[AutoencoderKL, dict[str, float]]:
+def pretrain_vae(world: dict[str, Any], params: dict[str, Any]) -> tuple[AutoencoderKL, dict[str, float | None]]:
     """Stage 1: train the VAE on the world's frames and colour-tinted copies of them.
 
     Returns:
@@ -250,7 +250,7 @@ def shimmering_round_trips(vae: AutoencoderKL, frames: np.ndarray, labels: list[
 
 
 def publish_starter(vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: CLIPTextModel,
-                    adapter: MotionAdapter, evaluator: InWorldEvaluator, vae_metrics: dict[str, float],
+                    adapter: MotionAdapter, evaluator: InWorldEvaluator, vae_metrics: dict[str, float | None],
                     params: dict[str, Any]) -> dict[str, Any]:
     """Save the starter as a diffusers folder (fp16) with its motion adapter and evaluator.
 
