@@ -38,6 +38,27 @@ def test_world_is_deterministic_and_labelled():
     assert all(label["style"] == "neutral" for label in labels)
 
 
+def test_world_shape_motions_narrow_what_the_shapes_do():
+    from machining_t2v.pipelines.starter.nodes import render_starter_world
+
+    # As --params carries it: names separated by spaces; no machine clips at all.
+    params = {"seed": 3, "world": {"machine_clips": 0, "shape_clips": 6, "direction_words": "distinct",
+                                   "shape_motions": "right left"}}
+    world = render_starter_world(params)
+    assert [label["motion"] for label in world["labels"]] == ["right", "left"] * 3
+    assert {label["scene"] for label in world["labels"]} == {"shapes"}
+    assert [starter_world.expected_labels(c)["motion"] for c in world["captions"]] == ["right", "left"] * 3
+    # A YAML list gives the same clips; "all" the full cycle.
+    as_list = render_starter_world({**params, "world": {**params["world"], "shape_motions": ["right", "left"]}})
+    assert np.array_equal(as_list["clips"], world["clips"])
+    every = render_starter_world({**params, "world": {**params["world"], "shape_clips": 11, "shape_motions": "all"}})
+    assert {label["motion"] for label in every["labels"]} == set(starter_world.SHAPE_MOTIONS)
+    with pytest.raises(ValueError, match="unknown shape motion 'sideways'; choose from right, left"):
+        render_starter_world({**params, "world": {**params["world"], "shape_motions": "right sideways"}})
+    with pytest.raises(ValueError, match="no shape motion given"):
+        render_starter_world({**params, "world": {**params["world"], "shape_motions": []}})
+
+
 def test_neutral_machine_scenes_hide_what_the_loras_must_learn():
     clips = starter_world.render_machine_clips(6, seed=0, shop=False)
     for clip in clips:

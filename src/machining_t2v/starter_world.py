@@ -287,14 +287,22 @@ def render_shape_clip(rng: np.random.Generator, motion: str, size: int = SIZE, *
     return WorldClip(frames, shape_caption(colour_name, shape, motion, wording), "shapes", "neutral", motion)
 
 
-def render_shape_clips(count: int, seed: int, *, varied_look: bool = False,
-                       wording: str = "order") -> list[WorldClip]:
-    """``count`` plain-shape clips cycling through every motion but ``inward`` and ``static``.
+#: The motions a plain shape makes in the pretraining world (a machine's ``inward`` feed and
+#: ``static`` are left out).
+SHAPE_MOTIONS = tuple(m for m in MOTIONS if m not in ("inward", "static"))
+
+
+def render_shape_clips(count: int, seed: int, *, varied_look: bool = False, wording: str = "order",
+                       motions: Sequence[str] = SHAPE_MOTIONS) -> list[WorldClip]:
+    """``count`` plain-shape clips cycling through ``motions`` (by default every shape motion).
 
     ``varied_look``: tinted backdrops and soft edges (see :func:`render_shape_clip`);
     ``wording``: how captions name a translation (:data:`DIRECTION_WORDINGS`).
     """
-    motions = [m for m in MOTIONS if m not in ("inward", "static")]
+    unknown = [m for m in motions if m not in SHAPE_MOTIONS]
+    if unknown or not motions:
+        problem = f"unknown shape motion {', '.join(map(repr, unknown))}" if unknown else "no shape motion given"
+        raise ValueError(f"{problem}; choose from {', '.join(SHAPE_MOTIONS)}")
     return [render_shape_clip(np.random.default_rng([seed, i]), motions[i % len(motions)], varied_look=varied_look,
                               wording=wording)
             for i in range(count)]
@@ -304,10 +312,14 @@ def render_shape_clips(count: int, seed: int, *, varied_look: bool = False,
 
 
 def render_pretraining_world(num_machine_clips: int, num_shape_clips: int, seed: int,
-                             wording: str = "order") -> list[WorldClip]:
-    """The starter model's pretraining clips: neutral machine scenes then plain shapes."""
+                             wording: str = "order", shape_motions: Sequence[str] = SHAPE_MOTIONS) -> list[WorldClip]:
+    """The starter model's pretraining clips: neutral machine scenes then plain shapes.
+
+    ``shape_motions`` narrows what the shapes do, e.g. ``("right", "left")`` for a motion
+    adapter that first has to learn which way the caption says a shape goes.
+    """
     return (render_machine_clips(num_machine_clips, seed, shop=False)
-            + render_shape_clips(num_shape_clips, seed + 1, wording=wording))
+            + render_shape_clips(num_shape_clips, seed + 1, wording=wording, motions=shape_motions))
 
 
 def reword_directions(prompt: str, wording: str) -> str:

@@ -31,10 +31,20 @@ def render_starter_world(params: dict[str, Any]) -> dict[str, Any]:
     """
     world = params["world"]
     clips = starter_world.render_pretraining_world(int(world["machine_clips"]), int(world["shape_clips"]),
-                                                   int(params["seed"]), wording=world["direction_words"])
+                                                   int(params["seed"]), wording=world["direction_words"],
+                                                   shape_motions=_shape_motions(world))
     frames, captions, labels = starter_world.stack_clips(clips)
     logger.info("Rendered %d starter-world clips (%d unique captions)", len(frames), len(set(captions)))
     return {"clips": frames, "captions": captions, "labels": labels}
+
+
+def _shape_motions(world: dict[str, Any]) -> tuple[str, ...]:
+    """``world.shape_motions``: ``all``, a YAML list, or names separated by spaces (what
+    ``--params`` can carry, as it splits on commas)."""
+    motions = world.get("shape_motions", "all")
+    if motions == "all":
+        return starter_world.SHAPE_MOTIONS
+    return tuple(motions.split() if isinstance(motions, str) else motions)
 
 
 def _stills(clips: np.ndarray, per_clip: int) -> np.ndarray:
