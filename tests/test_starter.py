@@ -468,6 +468,35 @@ def test_continuing_a_published_starter_starts_its_stages_from_the_folder(v_pred
         pretrain_vae(world, {**params, "continue_from": str(not_a_starter)})
 
 
+def test_a_continued_run_can_keep_the_folders_evaluator_when_it_keeps_its_vae(v_prediction_starter, tmp_path):
+    import shutil
+
+    from machining_t2v.inworld import train_evaluator
+    from machining_t2v.pipelines.starter.nodes import train_starter_evaluator
+
+    folder = tmp_path / "starter"
+    shutil.copytree(v_prediction_starter, folder)
+    frames, _, labels = starter_world.stack_clips(starter_world.render_shape_clips(4, seed=0))
+    train_evaluator(frames, labels, epochs=1, progress=False).save(folder / "inworld_evaluator")
+    params = {"seed": 0, "continue_from": str(folder), "vae": {"training": {"max_steps": 0}},
+              "evaluator": {"train": False}}
+    # No evaluator is trained (the VAE argument is not even looked at): the folder's comes back.
+    kept = train_starter_evaluator(None, params)
+    kept.save(tmp_path / "kept")
+    for name in ("inworld_evaluator.safetensors", "inworld_evaluator.json"):
+        assert (tmp_path / "kept" / name).read_bytes() == (folder / "inworld_evaluator" / name).read_bytes()
+    # It knows the folder's VAE only: a run that trains the VAE, or starts from scratch, must train its own.
+    for wrong in ({**params, "vae": {"training": {"max_steps": 10}}}, {**params, "continue_from": None}):
+        with pytest.raises(ValueError, match="starter.evaluator.train: false keeps the evaluator of the "
+                                             "starter.continue_from folder"):
+            train_starter_evaluator(None, wrong)
+    with pytest.raises(ValueError, match="starter.evaluator.train must be true or false"):
+        train_starter_evaluator(None, {**params, "evaluator": {"train": "no"}})
+    shutil.rmtree(folder / "inworld_evaluator")
+    with pytest.raises(FileNotFoundError, match="inworld_evaluator does not exist"):
+        train_starter_evaluator(None, params)
+
+
 # --------------------------------------------------------------------------- the pipeline and the folder
 
 

@@ -207,7 +207,11 @@ def train_starter_evaluator(vae: AutoencoderKL, params: dict[str, Any]) -> InWor
     each render is therefore also shown after an encode/decode round trip, with its label.
     Generated clips also shimmer, see :func:`shimmering_round_trips`. The shop's own clips move
     slower than the world's renders, see :func:`sample_video_motion_clips`.
+
+    With ``evaluator.train: false`` the ``continue_from`` folder's evaluator is kept instead.
     """
+    if not _switch(params, "evaluator", "train"):
+        return _continued_evaluator(params)
     frames, labels = evaluator_training_clips(params)
     shimmering, shimmering_labels = shimmering_round_trips(vae, frames, labels, params)
     slow, slow_labels = sample_video_motion_clips(params)
@@ -215,6 +219,19 @@ def train_starter_evaluator(vae: AutoencoderKL, params: dict[str, Any]) -> InWor
                             slow, starter.reconstruct(vae, slow, description="VAE round trips (sample-video clips)")])
     return train_evaluator(clips, labels + labels + shimmering_labels + slow_labels + slow_labels,
                            seed=int(params["seed"]), epochs=int(params["evaluator"]["epochs"]))
+
+
+def _continued_evaluator(params: dict[str, Any]) -> InWorldEvaluator:
+    """The ``continue_from`` folder's evaluator, for a run that publishes that folder's VAE unchanged:
+    it was trained on round trips through that VAE, and retrained with the same evaluator
+    parameters it comes out byte-identical (after about 12 minutes on 2 CPU cores)."""
+    folder = params.get("continue_from")
+    if not folder or int(params["vae"]["training"]["max_steps"]) != 0:
+        raise ValueError("starter.evaluator.train: false keeps the evaluator of the starter.continue_from folder, "
+                         "which knows that folder's VAE only; it needs starter.continue_from and "
+                         f"starter.vae.training.max_steps=0 (got {folder!r} and "
+                         f"{params['vae']['training']['max_steps']})")
+    return InWorldEvaluator.load(Path(folder) / "inworld_evaluator")
 
 
 def sample_video_motion_clips(params: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, str | None]]]:
