@@ -394,8 +394,54 @@ def test_motion_adapter_stage_refuses_a_cross_attention_switch_that_is_not_a_boo
 
     parts = starter.starter_components(0)
     with pytest.raises(ValueError, match="starter.motion_adapter.train_cross_attention"):
-        pretrain_motion_adapter({"captions": []}, torch.zeros(0), parts["unet"], parts["text_encoder"],
+        pretrain_motion_adapter({"captions": []}, torch.zeros(0), parts["vae"], parts["unet"], parts["text_encoder"],
                                 {"motion_adapter": {"train_cross_attention": "yes"}})
+    for steps in (-800, 2.5, True, "800"):
+        with pytest.raises(ValueError, match="starter.motion_adapter.new_world_every must be a whole number"):
+            pretrain_motion_adapter({"captions": []}, torch.zeros(0), parts["vae"], parts["unet"],
+                                    parts["text_encoder"], {"motion_adapter": {"train_cross_attention": False,
+                                                                               "new_world_every": steps}})
+
+
+def test_motion_adapter_stage_can_train_each_part_of_its_steps_on_a_new_world(tmp_path, caplog):
+    import shutil
+
+    from machining_t2v.pipelines.starter.nodes import pretrain_motion_adapter, render_starter_world
+
+    def run(checkpoints: str, new_world_every: int, max_steps: int) -> tuple[list[float], list[str]]:
+        """The run's losses, and the worlds its adapter stage rendered (besides the one it was given)."""
+        params = {"seed": 0, "continue_from": None, "checkpoint_dir": str(tmp_path / checkpoints),
+                  "noise_schedule": {"prediction_type": "v_prediction", "zero_terminal_snr": True},
+                  "world": {"machine_clips": 1, "shape_clips": 1, "direction_words": "distinct"},
+                  "motion_adapter": {"caption_dropout": 0.0, "text_encoder_learning_rate": None,
+                                     "train_cross_attention": False, "top_timestep_share": 0.0,
+                                     "new_world_every": new_world_every,
+                                     "training": {"max_steps": max_steps, "batch_size": 2, "learning_rate": 1e-3,
+                                                  "lr_scheduler": "cosine", "checkpoint_every": 0,
+                                                  "resume": "latest"}}}
+        parts = starter.starter_components(0, prediction_type="v_prediction", zero_terminal_snr=True)
+        world = render_starter_world(params)
+        latents = starter.encode_clip_latents(parts["vae"], world["clips"])
+        caplog.clear()
+        with caplog.at_level("INFO", logger="machining_t2v.pipelines.starter.nodes"):
+            pretrain_motion_adapter(world, latents, parts["vae"], parts["unet"], parts["text_encoder"], params)
+        rendered = [record.getMessage() for record in caplog.records if record.getMessage().startswith("Rendered")]
+        state = json.loads((tmp_path / checkpoints / "motion_adapter" / f"checkpoint-{max_steps}" / "state.json")
+                           .read_text())
+        assert state["global_step"] == max_steps
+        return state["losses"], rendered
+
+    one_world, rendered = run("one_world", 0, 3)
+    assert rendered == []
+    new_worlds, rendered = run("new_worlds", 2, 3)
+    # Steps 1-2 train on the node's world in both runs; step 3 on a new world (seed 10000) in the second.
+    assert rendered == ["Rendered 2 starter-world clips from seed 10000 (2 unique captions)"]
+    assert new_worlds[:2] == one_world[:2] and new_worlds[2] != one_world[2]
+    # Interrupted in the second world, the run resumes there from the first part's last checkpoint.
+    shutil.copytree(tmp_path / "new_worlds", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "motion_adapter" / "checkpoint-3")
+    assert (tmp_path / "resumed" / "motion_adapter" / "checkpoint-2" / "state.json").is_file()
+    assert run("resumed", 2, 3) == (new_worlds, rendered)
 
 
 @pytest.fixture(scope="module")
@@ -510,7 +556,8 @@ def test_starter_pipeline_end_to_end_with_a_tiny_budget(project):
         # The adapter stage also trains the text encoder and the UNet's cross-attention, so what it
         # trained of them must reach the published folder.
         "motion_adapter": {"text_encoder_learning_rate": 1e-3, "train_cross_attention": True,
-                           "top_timestep_share": 0.5, "training": {**steps, "batch_size": 2}},
+                           "top_timestep_share": 0.5, "new_world_every": 1,  # its second step on a new world
+                           "training": {**steps, "batch_size": 2}},
         "evaluator": {"neutral_clips": 6, "shop_clips": 6, "shape_clips": 6, "shimmer_clips": 4,
                       "shimmer": [0.1, 0.5], "sample_video_clips": 4, "epochs": 1},
         "check": {"seeds_per_prompt": 1, "num_inference_steps": 2,
@@ -533,7 +580,8 @@ def test_starter_pipeline_end_to_end_with_a_tiny_budget(project):
     _assert_loads_like_any_diffusers_folder(folder)
     marker = json.loads((folder / starter.STARTER_MARKER).read_text())
     assert marker["text_encoder_trained_in"] == ["motion_adapter"]
-    assert marker["motion_adapter_stage"] == {"train_cross_attention": True, "top_timestep_share": 0.5}
+    assert marker["motion_adapter_stage"] == {"train_cross_attention": True, "top_timestep_share": 0.5,
+                                              "new_world_every": 1}
     # The default schedule reaches the folder, so the LoRA trainers and the samplers follow it.
     assert marker["noise_schedule"] == {"prediction_type": "v_prediction", "zero_terminal_snr": True}
     schedule = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())

@@ -17,6 +17,7 @@ from machining_t2v.training import (
     NonFiniteLossError,
     TrainingConfig,
     TrainingResult,
+    checkpoint_step,
     latest_checkpoint,
     list_checkpoints,
     train,
@@ -148,6 +149,26 @@ def test_resume_from_explicit_path_continues_the_same_run(tmp_path):
     )
     for name, tensor in trainable_state(model).items():
         assert torch.equal(tensor, saved[name]), name
+
+
+def test_a_run_stopped_early_and_resumed_is_the_run_trained_in_one_go(tmp_path):
+    # A cosine schedule: stopping at step 4 must not squeeze the schedule into 4 steps.
+    cfg = config(max_steps=8, lr_scheduler="cosine", lr_warmup_steps=2, checkpoint_every=0)
+    full = train(make_model(), compute_loss, NUM_SAMPLES, cfg, tmp_path / "full", progress=False)
+    model = make_model()
+    first = train(model, compute_loss, NUM_SAMPLES, cfg, tmp_path / "parts", progress=False, stop_at=4)
+    assert first.global_step == 4 and first.final_checkpoint == tmp_path / "parts" / "checkpoint-4"
+    assert checkpoint_step(first.final_checkpoint) == 4
+    rest = train(model, compute_loss, NUM_SAMPLES, TrainingConfig(**{**cfg.to_dict(), "resume": "latest"}),
+                 tmp_path / "parts", progress=False, stop_at=100)  # past max_steps: stops there
+    assert rest.global_step == 8 and rest.losses == full.losses
+    saved = safetensors.torch.load_file(str(tmp_path / "full" / "checkpoint-8" / "trainable.safetensors"))
+    for name, tensor in trainable_state(model).items():
+        assert torch.equal(tensor, saved[name]), name
+    with pytest.raises(ValueError, match="stop_at must be >= 0"):
+        train(make_model(), compute_loss, NUM_SAMPLES, cfg, tmp_path / "bad", progress=False, stop_at=-1)
+    with pytest.raises(FileNotFoundError, match="no state.json"):
+        checkpoint_step(tmp_path / "no-such-checkpoint")
 
 
 def test_checkpoint_limit_and_unfinished_folders(tmp_path):

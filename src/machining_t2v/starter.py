@@ -318,7 +318,7 @@ def train_denoiser(model: torch.nn.Module, noise_scheduler, latents: torch.Tenso
                    tokenizer, text_encoder: torch.nn.Module, config: TrainingConfig, checkpoint_dir: str | Path, *,
                    caption_dropout: float, text_encoder_learning_rate: float | None = None,
                    top_timestep_share: float = 0.0, description: str,
-                   on_log: Callable | None = None) -> TrainingResult:
+                   on_log: Callable | None = None, stop_at: int | None = None) -> TrainingResult:
     """Stages 2 and 3: the noise-prediction loss on cached latents for ``model``'s trainable parameters.
 
     Stills (N, C, h, w) train the UNet; clips (N, C, F, h, w) train a motion UNet whose
@@ -327,7 +327,8 @@ def train_denoiser(model: torch.nn.Module, noise_scheduler, latents: torch.Tenso
     then computed every step); without it the encoder stays frozen and the states of the
     captions are computed once.
     ``top_timestep_share`` of the samples train at the 100 noisiest timesteps
-    (:func:`~machining_t2v.diffusion.draw_timesteps`).
+    (:func:`~machining_t2v.diffusion.draw_timesteps`). ``stop_at``: end this part of the run
+    there (:func:`~machining_t2v.training.train`).
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
     loss_config = LossConfig(caption_dropout=caption_dropout, top_timestep_share=top_timestep_share)
@@ -342,7 +343,7 @@ def train_denoiser(model: torch.nn.Module, noise_scheduler, latents: torch.Tenso
                                          cache.empty_text_embedding)
 
         return train(model, compute_loss, len(latents), config, checkpoint_dir, on_log=on_log,
-                     description=description)
+                     description=description, stop_at=stop_at)
 
     caption_ids, sample_caption, empty_ids = caption_token_ids(tokenizer, captions)
     joint = DenoiserWithTextEncoder(model, text_encoder.requires_grad_(True)).to(device)
@@ -359,7 +360,7 @@ def train_denoiser(model: torch.nn.Module, noise_scheduler, latents: torch.Tenso
                                      randomness, loss_config, empty_state)
 
     result = train(joint, compute_joint_loss, len(latents), config, checkpoint_dir, param_groups=param_groups,
-                   on_log=on_log, description=description)
+                   on_log=on_log, description=description, stop_at=stop_at)
     text_encoder.requires_grad_(False)
     return result
 

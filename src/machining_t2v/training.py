@@ -342,6 +342,14 @@ def list_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def checkpoint_step(checkpoint: str | Path) -> int:
+    """The optimizer step a complete checkpoint folder was written at (from its ``state.json``)."""
+    state = Path(checkpoint) / "state.json"
+    if not state.is_file():
+        raise FileNotFoundError(f"Checkpoint to resume from not found or incomplete (no state.json): {checkpoint}")
+    return int(json.loads(state.read_text())["global_step"])
+
+
 def _step_of(checkpoint: Path) -> int:
     return int(_CHECKPOINT_RE.match(checkpoint.name).group(1))
 
@@ -1084,6 +1092,7 @@ def train(
     validate_every: int = 0,
     progress: bool = True,
     description: str = "training",
+    stop_at: int | None = None,
 ) -> TrainingResult:
     """Train the ``requires_grad`` parameters of ``model`` until ``config.max_steps``.
 
@@ -1115,6 +1124,10 @@ def train(
         validate_every: Validation interval in optimizer steps; 0 disables it.
         progress: Show a tqdm progress bar (main process only).
         description: Progress-bar label.
+        stop_at: Stop at this step instead (a checkpoint is written there), with the learning
+            rate still on ``config.max_steps``'s schedule: a caller that changes the data
+            between parts of one run (the starter's adapter stage renders a new world) calls
+            again with ``resume="latest"`` and a later ``stop_at``, and the run goes on as one.
 
     Returns:
         A :class:`TrainingResult`.
@@ -1127,6 +1140,9 @@ def train(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if stop_at is not None and stop_at < 0:
+        raise ValueError(f"stop_at must be >= 0, got {stop_at}")
+    last_step = config.max_steps if stop_at is None else min(stop_at, config.max_steps)
     run = _Run(model, compute_loss, num_samples, config, checkpoint_dir, param_groups)
     acc = run.accelerator
     if acc.device.type == "cuda":
@@ -1145,7 +1161,7 @@ def train(
             disable=not progress or not acc.is_main_process,
         )
         with bar:
-            while run.global_step < config.max_steps:
+            while run.global_step < last_step:
                 loss, lr, grad_norm = run.step()
                 step = run.global_step
                 # Log
@@ -1167,7 +1183,7 @@ def train(
                 if (
                     config.checkpoint_every
                     and step % config.checkpoint_every == 0
-                    and step < config.max_steps
+                    and step < last_step
                 ):
                     run.save_checkpoint()
                     if on_checkpoint is not None and acc.is_main_process:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from pathlib import Path
@@ -19,6 +20,7 @@ from machining_t2v.finetune import training_config_from_params
 from machining_t2v.inworld import InWorldEvaluator, accuracy, train_evaluator
 from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
 from machining_t2v.sampling import image_pipeline, sample_images, sample_videos, video_pipeline
+from machining_t2v.training import TrainingConfig, checkpoint_step, latest_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +31,17 @@ def render_starter_world(params: dict[str, Any]) -> dict[str, Any]:
     Returns:
         ``{"clips": uint8 (N, F, 64, 64, 3), "captions": [...], "labels": [...]}``.
     """
+    return _render_world(params, int(params["seed"]))
+
+
+def _render_world(params: dict[str, Any], seed: int) -> dict[str, Any]:
     world = params["world"]
-    clips = starter_world.render_pretraining_world(int(world["machine_clips"]), int(world["shape_clips"]),
-                                                   int(params["seed"]), wording=world["direction_words"],
+    clips = starter_world.render_pretraining_world(int(world["machine_clips"]), int(world["shape_clips"]), seed,
+                                                   wording=world["direction_words"],
                                                    shape_motions=_shape_motions(world))
     frames, captions, labels = starter_world.stack_clips(clips)
-    logger.info("Rendered %d starter-world clips (%d unique captions)", len(frames), len(set(captions)))
+    logger.info("Rendered %d starter-world clips from seed %d (%d unique captions)", len(frames), seed,
+                len(set(captions)))
     return {"clips": frames, "captions": captions, "labels": labels}
 
 
@@ -158,10 +165,15 @@ def pretrain_unet(world: dict[str, Any], latents: torch.Tensor,
     return unet.eval().requires_grad_(False), text_encoder.eval()
 
 
-def pretrain_motion_adapter(world: dict[str, Any], latents: torch.Tensor, unet: UNet2DConditionModel,
-                            text_encoder: CLIPTextModel,
+def pretrain_motion_adapter(world: dict[str, Any], latents: torch.Tensor, vae: AutoencoderKL,
+                            unet: UNet2DConditionModel, text_encoder: CLIPTextModel,
                             params: dict[str, Any]) -> tuple[MotionAdapter, CLIPTextModel, UNet2DConditionModel]:
     """Stage 3: train the motion adapter's temporal modules on the world's clips.
+
+    With ``motion_adapter.new_world_every: N`` the adapter sees a newly rendered world every N
+    steps (part k from seed ``seed + 10000 k``, encoded by ``vae``; part 0 is ``world``), the
+    learning rate staying on the schedule of the whole run. It then sees N distinct clips per
+    part instead of the same ones again; the committed starter's adapter was trained that way.
 
     Returns:
         The adapter; the text encoder, trained on with the adapter when
@@ -172,19 +184,50 @@ def pretrain_motion_adapter(world: dict[str, Any], latents: torch.Tensor, unet: 
     """
     stage = params["motion_adapter"]
     train_cross_attention = _switch(params, "motion_adapter", "train_cross_attention")
+    new_world_every = _new_world_every(stage)
     parts = _components(params)
     adapter = parts["motion_adapter"]
     motion_unet = starter.motion_unet_for_training(unet, adapter, train_cross_attention=train_cross_attention)
     config = training_config_from_params(stage["training"], len(latents))
-    starter.train_denoiser(motion_unet, parts["scheduler"], latents, world["captions"], parts["tokenizer"],
-                           text_encoder, config, Path(params["checkpoint_dir"]) / "motion_adapter",
-                           caption_dropout=float(stage["caption_dropout"]),
-                           text_encoder_learning_rate=_text_encoder_learning_rate(stage),
-                           top_timestep_share=float(stage["top_timestep_share"]),
-                           description="starter motion adapter")
+    checkpoint_dir = Path(params["checkpoint_dir"]) / "motion_adapter"
+    part = _world_part_to_resume(config, checkpoint_dir, new_world_every)
+    while True:
+        stop_at = min((part + 1) * new_world_every, config.max_steps) if new_world_every else None
+        if part > 0:
+            world = _render_world(params, int(params["seed"]) + 10_000 * part)
+            latents = starter.encode_clip_latents(vae, world["clips"])
+        starter.train_denoiser(motion_unet, parts["scheduler"], latents, world["captions"], parts["tokenizer"],
+                               text_encoder, config, checkpoint_dir, caption_dropout=float(stage["caption_dropout"]),
+                               text_encoder_learning_rate=_text_encoder_learning_rate(stage),
+                               top_timestep_share=float(stage["top_timestep_share"]),
+                               description=f"starter motion adapter (world {part})", stop_at=stop_at)
+        if stop_at is None or stop_at >= config.max_steps:
+            break
+        # The next part goes on from the checkpoint this one ended with.
+        config = dataclasses.replace(config, resume="latest")
+        part += 1
     if train_cross_attention:
         unet = starter.copy_cross_attention(motion_unet, unet)
     return starter.copy_motion_modules(motion_unet, adapter).eval(), text_encoder.eval(), unet
+
+
+def _new_world_every(stage: dict[str, Any]) -> int:
+    """``motion_adapter.new_world_every``: adapter steps per rendered world, 0 for one world throughout."""
+    value = stage.get("new_world_every", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"starter.motion_adapter.new_world_every must be a whole number of steps >= 0 "
+                         f"(0: one world throughout), got {value!r}")
+    return value
+
+
+def _world_part_to_resume(config: TrainingConfig, checkpoint_dir: Path, new_world_every: int) -> int:
+    """Which world part the run resumes in: the one holding the step its checkpoint is at."""
+    if not new_world_every or config.resume is None:
+        return 0
+    checkpoint = latest_checkpoint(checkpoint_dir) if config.resume == "latest" else Path(config.resume)
+    step = 0 if checkpoint is None else checkpoint_step(checkpoint)
+    # A finished run stays in its last part: nothing is rendered to train no step on it.
+    return min(step, max(config.max_steps - 1, 0)) // new_world_every
 
 
 def evaluator_training_clips(params: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, str]]]:
@@ -297,8 +340,9 @@ def publish_starter(vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder
         "steps": {stage: params[stage]["training"]["max_steps"] for stage in ("vae", "unet", "motion_adapter")},
         "text_encoder_trained_in": [stage for stage in ("unet", "motion_adapter")
                                     if _text_encoder_learning_rate(params[stage]) is not None],
-        "motion_adapter_stage": {key: params["motion_adapter"][key]
-                                 for key in ("train_cross_attention", "top_timestep_share")},
+        "motion_adapter_stage": {"train_cross_attention": params["motion_adapter"]["train_cross_attention"],
+                                 "top_timestep_share": params["motion_adapter"]["top_timestep_share"],
+                                 "new_world_every": _new_world_every(params["motion_adapter"])},
         **vae_metrics,
     }
     if continued_from:
