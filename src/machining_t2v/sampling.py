@@ -13,9 +13,11 @@ def image_pipeline(base, unet):
     """A ``StableDiffusionPipeline`` over loaded components, DDIM-sampled, without safety checker."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+    # clip_sample is set here: a checkpoint config without the key would inherit DDPM's True.
+    scheduler = DDIMScheduler.from_config(base.noise_scheduler.config, clip_sample=False)
     pipe = StableDiffusionPipeline(
         vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet,
-        scheduler=DDIMScheduler.from_config(base.noise_scheduler.config), safety_checker=None,
+        scheduler=scheduler, safety_checker=None,
         feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
@@ -67,7 +69,10 @@ def video_pipeline(base, motion_unet, motion_adapter):
     """An ``AnimateDiffPipeline`` over loaded components (motion UNet already built), DDIM-sampled."""
     from diffusers import AnimateDiffPipeline, DDIMScheduler
 
-    scheduler = DDIMScheduler.from_config(base.noise_scheduler.config, beta_schedule="linear", clip_sample=False,
+    from machining_t2v.diffusion import video_noise_scheduler
+
+    # AnimateDiff's sampler: the motion modules' linear betas, linspace timesteps, offset 1.
+    scheduler = DDIMScheduler.from_config(video_noise_scheduler(base.noise_scheduler).config,
                                           timestep_spacing="linspace", steps_offset=1)
     pipe = AnimateDiffPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
                                unet=motion_unet, motion_adapter=motion_adapter, scheduler=scheduler)
