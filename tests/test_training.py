@@ -479,3 +479,65 @@ def test_resume_accepts_checkpoints_with_the_former_loss_generator(tmp_path):
     assert resumed.resumed_from == str(old) and resumed.losses == full.losses
     for name, tensor in trainable_state(full_model).items():
         assert torch.equal(tensor, trainable_state(model)[name]), name
+
+
+# --------------------------------------------------------------------------- precision and optimizer
+
+
+@pytest.mark.parametrize(
+    ("requested", "cuda", "native_bf16", "expected"),
+    [
+        ("auto", False, False, "no"),       # a CPU trains in fp32
+        ("auto", True, True, "bf16"),       # A100/H100/RTX 30xx+
+        ("auto", True, False, "fp16"),      # T4/V100: bf16 only emulated
+        ("bf16", True, False, "fp16"),      # asked for, not native: falls back with a reason
+        ("fp16", False, False, "no"),
+        ("no", True, True, "no"),
+        ("bf16", True, True, "bf16"),
+    ],
+)
+def test_mixed_precision_is_chosen_for_the_device(requested, cuda, native_bf16, expected):
+    from machining_t2v.training import choose_mixed_precision
+
+    choice, reason = choose_mixed_precision(requested, cuda=cuda, native_bf16=native_bf16)
+    assert choice == expected
+    assert reason
+    if requested == "bf16" and cuda and not native_bf16:
+        assert "native" in reason and "fp16" in reason
+
+
+def test_unknown_mixed_precision_is_refused():
+    from machining_t2v.training import choose_mixed_precision
+
+    with pytest.raises(ValueError, match="fp8"):
+        choose_mixed_precision("fp8", cuda=True, native_bf16=True)
+
+
+def test_auto_precision_on_this_cpu_is_logged_with_its_reason(caplog):
+    from machining_t2v.finetune import training_config_from_params
+
+    with caplog.at_level("INFO", logger="machining_t2v.finetune"):
+        config = training_config_from_params({"mixed_precision": "auto", "max_steps": 1}, num_samples=4)
+    assert config.mixed_precision == "no"
+    assert "Mixed precision: no (no CUDA GPU" in caplog.text
+
+
+def test_8bit_adamw_on_a_cpu_is_refused_before_training():
+    from machining_t2v.finetune import training_config_from_params
+
+    with pytest.raises(ValueError, match="adamw8bit.*CUDA"):
+        training_config_from_params({"optimizer": "adamw8bit", "max_steps": 1}, num_samples=4)
+
+
+def test_unknown_optimizer_is_refused():
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        TrainingConfig(optimizer="sgd")
+
+
+def test_a_precision_fall_back_is_a_warning(caplog):
+    from machining_t2v.finetune import training_config_from_params
+
+    with caplog.at_level("INFO", logger="machining_t2v.finetune"):
+        config = training_config_from_params({"mixed_precision": "fp16", "max_steps": 1}, num_samples=4)
+    assert config.mixed_precision == "no"
+    assert [r.levelname for r in caplog.records if "Mixed precision" in r.getMessage()] == ["WARNING"]

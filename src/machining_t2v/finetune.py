@@ -24,7 +24,14 @@ import torch
 from PIL import Image
 
 from machining_t2v.diffusion import LossConfig, TrainingCache, noise_prediction_loss
-from machining_t2v.training import LossRandomness, TrainingConfig, TrainingResult, train
+from machining_t2v.training import (
+    LossRandomness,
+    TrainingConfig,
+    TrainingResult,
+    choose_mixed_precision,
+    train,
+    weight_dtype,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -103,22 +110,98 @@ class FitResult:
     seconds: float = 0.0
 
 
-def training_config_from_params(params: dict[str, Any], num_samples: int) -> TrainingConfig:
-    """A ``TrainingConfig`` from the ``training`` parameters.
+def training_device() -> torch.device:
+    """Where training runs: the CUDA GPU when there is one (as accelerate picks), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    ``num_train_epochs`` (if set) decides ``max_steps``; ``mixed_precision: auto`` means bf16
-    on a GPU that supports it and fp32 ("no") elsewhere.
+
+def training_config_from_params(params: dict[str, Any], num_samples: int) -> TrainingConfig:
+    """A ``TrainingConfig`` from the ``training`` parameters, checked before any model is loaded.
+
+    ``num_train_epochs`` (if set) decides ``max_steps``; ``mixed_precision`` is resolved for
+    this machine by :func:`choose_mixed_precision` and the choice is logged with its reason.
+
+    Raises:
+        ValueError: an unknown key or value, or ``optimizer: adamw8bit`` without a CUDA GPU.
     """
     params = dict(params)
     epochs = params.pop("num_train_epochs", None)
-    if params.get("mixed_precision") == "auto":
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        params["mixed_precision"] = "bf16" if bf16 else "no"
+    cuda = torch.cuda.is_available()
+    native_bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+    requested = params.get("mixed_precision", "auto")
+    precision, reason = choose_mixed_precision(requested, cuda=cuda, native_bf16=native_bf16)
+    # A fall-back from what was asked for is a warning; auto's choice is information.
+    (logger.info if requested in ("auto", precision) else logger.warning)("Mixed precision: %s (%s)", precision, reason)
+    params["mixed_precision"] = precision
     config = TrainingConfig.from_dict(params)
+    if config.optimizer == "adamw8bit" and not cuda:
+        raise ValueError("training.optimizer 'adamw8bit' (bitsandbytes) needs a CUDA GPU and this machine has "
+                         "none; use optimizer: adamw.")
     if epochs:
         samples_per_step = config.batch_size * config.gradient_accumulation_steps
         config = replace(config, max_steps=math.ceil(epochs * num_samples / samples_per_step))
     return config
+
+
+def place_frozen(modules: list[torch.nn.Module], config: TrainingConfig, device: torch.device) -> torch.dtype:
+    """Freeze ``modules`` and move them to ``device`` in the dtype of ``config``'s mixed precision.
+
+    Frozen weights in bf16/fp16 halve their memory (diffusers' LoRA examples do the same); the
+    LoRA weights added afterwards are kept in fp32 by :func:`trainable_in_fp32`.
+
+    Returns:
+        the frozen weights' dtype.
+    """
+    dtype = weight_dtype(config.mixed_precision)
+    for module in modules:
+        module.requires_grad_(False).to(device, dtype=dtype)
+    return dtype
+
+
+def trainable_in_fp32(model: torch.nn.Module) -> None:
+    """Keep the trainable (LoRA) weights in fp32: the optimizer steps and fp16's gradient scaler need it."""
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()
+
+
+def inference_autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Autocast for sampling and validation when the frozen weights are half precision."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def enable_gradient_checkpointing(unet: torch.nn.Module) -> int:
+    """Gradient checkpointing for the whole UNet, motion modules included.
+
+    diffusers' ``enable_gradient_checkpointing`` recomputes the resnets and spatial
+    transformers but keeps every activation of a ``UNetMotionModel``'s motion modules, which
+    at 16 frames is most of the memory; each motion module is wrapped here so it is recomputed
+    in backward too (non-reentrant, as diffusers does).
+
+    Returns:
+        the number of motion modules wrapped (0 for an image UNet).
+    """
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+    unet.enable_gradient_checkpointing()
+    wrapped = 0
+    for module in unet.modules():
+        if isinstance(module, AnimateDiffTransformer3D) and not getattr(module, "_checkpointed", False):
+            module.forward = _checkpointed_forward(module.forward)
+            module._checkpointed = True
+            wrapped += 1
+    return wrapped
+
+
+def _checkpointed_forward(forward: Callable) -> Callable:
+    def checkpointed(*args, **kwargs):
+        if torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+
+    return checkpointed
 
 
 @torch.no_grad()
@@ -129,10 +212,15 @@ def fixed_batch_loss(unet: torch.nn.Module, noise_scheduler, cache: TrainingCach
     was_training = unet.training
     unet.eval()
     randomness = LossRandomness.fixed(seed, len(indices))
-    loss = noise_prediction_loss(unet, noise_scheduler, cache.latents[indices].to(device),
-                                 cache.text_embeddings[indices].to(device), randomness, LossConfig())
+    with inference_autocast(device, _frozen_dtype(unet)):
+        loss = noise_prediction_loss(unet, noise_scheduler, cache.latents[indices].to(device),
+                                     cache.text_embeddings[indices].to(device), randomness, LossConfig())
     unet.train(was_training)
     return float(loss)
+
+
+def _frozen_dtype(model: torch.nn.Module) -> torch.dtype:
+    return next((p.dtype for p in model.parameters() if not p.requires_grad), torch.float32)
 
 
 def fit_lora(
@@ -150,14 +238,16 @@ def fit_lora(
     on_validate: Callable[[int], None] | None = None,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     description: str = "training",
+    loss_runs_backward: bool = False,
 ) -> FitResult:
     """Train the LoRA parameters of ``unet`` on the cached samples.
 
     ``compute_loss`` defaults to the plain noise-prediction loss over the cache; the motion
-    trainer passes its own (the MotionDirector dual path).
+    trainer passes its own (the MotionDirector dual path, which runs its parts' backward
+    itself: ``loss_runs_backward``, see :func:`machining_t2v.training.train`).
     """
     num_samples = cache.latents.shape[0]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = training_device()
     # The same validation samples whatever the seed: the first N in sample order.
     validation_indices = torch.arange(min(validation_batch_size, num_samples))
     validation_losses: dict[int, float] = {}
@@ -184,6 +274,7 @@ def fit_lora(
     result = train(
         unet, compute_loss, num_samples, config, checkpoint_dir, param_groups=param_groups, on_log=on_log,
         on_validate=validate, validate_every=validate_every, description=description,
+        loss_runs_backward=loss_runs_backward,
     )  # fmt: skip
     if result.global_step not in validation_losses:
         validation_losses[result.global_step] = fixed_batch_loss(

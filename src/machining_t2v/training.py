@@ -115,6 +115,7 @@ _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 _LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
 _MIXED_PRECISIONS = ("no", "fp16", "bf16")
+_OPTIMIZERS = ("adamw", "adamw8bit")
 # Config keys that change the training trajectory; a resume with different values is
 # allowed (e.g. a new learning rate on purpose) but is no longer a faithful continuation.
 _TRAJECTORY_KEYS = (
@@ -130,6 +131,7 @@ _TRAJECTORY_KEYS = (
     "max_grad_norm",
     "seed",
     "mixed_precision",
+    "optimizer",
 )
 
 
@@ -147,7 +149,10 @@ class TrainingConfig:
         adam_beta1, adam_beta2, adam_weight_decay, adam_epsilon: AdamW settings.
         max_grad_norm: Gradient-norm clip; ``<= 0`` disables clipping (norm still logged).
         seed: Seed of every random stream the loop owns.
-        mixed_precision: ``no``, ``fp16`` or ``bf16``; fp16 without CUDA falls back to ``no``.
+        mixed_precision: ``no``, ``fp16`` or ``bf16``; fp16 without CUDA falls back to ``no``
+            (callers resolve ``auto`` with :func:`choose_mixed_precision`).
+        optimizer: ``adamw`` (torch) or ``adamw8bit`` (bitsandbytes, CUDA only: its states take
+            a quarter of the memory).
         checkpoint_every: Periodic checkpoint interval in optimizer steps; 0 disables the
             periodic ones (the final checkpoint is always written).
         checkpoints_total_limit: Keep only this many newest checkpoints; None keeps all.
@@ -169,6 +174,7 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     mixed_precision: str = "no"
+    optimizer: str = "adamw"
     checkpoint_every: int = 50
     checkpoints_total_limit: int | None = 2
     resume: str | None = None
@@ -198,6 +204,8 @@ class TrainingConfig:
             problems.append(
                 f"mixed_precision must be one of {_MIXED_PRECISIONS}, got {self.mixed_precision!r}"
             )
+        if self.optimizer not in _OPTIMIZERS:
+            problems.append(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
         if problems:
             raise ValueError("Invalid TrainingConfig: " + "; ".join(problems))
 
@@ -220,6 +228,60 @@ class TrainingConfig:
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable copy of the config."""
         return dataclasses.asdict(self)
+
+
+def choose_mixed_precision(requested: str, *, cuda: bool, native_bf16: bool) -> tuple[str, str]:
+    """The mixed precision a run uses and why, from the one asked for and the device.
+
+    ``auto`` means bf16 where the GPU runs it natively, fp16 (with accelerate's gradient
+    scaler) on older GPUs, full precision on a CPU. ``torch.cuda.is_bf16_supported()`` says
+    True on T4/V100 through emulation, which is slow: pass
+    ``is_bf16_supported(including_emulation=False)`` as ``native_bf16``. An explicit bf16 on a
+    GPU without native bf16 falls back to fp16; fp16 without CUDA falls back to full precision.
+
+    Returns:
+        (``no`` | ``fp16`` | ``bf16``, a sentence for the log).
+    """
+    if requested not in ("auto", *_MIXED_PRECISIONS):
+        raise ValueError(f"mixed_precision must be auto or one of {_MIXED_PRECISIONS}, got {requested!r}")
+    if not cuda:
+        if requested == "fp16":
+            return "no", "fp16 was asked for but there is no CUDA GPU: full precision (fp32) on the CPU"
+        if requested == "bf16":
+            return "bf16", "bf16 as asked, on the CPU"
+        return "no", "no CUDA GPU: full precision (fp32) on the CPU"
+    if requested == "auto":
+        if native_bf16:
+            return "bf16", "auto: the GPU runs bf16 natively"
+        return "fp16", "auto: the GPU has no native bf16, so fp16 with a gradient scaler"
+    if requested == "bf16" and not native_bf16:
+        return "fp16", "bf16 was asked for but the GPU has no native bf16 (only emulated): fp16 with a gradient scaler"
+    return requested, f"{requested} as asked"
+
+
+def weight_dtype(mixed_precision: str) -> torch.dtype:
+    """The dtype of the frozen weights under ``mixed_precision`` (trainable ones stay fp32)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
+
+
+def make_optimizer(name: str, groups: list[dict], config: TrainingConfig, device: torch.device):
+    """AdamW from torch, or bitsandbytes' 8-bit AdamW (CUDA only), over ``groups``.
+
+    Raises:
+        ValueError: ``adamw8bit`` without a CUDA device, or bitsandbytes not installed.
+    """
+    options = {"lr": config.learning_rate, "betas": (config.adam_beta1, config.adam_beta2),
+               "weight_decay": config.adam_weight_decay, "eps": config.adam_epsilon}
+    if name == "adamw":
+        return torch.optim.AdamW(groups, **options)
+    if device.type != "cuda":
+        raise ValueError(f"optimizer 'adamw8bit' (bitsandbytes) needs a CUDA GPU; this run is on {device.type}. "
+                         "Use optimizer: adamw.")
+    try:
+        import bitsandbytes
+    except ImportError as error:
+        raise ValueError("optimizer 'adamw8bit' needs bitsandbytes: pip install -e \".[gpu]\"") from error
+    return bitsandbytes.optim.AdamW8bit(groups, **options)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -730,10 +792,12 @@ def _peak_memory_mb(device: torch.device) -> float:
 class _Run:
     """State of one call to :func:`train`: prepared objects, RNG streams, step and losses."""
 
-    def __init__(self, model, compute_loss, num_samples, config, checkpoint_dir, param_groups):
+    def __init__(self, model, compute_loss, num_samples, config, checkpoint_dir, param_groups,
+                 loss_runs_backward=False):
         self.config = config
         self.checkpoint_dir = Path(checkpoint_dir)
         self.compute_loss = compute_loss
+        self.loss_runs_backward = loss_runs_backward
         self.num_samples = num_samples
         self.accelerator = _make_accelerator(config)
         acc = self.accelerator
@@ -752,13 +816,7 @@ class _Run:
         ].tolist()
         model.train()
         groups = _make_param_groups(model, param_groups, config)
-        optimizer = torch.optim.AdamW(
-            groups,
-            lr=config.learning_rate,
-            betas=(config.adam_beta1, config.adam_beta2),
-            weight_decay=config.adam_weight_decay,
-            eps=config.adam_epsilon,
-        )
+        optimizer = make_optimizer(config.optimizer, groups, config, acc.device)
         # Device placement and mixed-precision autocast, but no DDP wrapper: gradients are
         # averaged explicitly in _sync_gradients (see the module docstring).
         self.model = acc.prepare_model(model, evaluation_mode=True)
@@ -1041,7 +1099,13 @@ class _Run:
                 randomness = LossRandomness(
                     cfg.seed, self.global_step + 1, micro_step, self.positions
                 )
-                loss = self.compute_loss(self.model, indices, randomness)
+                # A loss made of parts that need different model states in backward (the dual
+                # path's LoRA scales, recomputed under gradient checkpointing) runs each part's
+                # backward itself, through accelerate, and returns the detached sum.
+                if self.loss_runs_backward:
+                    loss = self.compute_loss(self.model, indices, randomness, acc.backward)
+                else:
+                    loss = self.compute_loss(self.model, indices, randomness)
                 # Every process must see the same value, or a NaN on one would hang the others.
                 mean_loss = acc.gather(loss.detach().float().reshape(1)).mean().item()
                 if not math.isfinite(mean_loss):
@@ -1049,8 +1113,9 @@ class _Run:
                         self.global_step + 1, mean_loss, self.last_checkpoint, self.checkpoint_dir
                     )
                 micro_losses.append(mean_loss)
-                # Backward: accelerate divides by the accumulation steps.
-                acc.backward(loss)
+                # Backward: accelerate divides by the accumulation steps (and scales for fp16).
+                if not self.loss_runs_backward:
+                    acc.backward(loss)
         # Average the gradients over processes, once per optimizer step.
         self._sync_gradients()
         # Clip: gradients are complete only after the last micro-step.
@@ -1093,6 +1158,7 @@ def train(
     progress: bool = True,
     description: str = "training",
     stop_at: int | None = None,
+    loss_runs_backward: bool = False,
 ) -> TrainingResult:
     """Train the ``requires_grad`` parameters of ``model`` until ``config.max_steps``.
 
@@ -1128,6 +1194,9 @@ def train(
             rate still on ``config.max_steps``'s schedule: a caller that changes the data
             between parts of one run (the starter's adapter stage renders a new world) calls
             again with ``resume="latest"`` and a later ``stop_at``, and the run goes on as one.
+        loss_runs_backward: ``compute_loss`` is called as ``compute_loss(model, indices,
+            randomness, backward)``, calls ``backward(part)`` on each part of its loss while the
+            model is in the state that part's forward used, and returns the detached total.
 
     Returns:
         A :class:`TrainingResult`.
@@ -1143,7 +1212,7 @@ def train(
     if stop_at is not None and stop_at < 0:
         raise ValueError(f"stop_at must be >= 0, got {stop_at}")
     last_step = config.max_steps if stop_at is None else min(stop_at, config.max_steps)
-    run = _Run(model, compute_loss, num_samples, config, checkpoint_dir, param_groups)
+    run = _Run(model, compute_loss, num_samples, config, checkpoint_dir, param_groups, loss_runs_backward)
     acc = run.accelerator
     if acc.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(acc.device)
