@@ -82,6 +82,11 @@ class BaseModel:
     source: str
     """The folder or hub id actually loaded (the tiny model's folder, not ``builtin:tiny``)."""
 
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell (8 for SD1.5 and the starter)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
 
 # --------------------------------------------------------------------------- tiny model
 
