@@ -91,6 +91,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(image_ft_run):
     assert [run.info.run_name for run in runs] == ["image_ft"]
     run = runs[0]
     assert run.data.params["image_ft.lora.rank"] == "8"
+    assert run.data.params["image_ft.beta_schedule"] == "scaled_linear"  # the image model's own schedule
     assert run.data.tags["base_model"].endswith("tiny-sd")
     history = client.get_metric_history(run.info.run_id, "image_ft.loss")
     assert [m.step for m in history] == [10, 20, 30, 40]  # image_ft.training.log_every: 10

@@ -103,6 +103,11 @@ def test_mlflow_run_holds_motion_metrics_and_files(motion_ft_run):
     history = client.get_metric_history(run.info.run_id, "motion_ft.loss")
     assert [m.step for m in history] == [10, 20, 30]  # motion_ft.training.log_every: 10
     assert run.data.tags["motion_ft.mode"] == "temporal"
+    # The schedule the LoRA trained under: the video sampler's linear betas, not the tiny model's scaled_linear.
+    assert run.data.params["motion_ft.beta_schedule"] == "linear"
+    assert run.data.params["motion_ft.prediction_type"] == "epsilon"
+    info = json.loads((motion_ft_run / "data/06_models/motion_lora/lora_info.json").read_text())
+    assert (info["beta_schedule"], info["prediction_type"]) == ("linear", "epsilon")
     files = {a.path for a in client.list_artifacts(run.info.run_id, "motion_lora")}
     assert "motion_lora/motion_lora_animatediff.safetensors" in files
     samples = {a.path for a in client.list_artifacts(run.info.run_id, "motion_ft_samples")}
@@ -198,7 +203,7 @@ def test_dual_path_clip_loss_keeps_the_configured_loss_options(motion_ft_run):
     from machining_t2v.diffusion import LossConfig, TrainingCache
     from machining_t2v.lora import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
     from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
-    from machining_t2v.pipelines.motion_ft.nodes import _dual_path_loss
+    from machining_t2v.pipelines.motion_ft.nodes import _adapter_parameters, dual_path_loss
     from machining_t2v.training import LossRandomness
 
     class TimestepRecordingScheduler(DDPMScheduler):
@@ -219,15 +224,117 @@ def test_dual_path_clip_loss_keeps_the_configured_loss_options(motion_ft_run):
     stills = TrainingCache(torch.randn(3, 4, 8, 8, generator=generator), torch.randn(3, 77, 32, generator=generator),
                            torch.zeros(1, 77, 32))
     config = LossConfig(top_timestep_share=1.0, top_timestep_window=100)
-    compute_loss = _dual_path_loss(clips, stills, scheduler, config, debias=1.0, spatial_dropout=0.5, device="cpu")
+    compute_loss = dual_path_loss(clips, stills, scheduler, config, _adapter_parameters(unet, "motion"),
+                                  _adapter_parameters(unet, "spatial"), debias=1.0, spatial_dropout=0.0, device="cpu")
     for step in range(1, 4):
-        loss = compute_loss(unet, torch.arange(4), LossRandomness(0, step, 0, range(4)))
+        loss = compute_loss(unet, torch.arange(4), LossRandomness(0, step, 0, range(4)), lambda part: part.backward())
         assert torch.isfinite(loss)
     # Stills go through the motion UNet as one-frame clips.
     clip_timesteps = torch.cat([t for frames, t in scheduler.noised if frames == 3])
     still_timesteps = torch.cat([t for frames, t in scheduler.noised if frames == 1])
     assert len(clip_timesteps) == 12 and len(still_timesteps) == 12
     assert clip_timesteps.min() >= 900 and still_timesteps.min() >= 900
+
+
+def _dual_setup(root, checkpointing=False):
+    """A tiny motion UNet with a motion and a spatial LoRA (non-zero, so both change the output) and caches."""
+    from machining_t2v.diffusion import TrainingCache
+    from machining_t2v.finetune import enable_gradient_checkpointing, seeded_lora_init
+    from machining_t2v.lora import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
+    from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
+    from machining_t2v.pipelines.motion_ft.nodes import _adapter_parameters
+
+    tiny = root / "data/06_models/tiny-sd"
+    unet = build_motion_unet(load_base_model("builtin:tiny", tiny).unet, load_motion_adapter("builtin:tiny", tiny))
+    unet.requires_grad_(False)
+    with seeded_lora_init(0):
+        add_lora(unet, rank=2, alpha=2, target_modules=MOTION_LORA_TARGETS, adapter_name="motion",
+                 init_lora_weights=False)
+        add_lora(unet, rank=2, alpha=2, target_modules=IMAGE_LORA_TARGETS, adapter_name="spatial",
+                 init_lora_weights=False)
+    unet.set_adapters(["motion", "spatial"])
+    motion, spatial = _adapter_parameters(unet, "motion"), _adapter_parameters(unet, "spatial")
+    for parameter in motion + spatial:
+        parameter.requires_grad_(True)
+    if checkpointing:
+        assert enable_gradient_checkpointing(unet) > 0
+    unet.train()
+    generator = torch.Generator().manual_seed(0)
+    clips = TrainingCache(torch.randn(2, 4, 3, 8, 8, generator=generator), torch.randn(2, 77, 32, generator=generator),
+                          torch.zeros(1, 77, 32))
+    stills = TrainingCache(torch.randn(3, 4, 8, 8, generator=generator), torch.randn(3, 77, 32, generator=generator),
+                           torch.zeros(1, 77, 32))
+    return unet, motion, spatial, clips, stills
+
+
+def _dual_gradients(root, spatial_dropout, checkpointing=False, only=None):
+    """Gradients of one dual step; ``only`` = "spatial" | "temporal" keeps just that path's backward."""
+    from diffusers import DDPMScheduler
+
+    from machining_t2v.diffusion import LossConfig
+    from machining_t2v.pipelines.motion_ft.nodes import dual_path_loss
+    from machining_t2v.training import LossRandomness
+
+    unet, motion, spatial, clips, stills = _dual_setup(root, checkpointing)
+    order = ["spatial", "temporal"] if spatial_dropout < 1 else ["temporal"]
+    calls = []
+
+    def backward(part):
+        name = order[len(calls)]
+        calls.append(name)
+        if only in (None, name):
+            part.backward()
+
+    compute_loss = dual_path_loss(clips, stills, DDPMScheduler(num_train_timesteps=1000), LossConfig(), motion,
+                                  spatial, debias=1.0, spatial_dropout=spatial_dropout, device="cpu")
+    compute_loss(unet, torch.arange(2), LossRandomness(0, 1, 0, range(2)), backward)
+    return ([None if p.grad is None else p.grad.clone() for p in motion],
+            [None if p.grad is None else p.grad.clone() for p in spatial], len(calls))
+
+
+def test_dual_path_routes_each_loss_to_its_own_lora(motion_ft_run):
+    """MotionDirector: the spatial LoRA learns from the still loss only, the temporal LoRA from the clip loss only."""
+    motion, spatial, parts = _dual_gradients(motion_ft_run, spatial_dropout=0.0)
+    assert parts == 2
+    motion_from_stills, spatial_from_stills, _ = _dual_gradients(motion_ft_run, 0.0, only="spatial")
+    motion_from_clips, spatial_from_clips, _ = _dual_gradients(motion_ft_run, 0.0, only="temporal")
+    # The clip loss reaches no spatial weight, the still loss no temporal weight.
+    assert all(grad is None or not grad.any() for grad in spatial_from_clips)
+    assert all(grad is None or not grad.any() for grad in motion_from_stills)
+    for grad, expected in zip(spatial, spatial_from_stills, strict=True):
+        torch.testing.assert_close(grad, expected)
+    for grad, expected in zip(motion, motion_from_clips, strict=True):
+        torch.testing.assert_close(grad, expected)
+    assert any(grad.abs().sum() > 0 for grad in spatial) and any(grad.abs().sum() > 0 for grad in motion)
+
+
+def test_dual_path_skips_the_still_loss_when_the_spatial_lora_is_dropped(motion_ft_run):
+    motion, spatial, parts = _dual_gradients(motion_ft_run, spatial_dropout=1.0)
+    assert parts == 1  # the clip loss only
+    assert all(grad is None for grad in spatial)
+    assert any(grad is not None and grad.abs().sum() > 0 for grad in motion)
+
+
+def test_dual_path_gradients_are_the_same_under_gradient_checkpointing(motion_ft_run):
+    """Checkpointing recomputes each block in backward with the LoRA scales its forward used."""
+    plain_motion, plain_spatial, _ = _dual_gradients(motion_ft_run, spatial_dropout=0.0)
+    ckpt_motion, ckpt_spatial, _ = _dual_gradients(motion_ft_run, spatial_dropout=0.0, checkpointing=True)
+    for grad, expected in zip(ckpt_motion + ckpt_spatial, plain_motion + plain_spatial, strict=True):
+        torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_motion_lora_trains_under_the_video_samplers_schedule(motion_ft_run, tmp_path):
+    """The tiny model's own config is scaled_linear (as SD1.5's); the motion LoRA trains and records linear."""
+    from diffusers import DDPMScheduler
+
+    assert DDPMScheduler.from_pretrained(motion_ft_run / "data/06_models/tiny-sd", subfolder="scheduler").config[
+        "beta_schedule"] == "scaled_linear"
+    clips, stills, captions = _inputs(motion_ft_run)
+    params = _params(tmp_path)
+    params["training"]["max_steps"] = 1
+    motion, _, _, summary = train_motion_lora(clips, stills, captions, None, _base_model(motion_ft_run), params)
+    assert motion.info["beta_schedule"] == "linear" and summary["beta_schedule"] == "linear"
+    assert motion.info["prediction_type"] == "epsilon"
 
 
 def test_lora_scale_switches_an_adapter_off_and_restores_it(motion_ft_run):

@@ -7,20 +7,25 @@ from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
-import torch
 from PIL import Image
 
 from machining_t2v import tracking
 from machining_t2v.datasets import TrainedLora
-from machining_t2v.diffusion import LossConfig, build_cache
+from machining_t2v.diffusion import LossConfig, build_cache, schedule_info
 from machining_t2v.finetune import (
     collect_captioned_stills,
+    enable_gradient_checkpointing,
     fit_lora,
+    inference_autocast,
+    place_frozen,
     run_summary,
     seeded_lora_init,
+    trainable_in_fp32,
     training_config_from_params,
+    training_device,
 )
 from machining_t2v.lora import IMAGE_LORA_TARGETS, add_lora, lora_state_dict
+from machining_t2v.memory import check_training_memory
 from machining_t2v.models import load_base_model
 from machining_t2v.sampling import comparison_grid, image_pipeline, sample_images
 
@@ -43,21 +48,27 @@ def train_image_lora(
         the trained LoRA, validation grids (base vs LoRA, same seeds) per validation step,
         and a summary of the run (losses, speed, memory, which models were used).
     """
+    # The training settings are checked (and the precision chosen) before any model is loaded.
+    config = training_config_from_params(params["training"], num_samples=len(stills))
     images, texts = collect_captioned_stills(stills, captions)
     # Load the frozen base model; LoRA is the only trainable part.
     base = load_base_model(base_model["pretrained"], base_model["tiny_model_dir"],
                            revision=base_model.get("revision"), variant=base_model.get("variant"))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    for module in (base.vae, base.text_encoder, base.unet):
-        module.requires_grad_(False).to(device)
-    config = training_config_from_params(params["training"], num_samples=len(images))
+    device = training_device()
+    frozen_dtype = place_frozen([base.vae, base.text_encoder, base.unet], config, device)
     lora_params = params["lora"]
     with seeded_lora_init(config.seed):
         lora_config = add_lora(base.unet, rank=int(lora_params["rank"]), alpha=float(lora_params["alpha"]),
                                dropout=float(lora_params.get("dropout", 0.0)),
                                target_modules=_lora_targets(lora_params.get("target_modules")))
+    trainable_in_fp32(base.unet)
     if params.get("gradient_checkpointing"):
-        base.unet.enable_gradient_checkpointing()
+        enable_gradient_checkpointing(base.unet)
+
+    check_training_memory(base.unet, [base.vae, base.text_encoder], device, batch_size=config.batch_size,
+                          latent_size=images.shape[1] // base.vae_scale_factor, num_frames=None, dtype=frozen_dtype,
+                          checkpointing=bool(params.get("gradient_checkpointing")), optimizer=config.optimizer,
+                          what="image LoRA training")
 
     # Encode every still and caption once; training then never touches the VAE or text encoder.
     cache = build_cache(base.tokenizer, base.text_encoder, base.vae, images, texts)
@@ -68,14 +79,17 @@ def train_image_lora(
         pipe = image_pipeline(base, base.unet)
         options = {"seed": int(validation["seed"]), "num_inference_steps": int(validation["num_inference_steps"]),
                    "guidance_scale": float(validation["guidance_scale"]), "resolution": images.shape[1]}
-        base.unet.disable_adapters()
-        base_images = sample_images(pipe, validation["prompts"], **options)
-        base.unet.enable_adapters()
-        lora_images = sample_images(pipe, validation["prompts"], **options)
+        with inference_autocast(device, frozen_dtype):
+            base.unet.disable_adapters()
+            base_images = sample_images(pipe, validation["prompts"], **options)
+            base.unet.enable_adapters()
+            lora_images = sample_images(pipe, validation["prompts"], **options)
         grids[f"step_{step:06d}"] = comparison_grid({"base": base_images, "image LoRA": lora_images},
                                                     validation["prompts"])
 
+    schedule = schedule_info(base.noise_scheduler)
     tracking.set_tags({"base_model": base.source, "lora_kind": "image"})
+    tracking.log_params({f"image_ft.{key}": value for key, value in schedule.items()})
     logger.info("Training an image LoRA (rank %s) on %d stills for %d steps on %s", lora_config.r, len(images),
                 config.max_steps, device)
     fit = fit_lora(
@@ -90,7 +104,7 @@ def train_image_lora(
         base.unet.eval()
         sample_grid(final_step)
 
-    summary = run_summary(fit, base.source, "image", config, device, num_samples=len(images))
+    summary = run_summary(fit, base.source, "image", config, str(device), num_samples=len(images), extra=schedule)
     first_val, last_val = fit.validation_losses[0], fit.validation_losses[final_step]
     tracking.log_metrics({"validation_loss_start": first_val, "validation_loss_end": last_val,
                           "steps_per_second": fit.training.steps_per_second,
@@ -100,6 +114,6 @@ def train_image_lora(
     trained = TrainedLora(
         state_dict={k: v.detach().cpu().contiguous() for k, v in lora_state_dict(base.unet).items()},
         lora_config=lora_config.to_dict(), kind="image",
-        info={"base_model": base.source, "steps": final_step, "trigger_captions": sorted(set(texts))[:20]},
+        info={"base_model": base.source, "steps": final_step, "trigger_captions": sorted(set(texts))[:20], **schedule},
     )  # fmt: skip
     return trained, grids, summary

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -14,14 +15,25 @@ from PIL import Image
 
 from machining_t2v import tracking
 from machining_t2v.datasets import TrainedLora
-from machining_t2v.diffusion import LossConfig, build_cache, noise_prediction_loss
+from machining_t2v.diffusion import (
+    LossConfig,
+    build_cache,
+    noise_prediction_loss,
+    schedule_info,
+    video_noise_scheduler,
+)
 from machining_t2v.finetune import (
     collect_captioned_clips,
     collect_captioned_stills,
+    enable_gradient_checkpointing,
     fit_lora,
+    inference_autocast,
+    place_frozen,
     run_summary,
     seeded_lora_init,
+    trainable_in_fp32,
     training_config_from_params,
+    training_device,
 )
 from machining_t2v.lora import (
     IMAGE_LORA_TARGETS,
@@ -31,6 +43,7 @@ from machining_t2v.lora import (
     lora_state_dict,
     merge_lora,
 )
+from machining_t2v.memory import check_training_memory
 from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
 from machining_t2v.sampling import sample_videos, side_by_side, video_pipeline
 
@@ -61,6 +74,8 @@ def train_motion_lora(
     mode = params.get("mode", "temporal")
     if mode not in MODES:
         raise ValueError(f"motion_ft.mode must be one of {MODES}, got {mode!r}")
+    # The training settings are checked (and the precision chosen) before any model is loaded.
+    config = training_config_from_params(params["training"], num_samples=len(clips))
     clip_frames, clip_texts = collect_captioned_clips(clips, captions, params.get("num_frames"))
     if mode == "dual":
         if not stills:
@@ -78,11 +93,10 @@ def train_motion_lora(
                          f"{base_model['motion_adapter']} handles at most motion_max_seq_length={max_frames}; "
                          "lower motion_ft.num_frames or frames.num_frames.")
     unet = build_motion_unet(base.unet, adapter)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    for module in (base.vae, base.text_encoder, unet):
-        module.requires_grad_(False).to(device)
+    # The motion LoRA trains under the schedule the video sampler uses (AnimateDiff's linear betas).
+    noise_scheduler = video_noise_scheduler(base.noise_scheduler)
 
-    # Freeze the image LoRA (if any) into the spatial weights; the motion LoRA trains on top.
+    # Freeze the image LoRA (if any) into the spatial weights, in full precision; the motion LoRA trains on top.
     image_scale = float(params.get("image_lora_scale", 0.0))
     image_lora_used = image_lora is not None and image_scale > 0
     if image_lora_used:
@@ -90,8 +104,9 @@ def train_motion_lora(
         logger.info("Merged the image LoRA from %s into %d modules at scale %s", image_lora.path, merged, image_scale)
     elif image_scale > 0:
         logger.warning("No image LoRA found (run image_ft first); training the motion LoRA on the base model alone.")
+    device = training_device()
+    frozen_dtype = place_frozen([base.vae, base.text_encoder, unet], config, device)
 
-    config = training_config_from_params(params["training"], num_samples=len(clip_frames))
     lora_params = params["lora"]
     with seeded_lora_init(config.seed):
         motion_config = add_lora(unet, rank=int(lora_params["rank"]), alpha=float(lora_params["alpha"]),
@@ -104,14 +119,20 @@ def train_motion_lora(
             spatial_config = add_lora(unet, rank=int(dual["spatial_rank"]), alpha=float(dual["spatial_alpha"]),
                                       target_modules=IMAGE_LORA_TARGETS, adapter_name="spatial")
         unet.set_adapters(["motion", "spatial"])
-        motion_params = [p for n, p in unet.named_parameters() if "lora_" in n and ".motion." in n]
-        spatial_params = [p for n, p in unet.named_parameters() if "lora_" in n and ".spatial." in n]
+        motion_params = _adapter_parameters(unet, "motion")
+        spatial_params = _adapter_parameters(unet, "spatial")
         for parameter in motion_params + spatial_params:
             parameter.requires_grad_(True)
         param_groups = [{"params": motion_params, "lr": config.learning_rate},
                         {"params": spatial_params, "lr": float(dual["spatial_learning_rate"])}]
+    trainable_in_fp32(unet)
     if params.get("gradient_checkpointing"):
-        unet.enable_gradient_checkpointing()
+        enable_gradient_checkpointing(unet)
+
+    check_training_memory(unet, [base.vae, base.text_encoder], device, batch_size=config.batch_size,
+                          latent_size=clip_frames.shape[2] // base.vae_scale_factor, num_frames=clip_frames.shape[1],
+                          dtype=frozen_dtype, checkpointing=bool(params.get("gradient_checkpointing")),
+                          optimizer=config.optimizer, what="motion LoRA training")
 
     # Encode every clip (and still) and caption once.
     cache = build_cache(base.tokenizer, base.text_encoder, base.vae, clip_frames, clip_texts)
@@ -119,8 +140,9 @@ def train_motion_lora(
     compute_loss = None
     if mode == "dual":
         still_cache = build_cache(base.tokenizer, base.text_encoder, base.vae, still_frames, still_texts)
-        compute_loss = _dual_path_loss(cache, still_cache, base.noise_scheduler, loss_config,
-                                       float(dual["appearance_debias"]), float(dual["spatial_dropout"]), device)
+        compute_loss = dual_path_loss(cache, still_cache, noise_scheduler, loss_config, motion_params,
+                                      spatial_params, float(dual["appearance_debias"]), float(dual["spatial_dropout"]),
+                                      device)
 
     validation = params["validation"]
     videos: dict[str, np.ndarray] = {}
@@ -130,20 +152,23 @@ def train_motion_lora(
         options = {"seed": int(validation["seed"]), "num_inference_steps": int(validation["num_inference_steps"]),
                    "guidance_scale": float(validation["guidance_scale"]), "num_frames": clip_frames.shape[1],
                    "resolution": clip_frames.shape[2]}
-        unet.disable_adapters()
-        base_videos = sample_videos(pipe, validation["prompts"], **options)
-        unet.enable_adapters()
-        lora_videos = sample_videos(pipe, validation["prompts"], **options)
+        with inference_autocast(device, frozen_dtype):
+            unet.disable_adapters()
+            base_videos = sample_videos(pipe, validation["prompts"], **options)
+            unet.enable_adapters()
+            lora_videos = sample_videos(pipe, validation["prompts"], **options)
         for number, (before, after) in enumerate(zip(base_videos, lora_videos, strict=True)):
             videos[f"step_{step:06d}_prompt{number}"] = side_by_side([before, after])
 
+    schedule = schedule_info(noise_scheduler)
     tracking.set_tags({"base_model": base.source, "motion_adapter": str(base_model["motion_adapter"]),
                        "motion_ft.mode": mode})
+    tracking.log_params({f"motion_ft.{key}": value for key, value in schedule.items()})
     logger.info("Training a %s motion LoRA (rank %s) on %d clips of %d frames for %d steps on %s", mode,
                 motion_config.r, len(clip_frames), clip_frames.shape[1], config.max_steps, device)
     fit = fit_lora(
-        unet, base.noise_scheduler, cache, loss_config, config, params["checkpoint_dir"],
-        param_groups=param_groups, compute_loss=compute_loss, validation_batch_size=int(validation["batch_size"]),
+        unet, noise_scheduler, cache, loss_config, config, params["checkpoint_dir"],
+        param_groups=param_groups, compute_loss=compute_loss, loss_runs_backward=mode == "dual", validation_batch_size=int(validation["batch_size"]),
         validate_every=int(validation["every"]), on_validate=sample_comparison,
         on_log=lambda step, metrics: tracking.log_metrics(metrics, step=step, prefix="motion_ft."),
         description=f"motion LoRA ({mode})",
@@ -152,12 +177,12 @@ def train_motion_lora(
         unet.eval()
         sample_comparison(fit.training.global_step)
 
-    summary = run_summary(fit, base.source, "motion", config, device, num_samples=len(clip_frames),
-                          extra={"mode": mode, "motion_adapter": str(base_model["motion_adapter"]),
+    summary = run_summary(fit, base.source, "motion", config, str(device), num_samples=len(clip_frames),
+                          extra={"mode": mode, "motion_adapter": str(base_model["motion_adapter"]), **schedule,
                                  "num_frames": int(clip_frames.shape[1]),
                                  "image_lora_merged": bool(image_lora_used), "image_lora_scale": image_scale})
     info = {"base_model": base.source, "motion_adapter": str(base_model["motion_adapter"]),
-            "steps": fit.training.global_step, "mode": mode, "num_frames": int(clip_frames.shape[1])}
+            "steps": fit.training.global_step, "mode": mode, "num_frames": int(clip_frames.shape[1]), **schedule}
     motion_lora = TrainedLora(state_dict=_cpu(lora_state_dict(unet, "motion")), lora_config=motion_config.to_dict(),
                               kind="motion", info=info)
     spatial_lora = TrainedLora(state_dict={}, lora_config={}, kind="image", info=info)
@@ -171,32 +196,61 @@ def _cpu(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
 
 
-def _dual_path_loss(clip_cache, still_cache, noise_scheduler, loss_config: LossConfig, debias: float,
-                    spatial_dropout: float, device: str) -> Callable:
-    """MotionDirector's step: spatial loss on stills (temporal LoRA off) + debiased temporal loss on clips."""
+def _adapter_parameters(model: torch.nn.Module, adapter_name: str) -> list[torch.nn.Parameter]:
+    return [p for n, p in model.named_parameters() if "lora_" in n and f".{adapter_name}." in n]
+
+
+@contextlib.contextmanager
+def _frozen(parameters: list[torch.nn.Parameter]) -> Iterator[None]:
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+
+
+def dual_path_loss(clip_cache, still_cache, noise_scheduler, loss_config: LossConfig,
+                   motion_params: list[torch.nn.Parameter], spatial_params: list[torch.nn.Parameter],
+                   debias: float, spatial_dropout: float, device) -> Callable:
+    """MotionDirector's step: the spatial LoRA learns from the still loss only, the temporal LoRA
+    from the (appearance-debiased) clip loss only.
+
+    Each path runs its forward and backward inside its own LoRA scales, so gradient
+    checkpointing recomputes a block with the scales its forward used; the other path's LoRA is
+    frozen meanwhile, so no gradient crosses over. On steps where the spatial LoRA is dropped
+    its still loss is skipped. Used with ``loss_runs_backward`` (see ``training.train``).
+    """
     # Every loss option of motion_ft.loss applies to the clips too; only the debias is the dual mode's own.
     temporal_config = dataclasses.replace(loss_config, appearance_debias=debias)
     num_stills = still_cache.latents.shape[0]
 
-    def compute_loss(model, indices, randomness):
-        # Spatial path: single stills as one-frame clips, temporal LoRA switched off. One still per
-        # clip of the batch, drawn from that clip's own generator (the same on any process count).
-        still_indices = randomness.randint(num_stills)
-        with lora_scale(model, "motion", 0.0):
-            spatial = noise_prediction_loss(
-                model, noise_scheduler, still_cache.latents[still_indices].unsqueeze(2).to(device),
-                still_cache.text_embeddings[still_indices].to(device), randomness, loss_config,
-                still_cache.empty_text_embedding,
-            )  # fmt: skip
-        # Temporal path: whole clips; the spatial LoRA is dropped on some steps so motion does not lean on it.
-        # A decision for the whole batch: drawn from the generator every process shares.
+    def compute_loss(model, indices, randomness, backward):
+        # Whether the spatial LoRA sits out this step: one decision for the whole batch, drawn
+        # from the generator every process shares.
         drop_spatial = bool(torch.rand((), generator=randomness.shared) < spatial_dropout)
-        with lora_scale(model, "spatial", 0.0 if drop_spatial else 1.0):
+        total = torch.zeros((), device=device)
+        # Spatial path: single stills as one-frame clips, the temporal LoRA off and frozen. One still
+        # per clip of the batch, drawn from that clip's own generator (the same on any process count).
+        if not drop_spatial:
+            still_indices = randomness.randint(num_stills)
+            with lora_scale(model, "motion", 0.0), _frozen(motion_params):
+                spatial = noise_prediction_loss(
+                    model, noise_scheduler, still_cache.latents[still_indices].unsqueeze(2).to(device),
+                    still_cache.text_embeddings[still_indices].to(device), randomness, loss_config,
+                    still_cache.empty_text_embedding,
+                )  # fmt: skip
+                backward(spatial)
+            total = total + spatial.detach()
+        # Temporal path: whole clips, with the spatial LoRA on (or dropped) but frozen.
+        with lora_scale(model, "spatial", 0.0 if drop_spatial else 1.0), _frozen(spatial_params):
             temporal = noise_prediction_loss(
                 model, noise_scheduler, clip_cache.latents[indices].to(device),
                 clip_cache.text_embeddings[indices].to(device), randomness, temporal_config,
                 clip_cache.empty_text_embedding,
             )  # fmt: skip
-        return spatial + temporal
+            backward(temporal)
+        return total + temporal.detach()
 
     return compute_loss
