@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from machining_t2v.diffusion import LossConfig, TrainingCache, noise_prediction_loss
+from machining_t2v.diffusion import LazySamples, LossConfig, TrainingCache, noise_prediction_loss
 from machining_t2v.training import (
     LossRandomness,
     TrainingConfig,
@@ -38,11 +38,12 @@ logger = logging.getLogger(__name__)
 
 def collect_captioned_stills(
     stills: dict[str, Callable[[], Image.Image]], captions: pd.DataFrame
-) -> tuple[np.ndarray, list[str]]:
+) -> tuple[LazySamples, list[str]]:
     """Pair every still of the ``stills`` dataset with its caption from ``captions``.
 
     Returns:
-        uint8 stills (N, S, S, 3) in sample-id order and their captions.
+        the stills (N, S, S, 3) in sample-id order, read from the dataset one at a time when
+        iterated (``build_cache`` takes them), and their captions.
     """
     if not stills:
         raise ValueError("The 'stills' dataset is empty: run the frames pipeline first "
@@ -56,17 +57,24 @@ def collect_captioned_stills(
         raise ValueError(f"{len(missing)} stills have no row in the 'captions' dataset (e.g. {missing[:3]}); "
                          "rerun the captions pipeline.")
     ids = sorted(stills)
-    images = np.stack([np.asarray(stills[sample_id]().convert("RGB")) for sample_id in ids])
-    return images, [str(caption_of[sample_id]) for sample_id in ids]
+
+    def load(sample_id: str) -> np.ndarray:
+        return np.asarray(stills[sample_id]().convert("RGB"))
+
+    size = _one_size({sample_id: load(sample_id).shape for sample_id in ids}, "stills")
+    return LazySamples(ids, load, size), [str(caption_of[sample_id]) for sample_id in ids]
 
 
 def collect_captioned_clips(
     clips: dict[str, Callable[[], np.ndarray]], captions: pd.DataFrame, num_frames: int | None
-) -> tuple[np.ndarray, list[str]]:
+) -> tuple[LazySamples, list[str]]:
     """Pair every clip of the ``clips`` dataset with its caption, cut to ``num_frames`` frames.
 
+    Every clip is read once here to check its length and frame size (one clip in memory at a time).
+
     Returns:
-        uint8 clips (N, F, S, S, 3) in sample-id order and their captions.
+        the clips (N, F, S, S, 3) in sample-id order, read from the dataset one at a time when
+        iterated (``build_cache`` takes them), and their captions.
     """
     if not clips:
         raise ValueError("The 'clips' dataset is empty: run the frames pipeline first "
@@ -79,14 +87,29 @@ def collect_captioned_clips(
     if missing:
         raise ValueError(f"{len(missing)} clips have no row in the 'captions' dataset (e.g. {missing[:3]}); "
                          "rerun the captions pipeline.")
-    loaded = {sample_id: clips[sample_id]() for sample_id in ids}
-    num_frames = num_frames or min(len(clip) for clip in loaded.values())
-    short = {sample_id: len(clip) for sample_id, clip in loaded.items() if len(clip) < num_frames}
+    shapes = {sample_id: clips[sample_id]().shape for sample_id in ids}
+    num_frames = num_frames or min(shape[0] for shape in shapes.values())
+    short = {sample_id: shape[0] for sample_id, shape in shapes.items() if shape[0] < num_frames}
     if short:
         raise ValueError(f"motion_ft.num_frames is {num_frames} but {len(short)} clips of the 'clips' dataset are "
                          f"shorter (e.g. {dict(list(short.items())[:3])}); raise frames.num_frames and rerun "
                          "the frames pipeline, or lower motion_ft.num_frames.")
-    return np.stack([loaded[sample_id][:num_frames] for sample_id in ids]), [str(caption_of[i]) for i in ids]
+    frame_size = _one_size({sample_id: shape[1:] for sample_id, shape in shapes.items()}, "clips")
+
+    def load(sample_id: str) -> np.ndarray:
+        return clips[sample_id]()[:num_frames]
+
+    return LazySamples(ids, load, (num_frames, *frame_size)), [str(caption_of[i]) for i in ids]
+
+
+def _one_size(shapes: dict[str, tuple[int, ...]], dataset: str) -> tuple[int, ...]:
+    """The one shape all samples share, or a ``ValueError`` naming samples of each size."""
+    example_of = {shape: sample_id for sample_id, shape in reversed(shapes.items())}
+    if len(example_of) > 1:
+        examples = ", ".join(f"{sample_id} {shape}" for shape, sample_id in sorted(example_of.items())[:3])
+        raise ValueError(f"The '{dataset}' dataset mixes frame sizes (e.g. {examples}); rerun the frames "
+                         "pipeline so that every sample has the same resolution.")
+    return next(iter(example_of))
 
 
 @contextlib.contextmanager
