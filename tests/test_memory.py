@@ -30,12 +30,17 @@ def _motion_unet(folder, checkpointing=False):
 
 def _measured_saved_bytes(unet, frames, latent):
     """What autograd really keeps from a real forward (CPU, math attention saves its weights too)."""
-    kept = []
+    kept = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
     sample = torch.randn(1, 4, frames, latent, latent)
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.numel() * t.element_size()) or t,
-                                                  lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         unet(sample, 10, encoder_hidden_states=torch.randn(frames, 77, 32))
-    return sum(kept)
+    return sum(kept.values())
 
 
 def test_activations_grow_with_frames_and_resolution_and_shrink_with_checkpointing(tmp_path):

@@ -140,9 +140,12 @@ def _saved_on_meta(unet: nn.Module, batch_size: int, latent_size: int, num_frame
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         nonlocal kept
-        if id(tensor) not in seen:  # a tensor saved by two operations is held once
-            seen.add(id(tensor))
-            kept += tensor.numel() * tensor.element_size()
+        # Memory is per storage: views and a tensor saved by two operations are held once. Meta
+        # storages have no address, so the storage object's own identity tells them apart.
+        storage = tensor.untyped_storage()
+        if storage._cdata not in seen:
+            seen.add(storage._cdata)
+            kept += storage.nbytes()
         return tensor
 
     # The blocks gradient checkpointing recomputes one at a time in backward.
