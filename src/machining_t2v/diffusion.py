@@ -150,8 +150,9 @@ def encode_frames(vae, frames: np.ndarray | Iterable[np.ndarray], batch_size: in
             raise ValueError(f"Frame size {width}x{height} is not divisible by the VAE scale factor {factor}; "
                              f"set frames.resolution to a multiple of {factor}.")
         pixels = images_to_tensor(batch).to(device, dtype)
-        latents.append(vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor)
-    return torch.cat(latents).float().cpu()
+        # Each batch leaves the GPU at once: the cache of a long run lives in host memory.
+        latents.append((vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor).float().cpu())
+    return torch.cat(latents)
 
 
 def build_cache(
