@@ -309,6 +309,15 @@ def test_a_broken_base_model_fails_the_run_before_any_data_is_prepared(project, 
         return [path for layer in layers for path in (project / "data" / layer).rglob("*") if path.is_file()]
 
     assert written("02_intermediate", "03_primary", "05_model_input", "06_models", "08_reporting") == []
+    # The failed run let go of the project lock: another process gets it at once.
+    import subprocess
+    import sys
+
+    from machining_t2v.hooks import lock_path
+
+    grab = ("import fcntl, sys; f = open(sys.argv[1], 'a'); "
+            "fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)")
+    assert subprocess.run([sys.executable, "-c", grab, str(lock_path(project))], timeout=60).returncode == 0
 
     # An evaluation CLIP that cannot be found stops a scoring pipeline the same way.
     missing_clip = tmp_path / "no_such_clip"

@@ -219,6 +219,14 @@ class ProjectRunLock:
         lock.acquire()
         self._lock = lock
 
+    @hook_impl(hookwrapper=True)
+    def before_pipeline_run(self) -> Any:
+        outcome = yield
+        if outcome.excinfo is not None:
+            # A hook stopped the run before its first node (e.g. ModelSourceCheck); Kedro calls
+            # neither after_pipeline_run nor on_pipeline_error then, so let go here.
+            self._release()
+
     @hook_impl(trylast=True)
     def after_pipeline_run(self) -> None:
         self._release()
