@@ -3,18 +3,21 @@ not any quality)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import CLIPModel
 
 from machining_t2v.clip_metrics import (
     STANDIN_CLIP,
     ClipScorer,
     build_standin_clip,
+    check_clip_source,
     clip_f,
     clip_t,
     load_clip_scorer,
@@ -83,6 +86,43 @@ def test_missing_or_foreign_folders_are_refused(tmp_path):
         build_standin_clip(foreign)
     with pytest.raises(ValueError, match="standin_dir"):
         load_clip_scorer(STANDIN_CLIP)
+
+
+def test_a_named_clip_that_cannot_be_loaded_is_an_error_naming_it_never_the_standin(
+    tmp_path, standin_dir, scorer, monkeypatch
+):
+    # The network to the Hub is down here; offline mode makes the hub id fail at once
+    # (huggingface_hub reads the variable when imported, so its constant is set too).
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    hub_id = "openai/clip-vit-base-patch32-not-cached"
+    for check in (check_clip_source, load_clip_scorer):
+        with pytest.raises(OSError, match=f"could not load CLIP model '{hub_id}'.*evaluation.clip_model"):
+            check(hub_id)
+        with pytest.raises(FileNotFoundError, match="CLIP model folder not found: .*no_such_clip"):
+            check(str(tmp_path / "no_such_clip"))
+    # A folder that is not a whole CLIP: an empty one, a text encoder alone (whose weights would
+    # otherwise load into a CLIPModel with a random vision tower) and weights that lack tensors.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=f"CLIP model {empty} cannot be loaded: no config.json"):
+        load_clip_scorer(str(empty))
+    text_only = tmp_path / "text_only"
+    scorer.model.text_model.save_pretrained(text_only)
+    with pytest.raises(ValueError, match="text_only cannot be loaded: config.json has model_type"):
+        check_clip_source(str(text_only))
+    partial = tmp_path / "partial"
+    shutil.copytree(standin_dir, partial)
+    (partial / "standin_clip.json").unlink()
+    weights = load_file(partial / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("vision_model.")},
+              partial / "model.safetensors")
+    assert check_clip_source(str(partial)) == f"CLIP folder {partial}"  # the layout is whole
+    with pytest.raises(ValueError, match=r"partial cannot be loaded: its weights lack \d+ of the model's"):
+        load_clip_scorer(str(partial))
+    assert "built when first loaded" in check_clip_source(STANDIN_CLIP)
 
 
 def test_embeddings_are_unit_vectors(scorer, frames):

@@ -687,6 +687,9 @@ def test_publishing_replaces_an_earlier_starter_but_never_a_folder_of_other_file
     # A later run without a training time (a hand-made marker) still replaces it.
     starter.save_starter(folder, parts, {"note": "second run"})
     assert json.loads((folder / starter.STARTER_MARKER).read_text())["note"] == "second run"
+    # fp16 files whose text encoder config asks for fp32, so plain from_pretrained never mixes dtypes.
+    assert json.loads((folder / "text_encoder" / "config.json").read_text())["dtype"] == "float32"
+    assert {t.dtype for t in load_file(folder / "text_encoder" / "model.safetensors").values()} == {torch.float16}
 
     users_model = tmp_path / "my_sd15"
     users_model.mkdir()
@@ -836,3 +839,55 @@ def test_gpu_environment_changes_budgets_and_keeps_the_rest_of_the_recipe():
         {"train_cross_attention": True, "top_timestep_share": 0.5}
     assert gpu["unet"]["training"]["learning_rate"] == base["unet"]["training"]["learning_rate"]
     assert gpu["checkpoint_dir"] != base["checkpoint_dir"]
+
+
+@pytest.mark.skipif(not COMMITTED_STARTER.is_dir(), reason="no starter model committed in models/starter")
+def test_committed_starter_runs_in_plain_diffusers_with_default_arguments():
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(COMMITTED_STARTER))
+    assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {torch.float32}
+    image = pipe("a red circle standing still on a plain grey background", num_inference_steps=2, height=64,
+                 width=64, generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    assert image.shape == (64, 64, 3) and np.isfinite(image).all()
+    # The weights on disk stay fp16: only the text encoder's config names the dtype to load in.
+    weights = load_file(COMMITTED_STARTER / "text_encoder" / "model.safetensors")
+    assert {tensor.dtype for tensor in weights.values()} == {torch.float16}
+
+
+@pytest.mark.skipif(not COMMITTED_STARTER.is_dir(), reason="no starter model committed in models/starter")
+def test_readme_animatediff_example_runs_on_the_committed_starter(tmp_path, monkeypatch):
+    """The README's diffusers snippet, with the starter's folders for the hub ids and a short run."""
+    import re
+
+    from machining_t2v.lora import (
+        IMAGE_LORA_TARGETS,
+        MOTION_LORA_TARGETS,
+        add_lora,
+        lora_state_dict,
+        save_diffusers_lora,
+    )
+    from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
+
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    snippet = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S)
+                   if "AnimateDiffPipeline.from_pretrained" in block)
+    snippet = snippet.replace('"guoyww/animatediff-motion-adapter-v1-5-3"', repr(str(COMMITTED_STARTER / "motion_adapter")))
+    snippet = snippet.replace('"stable-diffusion-v1-5/stable-diffusion-v1-5"', repr(str(COMMITTED_STARTER)))
+    snippet, calls = re.subn(r"num_frames=16\)", "num_frames=4, num_inference_steps=2, output_type='np')", snippet)
+    assert calls == 1 and "models/starter" in snippet
+    # The two LoRA folders the snippet loads, written as image_ft and motion_ft write them.
+    monkeypatch.chdir(tmp_path)
+    base = load_base_model(str(COMMITTED_STARTER), tmp_path / "unused")
+    add_lora(base.unet, rank=4, alpha=4, target_modules=IMAGE_LORA_TARGETS)
+    image_config = base.unet.peft_config["default"]
+    save_diffusers_lora(lora_state_dict(base.unet), image_config, "data/06_models/image_lora", kind="image")
+    fresh = load_base_model(str(COMMITTED_STARTER), tmp_path / "unused")
+    motion_unet = build_motion_unet(fresh.unet, load_motion_adapter(str(COMMITTED_STARTER / "motion_adapter"),
+                                                                    tmp_path / "unused"))
+    motion_config = add_lora(motion_unet, rank=4, alpha=4, target_modules=MOTION_LORA_TARGETS)
+    save_diffusers_lora(lora_state_dict(motion_unet), motion_config, "data/06_models/motion_lora", kind="motion")
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example
+    frames = namespace["frames"]
+    assert np.asarray(frames).shape == (4, 64, 64, 3)

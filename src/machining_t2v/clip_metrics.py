@@ -12,6 +12,7 @@ This module must not import Kedro: it also runs in notebooks and evaluation scri
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -229,6 +230,86 @@ def _looks_like_path(spec: str) -> bool:
     return os.sep in spec and not _HUB_ID_RE.match(spec)
 
 
+_CLIP_FOLDER_LAYOUT = (
+    "expected a transformers CLIPModel folder with config.json (model_type clip), safetensors weights, "
+    "tokenizer files (tokenizer.json or vocab.json + merges.txt) and preprocessor_config.json"
+)
+_CLIP_HELP = (
+    "Set evaluation.clip_model to a local CLIP folder, a hub id that is reachable or already in the "
+    f"Hugging Face cache (e.g. openai/clip-vit-base-patch32), or {STANDIN_CLIP} for the random-weight "
+    "stand-in (its scores mean nothing)"
+)
+
+
+def _clip_folder_problems(folder: Path) -> list[str]:
+    problems = []
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        problems.append("no config.json")
+    else:
+        try:
+            model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError) as error:
+            model_type = f"unreadable ({error})"
+        if model_type != "clip":
+            problems.append(f"config.json has model_type {model_type!r}, not 'clip'")
+    if not any(next(folder.glob(p), None) for p in ("*.safetensors", "*.safetensors.index.json")):
+        problems.append("no safetensors weights")
+    if not ((folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file()):
+        problems.append("no tokenizer files")
+    if not (folder / "preprocessor_config.json").is_file():
+        problems.append("no preprocessor_config.json")
+    return problems
+
+
+def _resolve_clip(spec: str) -> tuple[str, bool]:
+    """(name to load, is_local) for a CLIP spec other than the stand-in; checks a local folder's layout."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        problems = _clip_folder_problems(path) if path.is_dir() else ["not a folder"]
+        if problems:
+            raise ValueError(f"CLIP model {spec} cannot be loaded: {'; '.join(problems)} ({_CLIP_FOLDER_LAYOUT}). "
+                             f"{_CLIP_HELP}.")
+        return str(path), True
+    if _looks_like_path(spec):
+        raise FileNotFoundError(f"CLIP model folder not found: {spec}. {_CLIP_HELP}.")
+    return spec, False
+
+
+def _check_clip_hub(repo_id: str) -> None:
+    """Fetch the config first, so a wrong id or no network fails once, naming the id, instead of
+    after per-file retries."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(repo_id, "config.json")
+    except Exception as error:
+        raise OSError(f"could not load CLIP model '{repo_id}' from the Hugging Face Hub (fetching config.json): "
+                      f"{str(error).rstrip('.')}. {_CLIP_HELP}.") from error
+
+
+def check_clip_source(spec: str) -> str:
+    """Check, without loading weights, that the CLIP of ``evaluation.clip_model`` can be found.
+
+    The stand-in is always fine (it is built when first loaded); a folder must hold a whole CLIP
+    (config, safetensors weights, tokenizer, image processor); a hub id must answer for its
+    config.json (or have it in the local cache).
+
+    Returns:
+        A line saying what was found, for the log.
+
+    Raises:
+        FileNotFoundError, ValueError, OSError: the CLIP cannot be loaded; the message names it.
+    """
+    if spec == STANDIN_CLIP:
+        return f"CLIP {STANDIN_CLIP} (built when first loaded; its scores mean nothing)"
+    name, is_local = _resolve_clip(spec)
+    if is_local:
+        return f"CLIP folder {name}"
+    _check_clip_hub(name)
+    return f"CLIP {name} on the Hugging Face Hub (or its local cache)"
+
+
 def load_clip_scorer(spec: str, standin_dir: str | Path | None = None) -> ClipScorer:
     """Load a CLIP scorer.
 
@@ -239,9 +320,14 @@ def load_clip_scorer(spec: str, standin_dir: str | Path | None = None) -> ClipSc
             remote code is never trusted.
         standin_dir: where the stand-in lives; required only for :data:`STANDIN_CLIP`.
 
+    A CLIP that is named but cannot be loaded is an error naming it: never a silent fall-back
+    to the stand-in, and never a model whose weights only partly come from the checkpoint.
+
     Raises:
         FileNotFoundError: ``spec`` looks like a local path that does not exist (names it).
-        ValueError: :data:`STANDIN_CLIP` without ``standin_dir``.
+        ValueError: :data:`STANDIN_CLIP` without ``standin_dir``; a folder that is not a whole
+            CLIP, or whose weights do not cover the model (names it).
+        OSError: a hub id that could not be loaded (names it).
     """
     if spec == STANDIN_CLIP:
         if standin_dir is None:
@@ -250,19 +336,24 @@ def load_clip_scorer(spec: str, standin_dir: str | Path | None = None) -> ClipSc
         # Any seed's stand-in is reused as is; only a missing or out-of-date one is built.
         if not standin_clip_exists(folder):
             build_standin_clip(folder)
-        name, source = str(folder), STANDIN_CLIP
+        name, source, is_local = str(folder), STANDIN_CLIP, True
     else:
-        path = Path(spec).expanduser()
-        if path.exists():
-            name, source = str(path), str(path)
-        elif _looks_like_path(spec):
-            raise FileNotFoundError(f"CLIP model folder not found: {spec}")
-        else:
-            name, source = spec, spec
-    model = CLIPModel.from_pretrained(name, use_safetensors=True)
+        name, is_local = _resolve_clip(spec)
+        source = name
+        if not is_local:
+            _check_clip_hub(name)
+    try:
+        model, loading = CLIPModel.from_pretrained(name, use_safetensors=True, output_loading_info=True)
+        tokenizer = CLIPTokenizer.from_pretrained(name)
+        image_processor = CLIPImageProcessorPil.from_pretrained(name)
+    except Exception as error:
+        reason = f"{type(error).__name__}: {str(error).rstrip('.')}"
+        raise OSError(f"could not load CLIP model '{spec}': {reason}. {_CLIP_HELP}.") from error
+    missing = list(loading.get("missing_keys") or [])
+    if missing:
+        raise ValueError(f"CLIP model {spec} cannot be loaded: its weights lack {len(missing)} of the model's "
+                         f"tensors (e.g. {', '.join(missing[:3])}); it is not a whole CLIP. {_CLIP_HELP}.")
     model.eval()
-    tokenizer = CLIPTokenizer.from_pretrained(name)
-    image_processor = CLIPImageProcessorPil.from_pretrained(name)
     # A stand-in reached through its folder path is still a stand-in.
     is_standin = spec == STANDIN_CLIP or read_marker(Path(name), _STANDIN_MARKER) is not None
     if is_standin:

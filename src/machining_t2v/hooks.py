@@ -21,6 +21,14 @@ whole-folder MLflow artifacts.
     same way. ``MACHINING_T2V_REQUIRE_MLFLOW=1`` restores the strict behaviour (the run fails).
     Configuration errors in ``mlflow.yml`` still fail the run.
 
+``ModelSourceCheck``
+    Before a pipeline that loads the base model (a node taking ``params:base_model``) runs its
+    first node, checks that the base model and the motion adapter can be found
+    (:func:`machining_t2v.models.check_model_sources`: a folder's layout, or one small file of a
+    hub id; no weights are loaded), and likewise the evaluation's CLIP when the pipeline scores
+    (``params:evaluation``). A wrong id or a broken folder then fails the run in seconds with
+    the loaders' own error, before any frames or captions are prepared.
+
 ``MlflowArtifactHooks``
     kedro-mlflow's ``MlflowArtifactDataset`` logs single files; LoRA folders and sample-grid
     folders need whole-folder logging, so datasets opt in through their catalog metadata::
@@ -211,6 +219,14 @@ class ProjectRunLock:
         lock.acquire()
         self._lock = lock
 
+    @hook_impl(hookwrapper=True)
+    def before_pipeline_run(self) -> Any:
+        outcome = yield
+        if outcome.excinfo is not None:
+            # A hook stopped the run before its first node (e.g. ModelSourceCheck); Kedro calls
+            # neither after_pipeline_run nor on_pipeline_error then, so let go here.
+            self._release()
+
     @hook_impl(trylast=True)
     def after_pipeline_run(self) -> None:
         self._release()
@@ -349,6 +365,28 @@ class ResilientMlflowHook(MlflowHook):
         self._guard("marking the MLflow run failed",
                     lambda: super(ResilientMlflowHook, self).on_pipeline_error(error, run_params, pipeline,
                                                                                 catalog))  # fmt: skip
+
+
+# --------------------------------------------------------------------------- model sources
+
+
+class ModelSourceCheck:
+    """Fail a run whose base model, motion adapter or evaluation CLIP cannot be found, before its first node."""
+
+    @hook_impl(tryfirst=True)  # before the MLflow run is opened: a failed check leaves no run behind
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        inputs = {name for node in pipeline.nodes for name in node.inputs}
+        if "params:base_model" in inputs:
+            from machining_t2v.models import check_model_sources
+
+            for line in check_model_sources(catalog.load("params:base_model")):
+                logger.info("Found %s", line)
+        if "params:evaluation" in inputs:
+            from machining_t2v.clip_metrics import check_clip_source
+
+            evaluation = catalog.load("params:evaluation") or {}
+            if evaluation.get("clip_model"):
+                logger.info("Found %s", check_clip_source(str(evaluation["clip_model"])))
 
 
 # --------------------------------------------------------------------------- artifacts

@@ -505,3 +505,106 @@ def build_motion_unet(unet: UNet2DConditionModel, adapter: MotionAdapter) -> UNe
         )
     # from_unet2d already casts to the UNet's dtype but builds on the CPU.
     return UNetMotionModel.from_unet2d(unet, adapter).to(device=unet.device)
+
+
+# --------------------------------------------------------------------------- checks before a run
+
+
+_WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
+
+
+def _has_safetensors(folder: Path) -> bool:
+    return any(next(folder.glob(pattern), None) is not None for pattern in _WEIGHT_PATTERNS)
+
+
+def check_model_sources(base_model: dict[str, Any]) -> list[str]:
+    """Check that the base model and the motion adapter of ``base_model`` parameters can be found.
+
+    Cheap and without loading any weights, so a run can fail in seconds before it prepares any
+    data: a local folder must have the diffusers layout (and safetensors weights in the parts
+    that carry weights); a hub id must answer for one small file (``model_index.json`` /
+    ``config.json``), fetched as :func:`load_base_model` and :func:`load_motion_adapter` do
+    first. ``builtin:tiny`` is always fine (it is built when first loaded).
+
+    Args:
+        base_model: the ``base_model`` parameters (``pretrained``, ``motion_adapter``, and
+            optionally ``revision``).
+
+    Returns:
+        One line per source saying what was found, for the log.
+
+    Raises:
+        FileNotFoundError: a path-like id that does not exist (as the loaders raise it).
+        ValueError: a folder without the expected layout or weights, naming it.
+        OSError: a hub id that could not be reached, naming it.
+    """
+    revision = base_model.get("revision")
+    found: list[str] = []
+    pretrained = str(base_model["pretrained"])
+    if pretrained == TINY_MODEL:
+        found.append(f"base model {TINY_MODEL} (built when first loaded)")
+    else:
+        spec, is_local = _resolve(pretrained, what="base model")
+        if is_local:
+            missing = _missing_diffusers_parts(Path(spec))
+            if missing:
+                raise ValueError(f"{spec}: {_EXPECTED_LAYOUT} (missing: {', '.join(missing)})")
+            unweighted = [part for part in ("unet", "vae", "text_encoder") if not _has_safetensors(Path(spec, part))]
+            if unweighted:
+                raise ValueError(f"{spec}: no safetensors weights in {', '.join(p + '/' for p in unweighted)} "
+                                 f"(only safetensors are loaded)")
+            found.append(f"base model folder {spec}")
+        else:
+            _check_hub(spec, "model_index.json", revision, "base model")
+            found.append(f"base model {spec} on the Hugging Face Hub (or its local cache)")
+
+    adapter = str(base_model["motion_adapter"])
+    if adapter == TINY_MODEL:
+        found.append(f"motion adapter {TINY_MODEL} (built when first loaded)")
+    else:
+        folder, is_local = _resolve(adapter, what="motion adapter")
+        if is_local:
+            if not (Path(folder) / "config.json").is_file():
+                raise ValueError(f"{folder}: expected a diffusers MotionAdapter folder with config.json")
+            if not _has_safetensors(Path(folder)):
+                raise ValueError(f"{folder}: no safetensors weights in the motion adapter folder "
+                                 f"(only safetensors are loaded)")
+            found.append(f"motion adapter folder {folder}")
+        else:
+            _check_hub(folder, "config.json", revision, "motion adapter")
+            found.append(f"motion adapter {folder} on the Hugging Face Hub (or its local cache)")
+    return found
+
+
+def _config_value(config: Any, key: str) -> Any:
+    return config[key] if isinstance(config, dict) else getattr(config, key)
+
+
+def native_resolution(unet_config: Any, vae_config: Any) -> int:
+    """The base model's native image side in px: ``unet.config.sample_size`` x the VAE's scale factor
+    (512 for SD1.5, 64 for the starter and the tiny model). Configs may be objects or dicts."""
+    sample_size = _config_value(unet_config, "sample_size")
+    if isinstance(sample_size, (list, tuple)):
+        sample_size = min(sample_size)
+    scale_factor = 2 ** (len(_config_value(vae_config, "block_out_channels")) - 1)
+    return int(sample_size) * scale_factor
+
+
+def warn_if_low_resolution(unet_config: Any, vae_config: Any, resolution: int, what: str) -> bool:
+    """Log a warning when ``resolution`` is under half the base model's native size.
+
+    A model trained at 512 px draws poorly, and learns a LoRA that transfers poorly, at 128 px;
+    the warning names both numbers so the user can raise ``frames.still_resolution`` /
+    ``frames.clip_resolution`` (or knowingly keep a small size for a smoke test).
+
+    Returns:
+        True when it warned.
+    """
+    native = native_resolution(unet_config, vae_config)
+    if int(resolution) * 2 >= native:
+        return False
+    logger.warning("%s runs at %d px, under half the base model's native %d px: a model pretrained at %d px "
+                   "learns little that transfers at that size. Raise frames.still_resolution / "
+                   "frames.clip_resolution towards %d unless this is only a smoke test.",
+                   what, int(resolution), native, native, native)  # fmt: skip
+    return True

@@ -2,12 +2,19 @@
 
 from kedro.config import OmegaConfigLoader
 
-from machining_t2v.hooks import MlflowArtifactHooks, ProjectRunLock, ResilientMlflowHook
+from machining_t2v.hooks import (
+    MlflowArtifactHooks,
+    ModelSourceCheck,
+    ProjectRunLock,
+    ResilientMlflowHook,
+)
 
 # ProjectRunLock: one run of a project at a time (a second one waits; see hooks.py).
 # ResilientMlflowHook is kedro-mlflow's hook that survives an unreachable tracking store; it
 # replaces the copy the kedro-mlflow plugin registers itself, which is disabled here.
-HOOKS = (ProjectRunLock(), ResilientMlflowHook(), MlflowArtifactHooks())
+# ModelSourceCheck: a base model, motion adapter or CLIP that cannot be found fails the run
+# before its first node.
+HOOKS = (ProjectRunLock(), ResilientMlflowHook(), ModelSourceCheck(), MlflowArtifactHooks())
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader

@@ -28,6 +28,7 @@ The result is an ordinary diffusers pipeline folder (safetensors, fp16) plus
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -417,8 +418,12 @@ def save_starter(folder: str | Path, parts: dict[str, Any], marker: dict[str, An
     """Write the starter as a diffusers folder in fp16 (safetensors) plus ``motion_adapter/``.
 
     fp16 halves the committed size; ``from_pretrained`` loads it into fp32 models unless a
-    dtype is asked for. ``folder`` may hold an earlier starter (it is replaced), never anything
-    else: a folder with files but no starter marker is refused, not deleted.
+    dtype is asked for. diffusers upcasts its own parts by default, but transformers 5 loads a
+    text encoder in the ``dtype`` its config names, so the config names float32: a plain
+    ``StableDiffusionPipeline.from_pretrained(folder)`` then runs on a CPU without mixing
+    dtypes (the fp16 weights widen losslessly). ``folder`` may hold an earlier starter (it is
+    replaced), never anything else: a folder with files but no starter marker is refused, not
+    deleted.
     """
     from machining_t2v.builtin_folders import publish_folder, read_marker, refuse_foreign_folder
 
@@ -432,6 +437,10 @@ def save_starter(folder: str | Path, parts: dict[str, Any], marker: dict[str, An
                                        requires_safety_checker=False)
         pipe.save_pretrained(tmp, safe_serialization=True)
         adapter.save_pretrained(tmp / "motion_adapter", safe_serialization=True)
+        text_config = tmp / "text_encoder" / "config.json"
+        config = json.loads(text_config.read_text(encoding="utf-8"))
+        config["dtype"] = "float32"  # loaded as fp32 by default, like the diffusers parts (see above)
+        text_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         for part in parts.values():
             if isinstance(part, torch.nn.Module):
                 part.float()

@@ -148,3 +148,41 @@ def test_deprecated_pipeline_flag_still_runs_from_the_cli(project):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (project / "data/03_primary/frame_manifest.csv").is_file()
     assert len(list((project / "data/05_model_input/stills").glob("*.png"))) == 4
+
+
+def test_stills_and_clips_come_out_at_their_own_resolutions(tmp_path):
+    write_test_video(tmp_path / "v" / "a.mp4", num_frames=30, width=96, height=64)
+    folder = VideoFolderDataset(path=str(tmp_path / "v")).load()
+    stills, clips, manifest, _ = extract_frames_and_clips(
+        folder, {**PARAMS, "still_resolution": 48, "clip_resolution": 16})
+    assert stills and clips
+    assert all(image.size == (48, 48) for image in stills.values())
+    assert all(clip.shape == (4, 16, 16, 3) for clip in clips.values())
+    sizes = manifest.groupby("kind")[["width", "height"]].agg(set).to_dict("index")
+    assert sizes == {"still": {"width": {48}, "height": {48}}, "clip": {"width": {16}, "height": {16}}}
+    # Each kind is the same frame at the same size as a run that uses that size for both.
+    only_stills, _, _, _ = extract_frames_and_clips(folder, {**PARAMS, "resolution": 48})
+    _, only_clips, _, _ = extract_frames_and_clips(folder, {**PARAMS, "resolution": 16})
+    assert all(np.array_equal(np.asarray(stills[key]), np.asarray(only_stills[key])) for key in stills)
+    assert all(np.array_equal(clips[key], only_clips[key]) for key in clips)
+
+
+def test_null_still_and_clip_resolutions_keep_the_shared_resolution(tmp_path):
+    write_test_video(tmp_path / "v" / "a.mp4", num_frames=30, width=96, height=64)
+    folder = VideoFolderDataset(path=str(tmp_path / "v")).load()
+    before = extract_frames_and_clips(folder, PARAMS)  # the keys absent, as in an older conf
+    after = extract_frames_and_clips(folder, {**PARAMS, "still_resolution": None, "clip_resolution": None})
+    assert before[0].keys() == after[0].keys() and before[1].keys() == after[1].keys()
+    assert all(np.array_equal(np.asarray(before[0][k]), np.asarray(after[0][k])) for k in before[0])
+    assert all(np.array_equal(before[1][k], after[1][k]) for k in before[1])
+    pd.testing.assert_frame_equal(before[2], after[2])
+    assert (after[2]["width"] == 32).all()
+
+
+def test_a_resolution_under_8_px_is_a_clear_error_naming_its_parameter(tmp_path):
+    write_test_video(tmp_path / "v" / "a.mp4", num_frames=30)
+    folder = VideoFolderDataset(path=str(tmp_path / "v")).load()
+    with pytest.raises(ValueError, match="frames.clip_resolution must be >= 8 px, got 4"):
+        extract_frames_and_clips(folder, {**PARAMS, "clip_resolution": 4})
+    with pytest.raises(ValueError, match="frames.resolution must be >= 8 px, got 0"):
+        extract_frames_and_clips(folder, {**PARAMS, "resolution": 0, "clip_resolution": 16})

@@ -57,24 +57,47 @@ def unique_sample_id_prefixes(video_names: list[str]) -> dict[str, str]:
     return unique
 
 
+def frame_resolutions(params: dict[str, Any]) -> tuple[int, int]:
+    """(still side, clip side) in px from ``frames`` parameters.
+
+    ``still_resolution`` and ``clip_resolution`` default to ``resolution`` when null or absent.
+
+    Raises:
+        ValueError: a side under 8 px, naming the parameter.
+    """
+    sizes = {}
+    for kind in ("still", "clip"):
+        key = f"{kind}_resolution"
+        value = params.get(key)
+        if value is None:
+            key, value = "resolution", params["resolution"]
+        if int(value) < 8:
+            raise ValueError(f"frames.{key} must be >= 8 px, got {value}")
+        sizes[kind] = int(value)
+    return sizes["still"], sizes["clip"]
+
+
 def extract_frames_and_clips(
     raw_videos: RawVideoFolder, params: dict[str, Any]
 ) -> tuple[dict[str, Image.Image], dict[str, np.ndarray], pd.DataFrame, pd.DataFrame]:
     """Decode every raw video once and cut it into still frames and training clips.
 
     Each video is read with decord at the sampled indices only, resized so its shorter side is
-    ``resolution`` and centre-cropped. Clips whose motion score (mean absolute frame difference)
+    the target size and centre-cropped: stills to ``still_resolution``, clips to
+    ``clip_resolution`` (either one null or missing = ``resolution``, so both share one size by
+    default). Clips whose motion score (mean absolute frame difference)
     is under ``min_motion`` are dropped as static. A video that cannot be used is skipped with
     one log line and listed in the skipped table; the run goes on for the others.
 
     Returns:
         stills (id -> PIL image), clips (id -> uint8 (F, S, S, 3)), the manifest of every
-        sample, and the skipped videos with their reasons.
+        sample (``width``/``height`` are the sample's own size), and the skipped videos with
+        their reasons.
     """
-    resolution = int(params["resolution"])
+    still_resolution, clip_resolution = frame_resolutions(params)
     num_frames = int(params["num_frames"])
-    if resolution < 8 or num_frames < 1:
-        raise ValueError(f"frames.resolution must be >= 8 and frames.num_frames >= 1, got {resolution}, {num_frames}")
+    if num_frames < 1:
+        raise ValueError(f"frames.num_frames must be >= 1, got {num_frames}")
     if not raw_videos.videos:
         raise ValueError(f"No video files ({', '.join(params.get('video_extensions', []))}) found in "
                          f"{raw_videos.root}; put process videos there or run `kedro run --pipelines=sample_data`.")
@@ -96,19 +119,29 @@ def extract_frames_and_clips(
                                                  f"spans (num_frames={num_frames}, stride={stride})")
             clip_indices = [clip_frame_indices(start, num_frames, stride) for start in starts]
             still_indices = still_frame_indices(info.num_frames, int(params["stills_per_video"]))
-            # One sparse decode per video for every frame any sample needs.
-            needed = sorted({i for indices in clip_indices for i in indices} | set(still_indices))
-            decoded = dict(zip(needed, opened.frames(needed, resolution), strict=True))
+            clip_needed = sorted({i for indices in clip_indices for i in indices})
+            if still_resolution == clip_resolution:
+                # One sparse decode per video for every frame any sample needs.
+                needed = sorted(set(clip_needed) | set(still_indices))
+                clip_decoded = dict(zip(needed, opened.frames(needed, clip_resolution), strict=True))
+                still_decoded = clip_decoded
+            else:
+                # Each kind at its own size; never the whole source-size frames in memory at once.
+                clip_decoded = dict(zip(clip_needed, opened.frames(clip_needed, clip_resolution), strict=True))
+                still_decoded = dict(zip(still_indices, opened.frames(still_indices, still_resolution),
+                                         strict=True))
         except VideoReadError as error:
             logger.warning("Skipping %s: %s", video.name, error.reason)
             skipped.append({"video": video.name, "reason": error.reason})
             continue
 
         prefix = prefixes[video.name]
-        source = {"video": video.name, "width": resolution, "height": resolution, "source_width": info.width,
-                  "source_height": info.height, "source_fps": round(info.fps, 3)}
+        source = {"video": video.name, "source_width": info.width, "source_height": info.height,
+                  "source_fps": round(info.fps, 3)}
+        clip_size = {"width": clip_resolution, "height": clip_resolution}
+        still_size = {"width": still_resolution, "height": still_resolution}
         for number, indices in enumerate(clip_indices):
-            clip = np.stack([decoded[i] for i in indices])
+            clip = np.stack([clip_decoded[i] for i in indices])
             score = motion_score(clip)
             if score < float(params["min_motion"]):
                 logger.info("Dropping static clip %d of %s (motion %.2f < %s)", number, video.name, score,
@@ -118,12 +151,12 @@ def extract_frames_and_clips(
             clips[sample_id] = clip
             manifest.append({"sample_id": sample_id, "kind": "clip", "start_s": indices[0] / info.fps,
                              "frame_indices": " ".join(map(str, indices)), "motion_score": round(score, 3),
-                             **source})
+                             **source, **clip_size})
         for number, index in enumerate(still_indices):
             sample_id = f"{prefix}_still{number:03d}"
-            stills[sample_id] = Image.fromarray(decoded[index])
+            stills[sample_id] = Image.fromarray(still_decoded[index])
             manifest.append({"sample_id": sample_id, "kind": "still", "start_s": index / info.fps,
-                             "frame_indices": str(index), "motion_score": float("nan"), **source})
+                             "frame_indices": str(index), "motion_score": float("nan"), **source, **still_size})
 
     if not stills and not clips:
         reasons = "; ".join(f"{entry['video']}: {entry['reason']}" for entry in skipped[:5])

@@ -26,7 +26,7 @@ from machining_t2v.finetune import (
 )
 from machining_t2v.lora import IMAGE_LORA_TARGETS, add_lora, lora_state_dict
 from machining_t2v.memory import check_training_memory
-from machining_t2v.models import load_base_model
+from machining_t2v.models import load_base_model, warn_if_low_resolution
 from machining_t2v.sampling import comparison_grid, image_pipeline, sample_images
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ def train_image_lora(
     # Load the frozen base model; LoRA is the only trainable part.
     base = load_base_model(base_model["pretrained"], base_model["tiny_model_dir"],
                            revision=base_model.get("revision"), variant=base_model.get("variant"))
+    warn_if_low_resolution(base.unet.config, base.vae.config, images.shape[1], "image LoRA training")
     device = training_device()
     frozen_dtype = place_frozen([base.vae, base.text_encoder, base.unet], config, device)
     lora_params = params["lora"]

@@ -44,7 +44,12 @@ from machining_t2v.lora import (
     merge_lora,
 )
 from machining_t2v.memory import check_training_memory
-from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
+from machining_t2v.models import (
+    build_motion_unet,
+    load_base_model,
+    load_motion_adapter,
+    warn_if_low_resolution,
+)
 from machining_t2v.sampling import sample_videos, side_by_side, video_pipeline
 
 logger = logging.getLogger(__name__)
@@ -86,6 +91,7 @@ def train_motion_lora(
     # Load the frozen base model and motion adapter, and build the motion UNet.
     base = load_base_model(base_model["pretrained"], base_model["tiny_model_dir"],
                            revision=base_model.get("revision"), variant=base_model.get("variant"))
+    warn_if_low_resolution(base.unet.config, base.vae.config, clip_frames.shape[2], "motion LoRA training")
     adapter = load_motion_adapter(base_model["motion_adapter"], base_model["tiny_model_dir"])
     max_frames = adapter.config.motion_max_seq_length
     if clip_frames.shape[1] > max_frames:
