@@ -148,7 +148,8 @@ def encode_frames(vae, frames: np.ndarray | Iterable[np.ndarray], batch_size: in
         height, width = batch.shape[1:3]
         if height % factor or width % factor:
             raise ValueError(f"Frame size {width}x{height} is not divisible by the VAE scale factor {factor}; "
-                             f"set frames.still_resolution or frames.clip_resolution (or frames.resolution) to a multiple of {factor}.")
+                             f"set frames.still_resolution or frames.clip_resolution (or frames.resolution) "
+                             f"to a multiple of {factor}.")
         pixels = images_to_tensor(batch).to(device, dtype)
         # Each batch leaves the GPU at once: the cache of a long run lives in host memory.
         latents.append((vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor).float().cpu())
