@@ -26,8 +26,6 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT, make_project
 
-pytestmark = pytest.mark.slow
-
 # --------------------------------------------------------------------------- the command lines, in one place
 
 # Run through the real-model environment. Set to True once conf/sd15 and the frames pipeline's
@@ -169,6 +167,21 @@ def trained_project(sd15_folder, tmp_path_factory) -> tuple[Path, dict]:
 # --------------------------------------------------------------------------- checks
 
 
+def test_kedro_params_parse_as_intended(tmp_path):
+    """Quick: the --params string reaches Kedro as the intended values (lists, nulls, numbers)."""
+    from kedro.framework.cli.utils import _split_params
+
+    args = kedro_run_args("motion_ft", tmp_path / "model")
+    assert args[: 1 + len(ENV_ARGS)] == ["run", *ENV_ARGS] and "--pipelines=motion_ft" in args
+    params = _split_params(None, None, args[-1])
+    assert params["base_model"]["motion_adapter"] == str(tmp_path / "model" / "motion_adapter")
+    assert params["motion_ft"]["validation"]["prompts"] == ["mtv milling on a milling machine"]
+    assert params["motion_ft"]["training"]["num_train_epochs"] is None
+    assert params["motion_ft"]["training"]["max_steps"] == 2
+    assert params["evaluation"]["variants"] == ["motion"]
+    assert params["frames"]["num_frames"] == CLIP_FRAMES
+
+
 def _lora_modules(file: Path) -> set[str]:
     """Distinct module paths of a LoRA file, in any of the layouts the project writes."""
     from safetensors import safe_open
@@ -185,6 +198,7 @@ def _lora_modules(file: Path) -> set[str]:
     return modules
 
 
+@pytest.mark.slow
 def test_sd15_folder_has_the_real_shapes(sd15_folder):
     from diffusers import DDPMScheduler, MotionAdapter
     from transformers import CLIPTextConfig, CLIPTokenizer
@@ -207,6 +221,7 @@ def test_sd15_folder_has_the_real_shapes(sd15_folder):
     assert json.loads((sd15_folder / "sd15_random.json").read_text())["dtype"] == "float16"
 
 
+@pytest.mark.slow
 def test_image_and_motion_chains_run_through_kedro(trained_project):
     root, runs = trained_project
     for pipeline, run in runs.items():
@@ -218,6 +233,7 @@ def test_image_and_motion_chains_run_through_kedro(trained_project):
     assert (root / "data" / "08_reporting" / "evaluation_metrics.csv").is_file()
 
 
+@pytest.mark.slow
 def test_loras_have_sd15_module_counts(trained_project):
     root, _ = trained_project
     image, motion = root / "data" / "06_models" / "image_lora", root / "data" / "06_models" / "motion_lora"
@@ -231,6 +247,7 @@ def test_loras_have_sd15_module_counts(trained_project):
         assert all("motion_modules" in m for m in modules), file.name
 
 
+@pytest.mark.slow
 def test_loras_record_their_noise_schedule(trained_project):
     # Fails until the training core records the schedule each LoRA trained under in lora_info.json
     # (issue 28: the motion LoRA trains under AnimateDiff's linear betas, the video sampler's schedule).
@@ -243,6 +260,7 @@ def test_loras_record_their_noise_schedule(trained_project):
     assert image.get("prediction_type") == "epsilon", image
 
 
+@pytest.mark.slow
 def test_loras_reload_into_animatediff_pipeline(trained_project, sd15_folder):
     from machining_t2v.generation import generate_video, load_generator, load_lora, set_lora_scales
 
