@@ -305,6 +305,9 @@ def run_benchmark(*, device: str, quick: bool, output_dir: Path, peak_tflops: fl
     cases = QUICK_CASES if quick else FULL_CASES
     if only:
         cases = tuple(c for c in cases if c.kind in only or c.name in only)
+        if not cases:
+            raise SystemExit(f"benchmarks.gpu: --only {','.join(only)} names no case; choose kinds (image, motion) "
+                             f"or names ({', '.join(c.name for c in (QUICK_CASES if quick else FULL_CASES))})")
     warmup, timed = (1, 2) if quick else (3, 10)
     peak, peak_source = peak_bf16_flops(device, peak_tflops)
     started = time.perf_counter()
