@@ -51,3 +51,22 @@ def test_unknown_part_and_foreign_folder_are_refused(tmp_path):
     (tmp_path / "mine" / "notes.txt").write_text("user data")
     with pytest.raises(ValueError, match="refusing to overwrite"):
         build_sd15_random_folder(tmp_path / "mine")
+
+
+def test_product_code_never_imports_the_fixtures():
+    import ast
+    from pathlib import Path
+
+    import machining_t2v
+
+    package = Path(machining_t2v.__file__).parent
+    offenders = []
+    for path in package.rglob("*.py"):
+        if "fixtures" in path.relative_to(package).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name.startswith("machining_t2v.fixtures") for name in names):
+                offenders.append(str(path.relative_to(package)))
+    assert not offenders
