@@ -41,6 +41,7 @@ STILL_PX, CLIP_PX, CLIP_FRAMES = 128, 64, 8
 COMMON_PARAMS = {
     "frames.num_frames": CLIP_FRAMES,
     "frames.frame_stride": 2,
+    "frames.target_fps": "null",  # the stride above, whatever an environment sets
     "frames.clips_per_video": 1,
     "frames.stills_per_video": 2,
     "frames.min_motion": 0.0,
@@ -179,7 +180,7 @@ def test_kedro_params_parse_as_intended(tmp_path):
     assert params["motion_ft"]["training"]["num_train_epochs"] is None
     assert params["motion_ft"]["training"]["max_steps"] == 2
     assert params["evaluation"]["variants"] == ["motion"]
-    assert params["frames"]["num_frames"] == CLIP_FRAMES
+    assert params["frames"]["num_frames"] == CLIP_FRAMES and params["frames"]["target_fps"] is None
 
 
 def _lora_modules(file: Path) -> set[str]:
