@@ -11,7 +11,7 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv run sample-data test test-slow lint viz mlflow-ui clean browser bench
+.PHONY: venv run sample-data test test-slow lint viz mlflow-ui clean browser bench bench-gpu
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,3 +56,10 @@ browser:
 # data/08_reporting/benchmarks.{json,md}. `python -m benchmarks.run --quick` for a smoke run.
 bench: venv
 	$(BIN)/python -m benchmarks.run
+
+# Real-size training on one CUDA GPU (random-weight SD1.5 + AnimateDiff v1-5-3, a few minutes on an H100/H200):
+# steps/s, peak memory and MFU of the image LoRA (512 px, batch 4) and the motion LoRA (16 frames, 256 and
+# 512 px); writes data/08_reporting/benchmarks_gpu.{json,md}. `python -m benchmarks.gpu --device cpu --quick`
+# checks the logic on a CPU.
+bench-gpu: venv
+	$(BIN)/python -m benchmarks.gpu

@@ -53,16 +53,6 @@ GPU_BF16_PEAK = (
     (r"RTX 3090", 71e12, "RTX 3090 (FP32 accumulate)"),
 )
 
-# The UNet of Stable Diffusion 1.5 (unet/config.json of stable-diffusion-v1-5).
-SD15_UNET_CONFIG = {
-    "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
-    "block_out_channels": (320, 640, 1280, 1280),
-    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    "cross_attention_dim": 768, "attention_head_dim": 8, "norm_num_groups": 32, "act_fn": "silu",
-    "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "norm_eps": 1e-5,
-}
-
 
 @dataclass
 class Setup:
@@ -370,6 +360,7 @@ def sd15_unet_benchmark(quick: bool, *, device: str = "cuda", unet_config: dict 
     from torch.utils.flop_counter import FlopCounterMode
 
     from machining_t2v.diffusion import LossConfig, noise_prediction_loss
+    from machining_t2v.fixtures.sd15_random import SD15_UNET_CONFIG
     from machining_t2v.lora import IMAGE_LORA_TARGETS, add_lora
     from machining_t2v.training import LossRandomness
 

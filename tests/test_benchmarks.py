@@ -64,3 +64,43 @@ def test_unknown_area_is_refused():
     assert parse_areas(None) == ["decode", "data_prep", "train", "generate", "evaluate", "kedro"]
     with pytest.raises(SystemExit, match="unknown area"):
         parse_areas("decode,nope")
+
+
+def test_gpu_benchmark_quick_mode_on_cpu_writes_report(tmp_path):
+    """`make bench-gpu`'s logic (model building, LoRA, training loop, FLOP counting, report) on the tiny model."""
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu", "--device", "cpu", "--quick", "--peak-tflops", "0.5",
+         "--output-dir", str(tmp_path)],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "benchmarks_gpu.json").read_text())
+    assert (tmp_path / "benchmarks_gpu.md").read_text().startswith("# GPU training benchmark")
+    assert report["meta"]["mode"] == "quick" and report["meta"]["device"] == "cpu"
+    assert report["meta"]["peak_flops"] == 0.5e12
+    cases = report["cases"]
+    assert [(c["kind"], c["gradient_checkpointing"]) for c in cases] == [
+        ("image", False), ("motion", True), ("motion", True)]
+    from benchmarks.gpu import CASE_FIELDS
+
+    for case in cases:
+        assert "error" not in case, case.get("traceback")
+        for key in CASE_FIELDS:
+            assert math.isfinite(case[key]) and case[key] > 0, (case["name"], key, case[key])
+        assert case["timed_steps"] >= 1 and case["warmup_steps"] >= 1
+        assert case["trainable_parameters"] > 0
+    # A larger clip costs more FLOPs per step.
+    assert cases[2]["flops_per_step"] > cases[1]["flops_per_step"]
+    assert "image_lora_64px_batch2" in result.stdout
+
+
+def test_gpu_benchmark_without_cuda_fails_clearly():
+    import torch
+
+    from benchmarks.gpu import run_benchmark
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        run_benchmark(device="cuda", quick=True, output_dir=PROJECT_ROOT / "data" / "08_reporting")
