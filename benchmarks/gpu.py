@@ -80,8 +80,8 @@ QUICK_CASES = (
     Case("motion_lora_64px_4f_batch1", "motion", 64, 4, 1, True),
 )
 
-CASE_FIELDS = ("steps_per_s", "seconds_per_step", "samples_per_s", "peak_memory_mb", "flops_per_step",
-               "achieved_tflops", "mfu")
+CASE_FIELDS = ("steps_per_s", "seconds_per_step", "samples_per_s", "peak_memory_mb", "estimated_peak_memory_mb",
+               "flops_per_step", "achieved_tflops", "mfu")
 
 
 # --------------------------------------------------------------------------- models
@@ -193,9 +193,10 @@ def count_step_flops(case: Case, model: str, rank: int) -> int:
 
 
 def _enable_gradient_checkpointing(unet) -> None:
-    # diffusers' own switch: on UNetMotionModel it checkpoints the ResNet/attention blocks, not the
-    # motion modules.
-    unet.enable_gradient_checkpointing()
+    from machining_t2v.finetune import enable_gradient_checkpointing
+
+    # The product's switch: diffusers' blocks plus the motion modules, which diffusers' own skips.
+    enable_gradient_checkpointing(unet)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -217,6 +218,7 @@ def run_case(case: Case, *, model: str, device: str, dtype, warmup: int, timed: 
     """Build the case's model, train ``warmup + timed`` steps through ``training.train``, measure."""
     import torch
 
+    from machining_t2v.memory import estimate_training_memory
     from machining_t2v.training import TrainingConfig, train
 
     result: dict[str, Any] = {**asdict(case), "model": model, "lora_rank": rank, "warmup_steps": warmup,
@@ -227,6 +229,11 @@ def run_case(case: Case, *, model: str, device: str, dtype, warmup: int, timed: 
     if case.gradient_checkpointing:
         _enable_gradient_checkpointing(unet)
     result["build_s"] = round(time.perf_counter() - started, 2)
+    # What the training run would have logged before its first step, to compare with the measured peak.
+    estimate = estimate_training_memory(unet, [], batch_size=case.batch, latent_size=case.resolution // 8,
+                                        num_frames=case.frames if case.kind == "motion" else None, dtype=dtype,
+                                        checkpointing=case.gradient_checkpointing)
+    result["estimated_peak_memory_mb"] = estimate.total / 2**20
     result["trainable_parameters"] = sum(p.numel() for p in unet.parameters() if p.requires_grad)
     cache = random_cache(unet, case, max(2 * case.batch, 2))
     config = TrainingConfig(max_steps=warmup + timed, batch_size=case.batch, learning_rate=1e-4,
@@ -377,14 +384,14 @@ def _pct(value: float | None) -> str:
 
 
 def table_lines(report: dict[str, Any]) -> list[str]:
-    header = ("case", "steps/s", "samples/s", "peak GiB", "TFLOP/step", "TFLOP/s", "MFU")
+    header = ("case", "steps/s", "samples/s", "peak GiB", "expected GiB", "TFLOP/step", "TFLOP/s", "MFU")
     rows = []
     for r in report["cases"]:
         if r.get("error"):
-            rows.append((r["name"], "FAILED", r["error"][:60], "", "", "", ""))
+            rows.append((r["name"], "FAILED", r["error"][:60], "", "", "", "", ""))
             continue
         rows.append((r["name"], _fmt(r["steps_per_s"]), _fmt(r["samples_per_s"]), _fmt(r["peak_memory_mb"] / 1024),
-                     _fmt(r["flops_per_step"] / 1e12), _fmt(r["achieved_tflops"]),
+                     _fmt(r["estimated_peak_memory_mb"] / 1024), _fmt(r["flops_per_step"] / 1e12), _fmt(r["achieved_tflops"]),
                      _pct(r["mfu"])))
     widths = [max(len(str(x[i])) for x in [header, *rows]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -399,14 +406,16 @@ def to_markdown(report: dict[str, Any]) -> str:
            f"MFU against {meta['peak_flops_source']}.", ""]
     if meta["mode"] == "quick":
         out += ["**Quick mode: tiny model and sizes; these figures are not meaningful.**", ""]
-    out += ["| case | steps/s | samples/s | peak memory (GiB) | TFLOP per step | TFLOP/s | MFU |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    out += ["| case | steps/s | samples/s | peak memory (GiB) | expected before the run (GiB) | TFLOP per step | "
+            "TFLOP/s | MFU |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["cases"]:
         if r.get("error"):
-            out.append(f"| {r['name']} | failed: `{r['error'][:120]}` | | | | | |")
+            out.append(f"| {r['name']} | failed: `{r['error'][:120]}` | | | | | | |")
             continue
         out.append(f"| {r['name']} | {_fmt(r['steps_per_s'])} | {_fmt(r['samples_per_s'])} | "
-                   f"{_fmt(r['peak_memory_mb'] / 1024)} | {_fmt(r['flops_per_step'] / 1e12)} | "
+                   f"{_fmt(r['peak_memory_mb'] / 1024)} | {_fmt(r['estimated_peak_memory_mb'] / 1024)} | "
+                   f"{_fmt(r['flops_per_step'] / 1e12)} | "
                    f"{_fmt(r['achieved_tflops'])} | {_pct(r['mfu'])} |")
     out += ["", "Published figures to compare with:", *(f"- {k}: {v}" for k, v in meta["anchors"].items()), ""]
     return "\n".join(out)

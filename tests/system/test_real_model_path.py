@@ -28,10 +28,6 @@ from tests.conftest import PROJECT_ROOT, make_project
 
 # --------------------------------------------------------------------------- the command lines, in one place
 
-# Run through the real-model environment. Set to True once conf/sd15 and the frames pipeline's
-# still_resolution / clip_resolution keys exist; that is the only change needed to switch.
-USE_SD15_ENV = False
-
 STILL_PX, CLIP_PX, CLIP_FRAMES = 128, 64, 8
 
 # Small sizes, a 2-step budget, and validation sampling and evaluation cut to the minimum (one
@@ -72,20 +68,16 @@ PIPELINE_PARAMS = {
     "motion_ft": {**{f"motion_ft.{k}": v for k, v in TRAINING_PARAMS.items()}, "motion_ft.training.batch_size": 1,
                   "motion_ft.num_frames": CLIP_FRAMES, "evaluation.variants": "[motion]"},
 }
-if USE_SD15_ENV:
-    ENV_ARGS = ["--env", "sd15"]
-    FRAME_SIZES = {"image_ft": {"frames.still_resolution": STILL_PX, "frames.clip_resolution": CLIP_PX},
-                   "motion_ft": {"frames.still_resolution": STILL_PX, "frames.clip_resolution": CLIP_PX}}
-else:  # one frames.resolution for stills and clips: each run sets the one its LoRA trains on
-    ENV_ARGS = []
-    FRAME_SIZES = {"image_ft": {"frames.resolution": STILL_PX}, "motion_ft": {"frames.resolution": CLIP_PX}}
+# Through the real-model environment, with the small sizes on the command line.
+ENV_ARGS = ["--env", "sd15"]
+FRAME_SIZES = {"frames.still_resolution": STILL_PX, "frames.clip_resolution": CLIP_PX}
 
 
 def kedro_run_args(pipeline: str, model_folder: Path) -> list[str]:
     """The `kedro run` arguments of one chain on the random SD1.5 folder."""
     params = {"base_model.pretrained": str(model_folder),
               "base_model.motion_adapter": str(model_folder / "motion_adapter"),
-              **COMMON_PARAMS, **FRAME_SIZES[pipeline], **PIPELINE_PARAMS[pipeline]}
+              **COMMON_PARAMS, **FRAME_SIZES, **PIPELINE_PARAMS[pipeline]}
     joined = ",".join(f"{key}={value}" for key, value in params.items())
     assert joined.count(",") == len(params) - 1, "Kedro splits --params at commas: no value may hold one"
     return ["run", *ENV_ARGS, f"--pipelines={pipeline}", "--params", joined]
@@ -151,9 +143,8 @@ def sd15_folder(tmp_path_factory) -> Path:
 def trained_project(sd15_folder, tmp_path_factory) -> tuple[Path, dict]:
     """A project copy in which image_ft, then motion_ft, ran on the random SD1.5 folder."""
     root = make_project(tmp_path_factory.mktemp("real_model") / "project")
-    for env_folder in ("sd15",):
-        if (PROJECT_ROOT / "conf" / env_folder).is_dir():
-            shutil.copytree(PROJECT_ROOT / "conf" / env_folder, root / "conf" / env_folder)
+    if not (root / "conf" / "sd15").is_dir():
+        shutil.copytree(PROJECT_ROOT / "conf" / "sd15", root / "conf" / "sd15")
     _write_videos(root / "data" / "01_raw" / "videos")
     runs = {}
     for pipeline in ("image_ft", "motion_ft"):
@@ -250,14 +241,13 @@ def test_loras_have_sd15_module_counts(trained_project):
 
 @pytest.mark.slow
 def test_loras_record_their_noise_schedule(trained_project):
-    # Fails until the training core records the schedule each LoRA trained under in lora_info.json
-    # (issue 28: the motion LoRA trains under AnimateDiff's linear betas, the video sampler's schedule).
+    """The motion LoRA trains under the video sampler's linear betas; the image LoRA under SD1.5's own."""
     root, _ = trained_project
     image = json.loads((root / "data" / "06_models" / "image_lora" / "lora_info.json").read_text())
     motion = json.loads((root / "data" / "06_models" / "motion_lora" / "lora_info.json").read_text())
     assert motion.get("beta_schedule") == "linear", motion
     assert motion.get("prediction_type") == "epsilon", motion
-    assert image.get("beta_schedule") in ("linear", "scaled_linear"), image
+    assert image.get("beta_schedule") == "scaled_linear", image
     assert image.get("prediction_type") == "epsilon", image
 
 
