@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 
 from machining_t2v.finetune import enable_gradient_checkpointing
@@ -91,3 +92,40 @@ def test_a_run_that_will_not_fit_is_warned_about_naming_both_figures(caplog):
         assert not report_memory(estimate, available=24 * GIB, what="motion LoRA training")
     warning = [r for r in caplog.records if r.levelno == logging.WARNING][0].getMessage()
     assert "28.6 GiB" in warning and "24.0 GiB" in warning and "gradient_checkpointing" in warning
+
+
+def test_sd15_figures_in_the_readme_match_the_estimate():
+    """The README's memory table is this estimate for SD1.5 + v1-5-3 (built on the meta device)."""
+    import re
+    from pathlib import Path
+
+    from diffusers import UNetMotionModel
+
+    from machining_t2v.fixtures.sd15_random import (
+        ANIMATEDIFF_V153_ADAPTER_CONFIG as ADAPTER,
+    )
+    from machining_t2v.fixtures.sd15_random import (
+        SD15_UNET_CONFIG as UNET,
+    )
+    from machining_t2v.fixtures.sd15_random import build_sd15_random_components
+
+    parts = build_sd15_random_components(device="meta", parts=("vae", "text_encoder"))
+    with torch.device("meta"):
+        unet = UNetMotionModel(
+            block_out_channels=UNET["block_out_channels"], layers_per_block=UNET["layers_per_block"],
+            cross_attention_dim=UNET["cross_attention_dim"], num_attention_heads=UNET["attention_head_dim"],
+            down_block_types=tuple(t.replace("2D", "Motion") for t in UNET["down_block_types"]),
+            up_block_types=tuple(t.replace("2D", "Motion") for t in UNET["up_block_types"]),
+            motion_num_attention_heads=ADAPTER["motion_num_attention_heads"],
+            motion_max_seq_length=ADAPTER["motion_max_seq_length"],
+            use_motion_mid_block=ADAPTER["use_motion_mid_block"],
+        )
+    unet.requires_grad_(False)
+    add_lora(unet, rank=32, alpha=32, target_modules=MOTION_LORA_TARGETS)  # conf/sd15's motion LoRA
+    estimate = estimate_training_memory(unet, [parts["vae"], parts["text_encoder"]], batch_size=1,
+                                        latent_size=256 // 8, num_frames=16, dtype=torch.bfloat16,
+                                        checkpointing=True)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    row = re.search(r"\| motion LoRA, 16 frames at 256 px \| ([\d.]+) GiB", readme)
+    assert row, "the README's memory table has no 256 px motion LoRA row"
+    assert estimate.total / GIB == pytest.approx(float(row.group(1)), abs=0.05)
