@@ -70,3 +70,12 @@ def test_frozen_weights_take_the_mixed_precision_dtype_and_lora_stays_fp32(tmp_p
     # Full precision leaves everything in fp32 (the CPU default: make run is unchanged).
     fp32 = load_base_model("builtin:tiny", tmp_path / "tiny")
     assert place_frozen([fp32.unet], TrainingConfig(mixed_precision="no"), torch.device("cpu")) == torch.float32
+
+
+def test_training_attention_runs_through_pytorch_sdpa(tmp_path):
+    """Flash / memory-efficient attention on a GPU comes from SDPA, which every attention layer uses."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    unet = _motion_unet(tmp_path / "tiny")
+    processors = unet.attn_processors
+    assert processors and all(isinstance(p, AttnProcessor2_0) for p in processors.values())
