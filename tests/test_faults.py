@@ -1,4 +1,4 @@
-"""Faults the project survives, each provoked for real (see RELIABILITY.md).
+"""Faults the project survives, each provoked for real (see docs/reliability.md).
 
 * training killed with SIGKILL, then ``resume: latest``: same weights, never a partial checkpoint;
 * a checkpoint folder that cannot be written (a path under a regular file; a full disk
