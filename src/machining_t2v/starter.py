@@ -298,7 +298,7 @@ class DenoiserWithTextEncoder(torch.nn.Module):
     The frozen random encoder tells which words a caption has but hardly in which order, so
     "from left to right" and "from right to left" reach the UNet almost alike. Training the
     encoder with the denoiser lets the loss try to teach it the order where the frames depend
-    on it (on 2 CPU cores it did not; README, "The starter model").
+    on it (on 2 CPU cores it did not; docs/starter_model.md).
     """
 
     def __init__(self, denoiser: torch.nn.Module, text_encoder: torch.nn.Module):

@@ -74,7 +74,7 @@ def _translation_words(motion: str, wording: str) -> str:
 #: was trained on) or ``distinct`` ("towards the right": each direction named by its own set of
 #: words, what the committed starter was continued on). The starter's frozen random text
 #: encoder tells which words a caption has, hardly in which order, so with ``order`` it finds
-#: the axis of a motion but not its sign (README, "The starter model").
+#: the axis of a motion but not its sign (docs/starter_model.md).
 DIRECTION_WORDINGS = {wording: {motion: _translation_words(motion, wording) for motion in _TRANSLATION_ENDS}
                       for wording in ("order", "distinct")}
 
