@@ -64,23 +64,20 @@ old checkpoints are renamed out of the ``checkpoint-<step>`` namespace before de
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
 import math
 import os
-import random
 import re
 import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import safetensors.torch
 import torch
 from accelerate import Accelerator
@@ -98,6 +95,14 @@ from machining_t2v.training.config import (
     TrainingResult,
     choose_mixed_precision,
     weight_dtype,
+)
+from machining_t2v.training.randomness import (
+    EpochSampler,
+    LossRandomness,
+    derive_seed,
+    global_rng_state,
+    isolated_global_rng,
+    set_global_rng_state,
 )
 
 logger = logging.getLogger(__name__)
@@ -264,175 +269,6 @@ def _prune_checkpoints(checkpoint_dir: Path, limit: int | None) -> None:
         _remove_checkpoint(old)
 
 
-# --------------------------------------------------------------------------- randomness
-
-
-def _derive_seed(seed: int, *parts: object) -> int:
-    """A stable 63-bit seed for a named sub-stream (python's hash() is salted per process)."""
-    digest = hashlib.sha256(":".join(map(str, (seed, *parts))).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-class LossRandomness:
-    """The random draws of one micro-batch, the same whichever process computes a sample.
-
-    Sample ``k`` of the global micro-batch (its *position*, ``0..batch_size-1``) has its own
-    CPU generator seeded from ``(seed, step, micro_step, k)``, so splitting the batch across
-    processes (or not) changes nothing about what each sample draws. Draw from it in a fixed
-    order; every method below draws one value per sample, from that sample's generator.
-
-    Attributes:
-        seed, step, micro_step: What the generators are seeded from (``step`` is the 1-based
-            optimizer step being computed; 0 is left to validation, see :meth:`fixed`).
-        positions: The global positions of this process's samples, in ``indices`` order.
-        shared: A generator identical on every process, for batch-level decisions (e.g.
-            whether this micro-step runs without an adapter).
-        per_sample: One generator per position.
-    """
-
-    def __init__(self, seed: int, step: int, micro_step: int, positions: Sequence[int]):
-        self.seed, self.step, self.micro_step = int(seed), int(step), int(micro_step)
-        self.positions = [int(p) for p in positions]
-        self.shared = torch.Generator("cpu").manual_seed(
-            _derive_seed(self.seed, "shared", self.step, self.micro_step)
-        )
-        self.per_sample = [
-            torch.Generator("cpu").manual_seed(
-                _derive_seed(self.seed, "sample", self.step, self.micro_step, position)
-            )
-            for position in self.positions
-        ]
-
-    @classmethod
-    def fixed(cls, seed: int, batch: int) -> LossRandomness:
-        """The same draws at every call (step 0, positions ``range(batch)``): for validation."""
-        return cls(seed, 0, 0, range(batch))
-
-    def __len__(self) -> int:
-        return len(self.per_sample)
-
-    def __repr__(self) -> str:
-        return (
-            f"LossRandomness(seed={self.seed}, step={self.step}, micro_step={self.micro_step}, "
-            f"positions={self.positions})"
-        )
-
-    def randn(self, *shape: int) -> torch.Tensor:
-        """Standard normal noise, (B, *shape): one ``shape`` tensor per sample.
-
-        ``shape`` may also be given as one tuple or ``torch.Size`` (``randn(x.shape[1:])``).
-        """
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
-            shape = tuple(shape[0])
-        if not self.per_sample:
-            return torch.empty((0, *shape), device="cpu")
-        return torch.stack([torch.randn(shape, generator=g, device="cpu") for g in self.per_sample])
-
-    def randint(self, high: int) -> torch.LongTensor:
-        """One integer in ``[0, high)`` per sample, (B,)."""
-        if not self.per_sample:
-            return torch.empty(0, dtype=torch.long, device="cpu")
-        return torch.cat(
-            [torch.randint(0, high, (1,), generator=g, device="cpu") for g in self.per_sample]
-        )
-
-    def rand(self) -> torch.Tensor:
-        """One float uniform in ``[0, 1)`` per sample, (B,)."""
-        if not self.per_sample:
-            return torch.empty(0, device="cpu")
-        return torch.cat([torch.rand(1, generator=g, device="cpu") for g in self.per_sample])
-
-
-def _global_rng_state() -> dict[str, Any]:
-    """Global RNG states as tensors/lists/ints only, so ``torch.load(weights_only=True)`` works."""
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {
-            "name": np_name,
-            "keys": torch.from_numpy(np_keys.astype(np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "cached_gaussian": float(np_gauss),
-        },
-        "python": {"version": py_version, "state": list(py_state), "gauss_next": py_gauss},
-    }
-
-
-def _set_global_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    np_state = state["numpy"]
-    np.random.set_state(
-        (
-            np_state["name"],
-            np_state["keys"].numpy().astype(np.uint32),
-            np_state["pos"],
-            np_state["has_gauss"],
-            np_state["cached_gaussian"],
-        )
-    )
-    py_state = state["python"]
-    random.setstate((py_state["version"], tuple(py_state["state"]), py_state["gauss_next"]))
-
-
-@contextlib.contextmanager
-def _isolated_global_rng() -> Iterator[None]:
-    """Run a callback without letting it consume the training RNG streams.
-
-    Validation sampling draws from the global RNGs; without isolation an interrupted
-    and resumed run would validate at different steps and diverge from the
-    uninterrupted one.
-    """
-    state = _global_rng_state()
-    try:
-        yield
-    finally:
-        _set_global_rng_state(state)
-
-
-class _EpochSampler:
-    """Draws sample indices epoch by epoch: every sample once per epoch, reshuffled each epoch.
-
-    A batch may straddle two epochs. The current permutation and position are part of
-    the checkpoint, so a resume continues mid-epoch exactly.
-    """
-
-    def __init__(self, num_samples: int, seed: int):
-        self.num_samples = num_samples
-        self.generator = torch.Generator().manual_seed(seed)
-        self.perm = torch.empty(0, dtype=torch.long)
-        self.pos = 0
-
-    def next_batch(self, batch_size: int) -> torch.LongTensor:
-        parts = []
-        while batch_size > 0:
-            if self.pos >= len(self.perm):
-                self.perm = torch.randperm(self.num_samples, generator=self.generator)
-                self.pos = 0
-            take = min(batch_size, len(self.perm) - self.pos)
-            parts.append(self.perm[self.pos : self.pos + take])
-            self.pos += take
-            batch_size -= take
-        return torch.cat(parts)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "perm": self.perm.clone(), "pos": self.pos}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if len(state["perm"]) not in (0, self.num_samples):
-            raise ValueError(
-                f"Checkpoint was made with {len(state['perm'])} samples but num_samples is "
-                f"{self.num_samples}; resuming would not continue the same epochs."
-            )
-        self.generator.set_state(state["generator"])
-        self.perm = state["perm"].clone()
-        self.pos = int(state["pos"])
-
-
 # --------------------------------------------------------------------------- set-up helpers
 
 
@@ -565,7 +401,7 @@ class _Run:
         # Global RNGs (dropout): seed + process index. The loss draws from a LossRandomness
         # per micro-step instead, which depends on no process (see the module docstring).
         set_seed(config.seed, device_specific=True)
-        self.sampler = _EpochSampler(num_samples, config.seed)  # same on every process
+        self.sampler = EpochSampler(num_samples, config.seed)  # same on every process
         # This process's positions in every global micro-batch.
         self.positions = torch.arange(config.batch_size).tensor_split(acc.num_processes)[
             acc.process_index
@@ -730,7 +566,7 @@ class _Run:
             if acc.scaler is not None:
                 _write_durably(tmp / "scaler.pt", _torch_bytes(acc.scaler.state_dict()))
             # The loss's draws are a function of the step: nothing to store for them.
-            rng = {"sampler": self.sampler.state_dict(), "global": _global_rng_state()}
+            rng = {"sampler": self.sampler.state_dict(), "global": global_rng_state()}
             _write_durably(tmp / "rng.pt", _torch_bytes(rng))
             state = {
                 "global_step": step,
@@ -822,13 +658,13 @@ class _Run:
         rng = _torch_load(path / "rng.pt")
         self.sampler.load_state_dict(rng["sampler"])  # identical on all processes
         if acc.process_index == 0:
-            _set_global_rng_state(rng["global"])
+            set_global_rng_state(rng["global"])
         else:
             # Only the main process's global RNG state is stored; the others continue on
             # fresh streams derived from the step, still deterministic but not bit-identical
             # (only dropout draws from them).
             set_seed(  # numpy takes 32-bit seeds only
-                _derive_seed(self.config.seed, "resume", acc.process_index, state["global_step"])
+                derive_seed(self.config.seed, "resume", acc.process_index, state["global_step"])
                 % 2**32
             )
         self.global_step = int(state["global_step"])
@@ -1002,7 +838,7 @@ def train(
                         "steps_per_second": rate,
                         "grad_norm": grad_norm,
                     }
-                    with _isolated_global_rng():
+                    with isolated_global_rng():
                         on_log(step, metrics)
                 # Checkpoint (the final one is written after the loop)
                 if (
@@ -1012,13 +848,13 @@ def train(
                 ):
                     run.save_checkpoint()
                     if on_checkpoint is not None and acc.is_main_process:
-                        with _isolated_global_rng():
+                        with isolated_global_rng():
                             on_checkpoint(step)
                 # Validate
                 if validate_every and step % validate_every == 0:
                     if on_validate is not None and acc.is_main_process:
                         run.model.eval()
-                        with _isolated_global_rng(), torch.no_grad():
+                        with isolated_global_rng(), torch.no_grad():
                             on_validate(step)
                         run.model.train()
                     acc.wait_for_everyone()
@@ -1026,7 +862,7 @@ def train(
         if run.last_saved_step != run.global_step:
             run.save_checkpoint()
             if on_checkpoint is not None and acc.is_main_process:
-                with _isolated_global_rng():
+                with isolated_global_rng():
                     on_checkpoint(run.global_step)
         steps_done = run.global_step - start_step
         result = TrainingResult(
