@@ -223,6 +223,7 @@ def _save_checkpoint(
     config: TrainingConfig,
     on_checkpoint: Callable[[int], None] | None,
 ) -> None:
+    """Write a checkpoint of ``state``, then call ``on_checkpoint`` (main process, RNG isolated)."""
     save_checkpoint(state, checkpoint_dir, accelerator, config)
     if on_checkpoint is not None and accelerator.is_main_process:
         with isolated_global_rng():
