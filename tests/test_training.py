@@ -365,9 +365,9 @@ def test_checkpoint_write_error_names_the_folder_and_survives_pickling(tmp_path)
 
 
 def test_a_crash_while_pruning_never_lists_a_half_deleted_checkpoint(tmp_path, monkeypatch):
-    import machining_t2v.training as training
+    from machining_t2v.training import checkpoints
 
-    real_rmtree = training.shutil.rmtree
+    real_rmtree = checkpoints.shutil.rmtree
 
     def crash_half_way(path, ignore_errors=False):
         if ".old-" in Path(path).name:
@@ -375,11 +375,11 @@ def test_a_crash_while_pruning_never_lists_a_half_deleted_checkpoint(tmp_path, m
             raise Interrupt
         real_rmtree(path, ignore_errors=ignore_errors)
 
-    monkeypatch.setattr(training.shutil, "rmtree", crash_half_way)
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", crash_half_way)
     cfg = config(max_steps=12, checkpoint_every=4, checkpoints_total_limit=1)
     with pytest.raises(Interrupt):
         train(make_model(), compute_loss, NUM_SAMPLES, cfg, tmp_path, progress=False)
-    monkeypatch.setattr(training.shutil, "rmtree", real_rmtree)
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", real_rmtree)
     # checkpoint-4 was being pruned after checkpoint-8 was complete: it is gone from the listing.
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-8"]
     assert any(p.name.startswith("checkpoint-4.old-") for p in tmp_path.iterdir())
