@@ -1,6 +1,6 @@
 """Diffusion-specific pieces shared by the image and motion LoRA trainers.
 
-The training-loop core (``training.py``) knows nothing about diffusion; this module gives it
+The training-loop core (the ``training`` package) knows nothing about diffusion; this module gives it
 the loss: cached VAE latents and text embeddings in, noise-prediction MSE out. Stills are
 latents shaped (N, C, h, w); clips are (N, C, F, h, w) and their text states are repeated per
 frame, as ``UNetMotionModel`` expects. Samples may come as ``LazySamples``, read from disk one at
