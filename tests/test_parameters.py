@@ -169,3 +169,62 @@ def test_the_models_import_neither_torch_nor_kedro():
             "print(sorted(m for m in ('torch', 'diffusers', 'kedro') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _written(project: Path) -> list[Path]:
+    return [path for path in (project / "data").rglob("*") if path.is_file() and path.name != ".kedro-run.lock"]
+
+
+def test_a_run_with_an_unknown_parameter_fails_before_its_first_node(project, tmp_path):
+    from tests.conftest import run_pipeline
+
+    start = time.monotonic()
+    with pytest.raises(ParameterError, match=r"Unknown parameter image_ft\.method "):
+        run_pipeline(project, "image_ft", {"image_ft": {"method": "textual_inversion"}})
+    assert time.monotonic() - start < 60
+    assert _written(project) == []  # not even the sample videos
+    # The check comes before the base model is looked up (a broken folder would fail that too).
+    broken = tmp_path / "not_a_model"
+    broken.mkdir()
+    with pytest.raises(ParameterError, match=r"image_ft\.training\.max_steps must be a whole number"):
+        run_pipeline(project, "image_ft", {"base_model": {"pretrained": str(broken)},
+                                           "image_ft": {"training": {"max_steps": "many"}}})
+    assert _written(project) == []
+    # No MLflow run was opened, and the project lock was given back.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    assert client.search_runs([experiment.experiment_id for experiment in client.search_experiments()]) == []
+    from machining_t2v.hooks import ProjectLock
+
+    lock = ProjectLock(project, timeout=0)
+    grab = ("import fcntl, sys; f = open(sys.argv[1], 'a'); "
+            "fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)")
+    assert subprocess.run([sys.executable, "-c", grab, str(lock.path)], timeout=60).returncode == 0
+
+
+def test_kedro_run_refuses_an_unknown_params_key_in_seconds(tmp_path):
+    from tests.conftest import make_project
+
+    project = make_project(tmp_path / "project")
+    kedro = Path(sys.executable).with_name("kedro")
+    start = time.monotonic()
+    result = subprocess.run([str(kedro), "run", "--pipelines=image_ft", "--params", "image_ft.method=textual_inversion"],
+                            cwd=project, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    output = " ".join((result.stdout + result.stderr).split())  # rich wraps long lines
+    assert "Unknown parameter image_ft.method" in output, output[-3000:]
+    assert time.monotonic() - start < 120
+    assert _written(project) == []
+
+
+def test_the_training_launcher_refuses_an_unknown_params_key(tmp_path):
+    from tests.conftest import make_project
+
+    project = make_project(tmp_path / "project")
+    result = subprocess.run([sys.executable, "-m", "machining_t2v.launch", "image_ft", "--project-path", str(project),
+                             "--no-mlflow", "--params", "image_ft.trainig.max_steps=5"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "Unknown parameter image_ft.trainig: did you mean image_ft.training?" in result.stderr
+    assert _written(project) == []
