@@ -440,7 +440,10 @@ def check_parameters(parameters: Mapping[str, Any]) -> dict[str, Params]:
     """
     problems: list[str] = []
     typed: dict[str, Params] = {}
-    for key, value in parameters.items():
+    order = list(PIPELINE_PARAMETERS)
+    # In PIPELINE_PARAMETERS' order, unknown keys last: the config loader's order varies.
+    for key in sorted(parameters, key=lambda key: (order.index(key) if key in order else len(order), str(key))):
+        value = parameters[key]
         model = PIPELINE_PARAMETERS.get(key)
         if model is None:
             problems.append(_unknown_key(str(key)))
