@@ -126,6 +126,8 @@ def test_a_misspelling_suggests_the_key_it_meant(base_parameters):
     ("image_ft.validation.prompts", "one prompt",
      "image_ft.validation.prompts must be a list of strings, got 'one prompt'"),
     ("evaluation.processes.milling", "mill", "evaluation.processes.milling must be a list of strings, got 'mill'"),
+    ("evaluation.variants", "base",
+     "evaluation.variants must be a list of values among base, image, motion, both, got 'base'"),
 ])
 def test_a_value_of_the_wrong_type_is_refused_by_name(base_parameters, path, value, expected):
     assert problems(changed(base_parameters, path, value)) == [expected]

@@ -628,4 +628,6 @@ def _plural(annotation: Any) -> str:
     described = _describe(annotation)
     if described.startswith("a "):
         return described[2:] + "s"
+    if described.startswith("one of "):
+        return "values among " + described[len("one of "):]
     return f"({described})"
