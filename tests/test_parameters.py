@@ -144,8 +144,9 @@ def test_every_problem_is_reported_at_once_and_numbers_pass_as_text(base_paramet
 def test_the_choices_agree_with_the_code_that_uses_them():
     import typing
 
-    from machining_t2v import generation, parameters, training
+    from machining_t2v import generation, training
     from machining_t2v.diffusion import LossConfig
+    from machining_t2v.parameters import models as parameters
     from machining_t2v.pipelines.evaluation.nodes import SPLITS, VARIANT_ADAPTERS
     from machining_t2v.pipelines.motion_ft.nodes import MODES
 
