@@ -21,6 +21,13 @@ whole-folder MLflow artifacts.
     same way. ``MACHINING_T2V_REQUIRE_MLFLOW=1`` restores the strict behaviour (the run fails).
     Configuration errors in ``mlflow.yml`` still fail the run.
 
+``ParameterCheck``
+    Before the first node of any pipeline, validates the run's merged parameters (conf/base, the
+    environment, ``--params``) against the typed models of :mod:`machining_t2v.parameters`. An
+    unknown key (``--params image_ft.method=textual_inversion``), a misspelling or a value of the
+    wrong type fails the run at once with an error naming the key by its dotted path, instead of
+    being silently ignored while a model trains for minutes.
+
 ``ModelSourceCheck``
     Before a pipeline that loads the base model (a node taking ``params:base_model``) runs its
     first node, checks that the base model and the motion adapter can be found
@@ -365,6 +372,22 @@ class ResilientMlflowHook(MlflowHook):
         self._guard("marking the MLflow run failed",
                     lambda: super(ResilientMlflowHook, self).on_pipeline_error(error, run_params, pipeline,
                                                                                 catalog))  # fmt: skip
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+class ParameterCheck:
+    """Fail a run whose parameters have an unknown key or a value of the wrong type, before its first node."""
+
+    # tryfirst, and registered after ModelSourceCheck (settings.HOOKS): of two tryfirst hooks pluggy
+    # calls the later-registered first, so parameters are checked before any model is looked up,
+    # and before the MLflow run is opened.
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, catalog: Any) -> None:
+        from machining_t2v.parameters import check_parameters
+
+        check_parameters(catalog.load("parameters"))
 
 
 # --------------------------------------------------------------------------- model sources

@@ -266,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     runtime_params = parse_params(args.params)
     catalog_conf, credentials, parameters, mlflow_conf = load_project_config(
         project_path, args.env, runtime_params, args.conf_source)
+    from machining_t2v.parameters import check_parameters
+
+    check_parameters(parameters)  # an unknown key or a wrong type fails here, as `kedro run` does
     from kedro.io import DataCatalog
 
     from machining_t2v.hooks import MlflowArtifactHooks, ProjectLock, lock_timeout_from_env

@@ -5,6 +5,7 @@ from kedro.config import OmegaConfigLoader
 from machining_t2v.hooks import (
     MlflowArtifactHooks,
     ModelSourceCheck,
+    ParameterCheck,
     ProjectRunLock,
     ResilientMlflowHook,
 )
@@ -14,7 +15,9 @@ from machining_t2v.hooks import (
 # replaces the copy the kedro-mlflow plugin registers itself, which is disabled here.
 # ModelSourceCheck: a base model, motion adapter or CLIP that cannot be found fails the run
 # before its first node.
-HOOKS = (ProjectRunLock(), ResilientMlflowHook(), ModelSourceCheck(), MlflowArtifactHooks())
+# ParameterCheck: an unknown parameter key or a value of the wrong type fails the run before its
+# first node; listed after ModelSourceCheck so that it runs before it (see hooks.py).
+HOOKS = (ProjectRunLock(), ResilientMlflowHook(), ModelSourceCheck(), ParameterCheck(), MlflowArtifactHooks())
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
