@@ -149,10 +149,11 @@ def test_the_choices_agree_with_the_code_that_uses_them():
     from machining_t2v.parameters import models as parameters
     from machining_t2v.pipelines.evaluation.nodes import SPLITS, VARIANT_ADAPTERS
     from machining_t2v.pipelines.motion_ft.nodes import MODES
+    from machining_t2v.training import config as training_config
 
-    assert typing.get_args(parameters.LrScheduler) == training._LR_SCHEDULERS
-    assert typing.get_args(parameters.MixedPrecision) == ("auto", *training._MIXED_PRECISIONS)
-    assert typing.get_args(parameters.Optimizer) == training._OPTIMIZERS
+    assert typing.get_args(parameters.LrScheduler) == training_config.LR_SCHEDULERS
+    assert typing.get_args(parameters.MixedPrecision) == ("auto", *training_config.MIXED_PRECISIONS)
+    assert typing.get_args(parameters.Optimizer) == training_config.OPTIMIZERS
     assert typing.get_args(parameters.Sampler) == generation.SCHEDULERS
     assert typing.get_args(parameters.MotionMode) == MODES
     assert typing.get_args(parameters.Variant) == tuple(VARIANT_ADAPTERS)
