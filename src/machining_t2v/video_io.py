@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,10 +180,9 @@ class OpenVideo:
         """Decode the frames ``sizes`` names and reduce each to square RGB frames of the sizes listed for
         it (see :func:`square_frame`): ``(index, size, square)`` in increasing index order.
 
-        The same pixels as ``square_frame`` of ``iter_frames``' frames, with less work: a background
-        thread decodes while the caller's thread resizes, and OpenCV's BGR frames are converted to RGB
-        after resizing (resizing treats the channels alike), not at full size. ``pattern`` as in
-        ``iter_frames``.
+        The same pixels as ``square_frame`` of ``iter_frames``' frames, with less work: OpenCV's BGR
+        frames are converted to RGB after resizing (resizing treats the channels alike), not at full
+        size. ``pattern`` as in ``iter_frames``.
         """
         wanted = sorted(index for index, wanted_sizes in sizes.items() if wanted_sizes)
         bad = [i for i in wanted if not 0 <= i < self.num_frames]
@@ -196,7 +193,7 @@ class OpenVideo:
         pattern = pattern or self.access_pattern(wanted)
         if pattern not in (SEQUENTIAL, SPARSE):
             raise ValueError(f"access pattern must be {SEQUENTIAL!r} or {SPARSE!r}, got {pattern!r}")
-        for index, frame, bgr in _in_background(self._decode(wanted, pattern), depth=4):
+        for index, frame, bgr in self._decode(wanted, pattern):
             for size in dict.fromkeys(sizes[index]):
                 square = square_frame(frame, size)
                 yield index, size, cv2.cvtColor(square, cv2.COLOR_BGR2RGB) if bgr else square
@@ -276,50 +273,6 @@ def square_frame(frame: np.ndarray, resolution: int) -> np.ndarray:
     height, width = frame.shape[:2]
     resized = cv2.resize(frame, resize_shape_for_crop(width, height, resolution), interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(center_crop(resized, resolution))
-
-
-def _in_background(items: Iterator, depth: int) -> Iterator:
-    """``items`` produced by a thread of their own, at most ``depth`` ahead of the consumer; an error
-    there is raised here. Closing this generator stops the thread."""
-    done, stop = object(), threading.Event()
-    ready: queue.Queue = queue.Queue(maxsize=depth)
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-        except BaseException as error:  # handed to the consumer, which raises it
-            put((done, error))
-            return
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None and stop.is_set():
-                close()
-        put((done, None))
-
-    thread = threading.Thread(target=produce, name="decode", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = ready.get()
-            if isinstance(item, tuple) and len(item) == 2 and item[0] is done:
-                if item[1] is not None:
-                    raise item[1]
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()
 
 
 def probe_video(path: str | Path) -> VideoInfo:
