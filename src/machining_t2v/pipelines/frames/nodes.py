@@ -225,13 +225,14 @@ def extract_frames_and_clips(raw_videos: RawVideoFolder, params: dict[str, Any])
     manifest: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     pending: list[_VideoSamples] = []
-    counts = {"stills": 0, "clips": 0}
+    counts = {"stills": 0, "clips": 0, "pending_bytes": 0}
 
     def chunk(complete: bool) -> FramesChunk:
         stills = {k: v for samples in pending for k, v in samples.stills.items()}
         clips = {k: v for samples in pending for k, v in samples.clips.items()}
         counts["stills"] += len(stills)
         counts["clips"] += len(clips)
+        counts["pending_bytes"] = 0
         pending.clear()
         return (stills, clips, pd.DataFrame(manifest if complete else [], columns=MANIFEST_COLUMNS),
                 pd.DataFrame(skipped if complete else [], columns=SKIPPED_COLUMNS))
@@ -256,7 +257,8 @@ def extract_frames_and_clips(raw_videos: RawVideoFolder, params: dict[str, Any])
             continue
         pending.append(samples)
         manifest.extend(samples.rows)
-        if sum(held.nbytes for held in pending) >= FLUSH_MB * 2**20:
+        counts["pending_bytes"] += samples.nbytes
+        if counts["pending_bytes"] >= FLUSH_MB * 2**20:
             sent = chunk(complete=False)
             yield sent
             handed_over(sent)
