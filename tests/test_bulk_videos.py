@@ -114,7 +114,7 @@ _MEASURE = textwrap.dedent(
     """
     import gc, json, logging, sys
     from machining_t2v.datasets import VideoFolderDataset
-    from machining_t2v.pipelines.frames.nodes import extract_frames_and_clips
+    from machining_t2v.pipelines.frames.nodes import extract_frames_and_clips, merge_chunks
     from machining_t2v.video_io import probe_video, read_frames
 
     def status(field):  # VmRSS / VmHWM of this process in bytes
@@ -140,7 +140,7 @@ _MEASURE = textwrap.dedent(
     first = good_videos[0].path
     read_frames(first, list(range(probe_video(first).num_frames)), params["resolution"])
     base = start_window()
-    stills, clips, manifest, skipped = extract_frames_and_clips(folder, params)
+    stills, clips, manifest, skipped = merge_chunks(extract_frames_and_clips(folder, params))
     node_growth = status("VmHWM") - base
     returned = sum(clip.nbytes for clip in clips.values()) + sum(
         image.width * image.height * len(image.getbands()) for image in stills.values())

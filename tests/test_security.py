@@ -259,7 +259,7 @@ def test_sample_ids_are_plain_file_names_that_stay_in_their_folder(tmp_path):
 def test_distinct_videos_never_share_a_sample_id(tmp_path):
     """Two videos must never write the same still/clip/sidecar file."""
     from machining_t2v.datasets import VideoFolderDataset
-    from machining_t2v.pipelines.frames.nodes import extract_frames_and_clips
+    from machining_t2v.pipelines.frames.nodes import extract_frames_and_clips, merge_chunks
 
     raw = tmp_path / "videos"
     for number, name in enumerate(["pocket.mp4", "pocket.webm", "milling/face.mp4", "milling__face.mp4",
@@ -267,7 +267,8 @@ def test_distinct_videos_never_share_a_sample_id(tmp_path):
         write_test_video(raw / name, num_frames=24, seed=number)
     params = {"resolution": 32, "num_frames": 4, "frame_stride": 2, "target_fps": None, "clips_per_video": 1,
               "stills_per_video": 2, "min_motion": 0.0}
-    stills, clips, manifest, _ = extract_frames_and_clips(VideoFolderDataset(path=str(raw)).load(), params)
+    folder = VideoFolderDataset(path=str(raw)).load()
+    stills, clips, manifest, _ = merge_chunks(extract_frames_and_clips(folder, params))
     owners = manifest.groupby("sample_id")["video"].nunique()
     assert (owners == 1).all(), f"ids shared by several videos: {owners[owners > 1].to_dict()}"
     assert len(stills) == 2 * 8 and len(clips) == 8

@@ -5,6 +5,8 @@
   time), saving writes rendered sample videos but never into a folder that already holds videos.
 - ``ClipStripDataset``: one training clip (F, H, W, 3) stored as a lossless PNG film strip, so
   a user can open the clips the motion LoRA trains on in any image viewer.
+- ``ChunkedPartitionedDataset``: a ``PartitionedDataset`` that a generator node saves chunk by
+  chunk (the frames pipeline writes stills and clips as they are extracted).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from kedro.io import AbstractDataset, DatasetError
+from kedro_datasets.partitions import PartitionedDataset
 
 from machining_t2v.video_io import VIDEO_EXTENSIONS, write_video
 
@@ -168,6 +171,30 @@ class ClipStripDataset(AbstractDataset[np.ndarray, np.ndarray]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath)}
+
+
+class ChunkedPartitionedDataset(PartitionedDataset):
+    """``partitions.PartitionedDataset`` that a generator node can save in chunks.
+
+    Kedro saves every chunk a generator node yields with a ``save`` call of its own. A plain
+    ``PartitionedDataset`` with ``overwrite: true`` would delete the earlier chunks at each call;
+    this one empties the folder at its first save only and adds the partitions of every later
+    save, so a run still replaces the previous run's partitions. Kedro builds the catalog, hence
+    this dataset, anew for each run. Loading and the other options are ``PartitionedDataset``'s.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._saved_before = False
+
+    def save(self, data: dict[str, Any]) -> None:
+        overwrite = self._overwrite
+        self._overwrite = overwrite and not self._saved_before
+        try:
+            super().save(data)
+        finally:
+            self._overwrite = overwrite
+        self._saved_before = True
 
 
 @dataclass

@@ -1,7 +1,10 @@
 """Video reading and writing shared by every pipeline.
 
-Reading goes through decord (sparse frame access with resizing while decoding); writing
-goes through OpenCV for the training-data containers (mp4v .mp4, VP9 .webm, MJPG .avi) and
+Reading opens every file with decord (frame count, frame rate, keyframes, clear errors for files
+that are not videos) and decodes the frames a caller needs with the faster access pattern for
+that file: OpenCV reading sequentially up to the last frame needed (dense sampling, short files)
+or decord seeking from keyframe to keyframe (sparse sampling of long files); both return the same
+pixels. Writing goes through OpenCV for the training-data containers (mp4v .mp4, VP9 .webm, MJPG .avi) and
 through the ffmpeg binary shipped by ``imageio-ffmpeg`` for browser-playable H.264 .mp4.
 Nothing here imports Kedro, so it also runs in notebooks and under ``accelerate launch``.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,8 +52,9 @@ class VideoInfo:
         return self.num_frames / self.fps if self.fps > 0 else 0.0
 
 
-def _open_reader(path: str | Path, width: int = -1, height: int = -1):
-    """Open ``path`` with decord, turning every failure into a ``VideoReadError``."""
+def _open_reader(path: str | Path, width: int = -1, height: int = -1, num_threads: int = 0):
+    """Open ``path`` with decord (``num_threads`` 0: as many decoding threads as cores), turning every
+    failure into a ``VideoReadError``."""
     import decord
 
     path = Path(path)
@@ -58,7 +63,7 @@ def _open_reader(path: str | Path, width: int = -1, height: int = -1):
     if path.stat().st_size == 0:
         raise VideoReadError(path, "file is empty (0 bytes)")
     try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height)
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height, num_threads=num_threads)
     except Exception as error:  # decord raises its own DECORDError and plain RuntimeErrors
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise VideoReadError(path, f"not a decodable video ({first_line[:160]})") from error
@@ -67,22 +72,173 @@ def _open_reader(path: str | Path, width: int = -1, height: int = -1):
     return reader
 
 
+SEQUENTIAL = "sequential"
+SPARSE = "sparse"
+
+
 class OpenVideo:
-    """A video opened once with decord: its ``info`` and any frames, without reopening the file."""
+    """A video opened once with decord: its frame count and rate, ``info`` and any frames, without
+    reopening the file."""
 
     # Decoding every frame of a range beats seeking to sparse ones while the range holds
     # at most this many times the frames wanted (measured in benchmarks/decode.py).
     DENSE_RANGE_FACTOR = 3
+    # What decord spends on a frame it decodes after a seek (its get_batch, seeks included), in frames
+    # OpenCV decodes in the same time reading sequentially. Measured by benchmarks/decode.py on the
+    # 640x480 H.264 file (keyframe every 30 frames), `pipeline` pattern: the frames node with the sparse
+    # pattern forced spends 1.39 ms per frame decord decodes, with the sequential pattern forced 0.58 ms
+    # per frame up to the last one wanted (2.4x); decord's plain get_batch vs cv2 grab gives 2.35x.
+    # `access_pattern` compares the two costs per file.
+    SPARSE_FRAME_COST = 2.4
+    # Frames decoded at once on the sparse path: bounds the full-size frames held in memory.
+    SPARSE_BATCH = 8
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._reader = _open_reader(self.path)
+        # Opened for its index (frame count, rate, keyframes) with one thread, which opens faster; the
+        # sparse path decodes with a reader of its own, with a thread per core.
+        self._index = _open_reader(self.path, num_threads=1)
+        self._decoder = None
+        self.num_frames = len(self._index)
+        self.fps = float(self._index.get_avg_fps())
+        self._info: VideoInfo | None = None
+        self._frame_size: tuple[int, int] | None = None
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) of the frames: of the frames decoded so far, else from ``info``."""
+        if self._frame_size is None:
+            self._frame_size = (self.info.width, self.info.height)
+        return self._frame_size
+
+    @property
+    def _reader(self):
+        """decord's reader for decoding (multi-threaded), opened on first use."""
+        if self._decoder is None:
+            self._decoder = _open_reader(self.path)
+        return self._decoder
+
+    @property
+    def info(self) -> VideoInfo:
+        """Frame count, frame rate and size (the size comes from decoding frame 0, once)."""
+        if self._info is None:
+            try:
+                height, width = self._index[0].shape[:2]
+            except Exception as error:
+                raise VideoReadError(self.path,
+                                     f"first frame does not decode ({str(error).strip()[:160]})") from error
+            self._info = VideoInfo(num_frames=self.num_frames, fps=self.fps, width=width, height=height)
+        return self._info
+
+    def decode_cost(self, indices: list[int]) -> dict[str, float]:
+        """Estimated cost of decoding ``indices`` per access pattern, in frames OpenCV decodes sequentially.
+
+        ``sequential`` decodes every frame up to the last one wanted. ``sparse`` decodes, for each
+        frame wanted, from the frame before it when that is in the same keyframe interval (no seek)
+        or else from its keyframe, at ``SPARSE_FRAME_COST`` per frame.
+        """
+        wanted = sorted(set(indices))
+        if not wanted:
+            return {SEQUENTIAL: 0.0, SPARSE: 0.0}
+        keys = sorted(int(k) for k in self._index.get_key_indices()) or [0]
+        decoded, position, key_at = 0, -1, 0
+        for index in wanted:
+            while key_at + 1 < len(keys) and keys[key_at + 1] <= index:
+                key_at += 1
+            keyframe = keys[key_at]
+            decoded += index - position if keyframe <= position < index else index - keyframe + 1
+            position = index
+        return {SEQUENTIAL: float(wanted[-1] + 1), SPARSE: self.SPARSE_FRAME_COST * decoded}
+
+    def access_pattern(self, indices: list[int]) -> str:
+        """The cheaper way to decode ``indices`` of this file (see ``decode_cost``)."""
+        cost = self.decode_cost(indices)
+        return SEQUENTIAL if cost[SEQUENTIAL] <= cost[SPARSE] else SPARSE
+
+    def iter_frames(self, indices: list[int], pattern: str | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Decode the frames at ``indices`` one by one: ``(index, uint8 RGB (H, W, 3))`` in increasing
+        index order, each index once, at full size.
+
+        ``pattern`` forces an access pattern (``sequential`` or ``sparse``); by default the cheaper one
+        for this file. Both return the same pixels; a file OpenCV reads differently from decord (another
+        frame count) is read with decord.
+        """
+        wanted = sorted(set(indices))
+        bad = [i for i in wanted if not 0 <= i < self.num_frames]
+        if bad:
+            raise VideoReadError(self.path, f"frame indices {bad[:5]} outside 0..{self.num_frames - 1}")
+        if not wanted:
+            return
+        pattern = pattern or self.access_pattern(wanted)
+        if pattern not in (SEQUENTIAL, SPARSE):
+            raise ValueError(f"access pattern must be {SEQUENTIAL!r} or {SPARSE!r}, got {pattern!r}")
+        for index, frame, bgr in self._decode(wanted, pattern):
+            yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if bgr else frame
+
+    def iter_squares(self, sizes: dict[int, list[int]], pattern: str | None = None
+                     ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Decode the frames ``sizes`` names and reduce each to square RGB frames of the sizes listed for
+        it (see :func:`square_frame`): ``(index, size, square)`` in increasing index order.
+
+        The same pixels as ``square_frame`` of ``iter_frames``' frames, with less work: OpenCV's BGR
+        frames are converted to RGB after resizing (resizing treats the channels alike), not at full
+        size. ``pattern`` as in ``iter_frames``.
+        """
+        wanted = sorted(index for index, wanted_sizes in sizes.items() if wanted_sizes)
+        bad = [i for i in wanted if not 0 <= i < self.num_frames]
+        if bad:
+            raise VideoReadError(self.path, f"frame indices {bad[:5]} outside 0..{self.num_frames - 1}")
+        if not wanted:
+            return
+        pattern = pattern or self.access_pattern(wanted)
+        if pattern not in (SEQUENTIAL, SPARSE):
+            raise ValueError(f"access pattern must be {SEQUENTIAL!r} or {SPARSE!r}, got {pattern!r}")
+        for index, frame, bgr in self._decode(wanted, pattern):
+            for size in dict.fromkeys(sizes[index]):
+                square = square_frame(frame, size)
+                yield index, size, cv2.cvtColor(square, cv2.COLOR_BGR2RGB) if bgr else square
+
+    def _decode(self, wanted: list[int], pattern: str) -> Iterator[tuple[int, np.ndarray, bool]]:
+        """``(index, full-size frame, whether it is BGR)`` for the sorted indices ``wanted``."""
+        done = 0
+        if pattern == SEQUENTIAL:
+            for index, frame in self._read_sequentially(wanted):
+                done += 1
+                self._frame_size = (frame.shape[1], frame.shape[0])
+                yield index, frame, True
+        for start in range(done, len(wanted), self.SPARSE_BATCH):
+            batch = wanted[start : start + self.SPARSE_BATCH]
+            try:
+                frames = self._reader.get_batch(batch).asnumpy()
+            except Exception as error:
+                raise VideoReadError(self.path, f"decoding failed ({str(error).strip()[:160]})") from error
+            self._frame_size = (frames.shape[2], frames.shape[1])
+            for index, frame in zip(batch, frames, strict=True):
+                yield index, frame, False
+
+    def _read_sequentially(self, wanted: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """OpenCV from the first frame on, BGR: frames not wanted are only grabbed (decoded, not
+        converted). Stops early (the caller goes on with decord) where OpenCV's stream disagrees with
+        decord's."""
+        capture = cv2.VideoCapture(str(self.path))
         try:
-            height, width = self._reader[0].shape[:2]
-        except Exception as error:
-            raise VideoReadError(path, f"first frame does not decode ({str(error).strip()[:160]})") from error
-        self.info = VideoInfo(num_frames=len(self._reader), fps=float(self._reader.get_avg_fps()), width=width,
-                              height=height)
+            # decord does not apply rotation metadata; neither may this path, so both give the same frames.
+            capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 0)
+            if not capture.isOpened() or int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) != self.num_frames:
+                return
+            position = 0
+            for index in wanted:
+                while position < index:
+                    if not capture.grab():
+                        return
+                    position += 1
+                ok, frame = capture.read()
+                if not ok:
+                    return
+                position += 1
+                yield index, frame
+        finally:
+            capture.release()
 
     def frames(self, indices: list[int], resolution: int | None = None) -> np.ndarray:
         """Decode the frames at ``indices`` as uint8 RGB (N, H, W, 3).
@@ -92,9 +248,9 @@ class OpenVideo:
         """
         if not indices:
             return np.zeros((0, resolution or 0, resolution or 0, 3), np.uint8)
-        bad = [i for i in indices if not 0 <= i < self.info.num_frames]
+        bad = [i for i in indices if not 0 <= i < self.num_frames]
         if bad:
-            raise VideoReadError(self.path, f"frame indices {bad[:5]} outside 0..{self.info.num_frames - 1}")
+            raise VideoReadError(self.path, f"frame indices {bad[:5]} outside 0..{self.num_frames - 1}")
         first, last = min(indices), max(indices)
         dense = last - first + 1 <= self.DENSE_RANGE_FACTOR * len(set(indices))
         try:
@@ -108,10 +264,15 @@ class OpenVideo:
             raise VideoReadError(self.path, f"decoding failed ({str(error).strip()[:160]})") from error
         if resolution is None:
             return frames
-        height, width = frames.shape[1:3]
-        size = resize_shape_for_crop(width, height, resolution)
-        resized = np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in frames])
-        return np.ascontiguousarray(center_crop(resized, resolution))
+        return np.stack([square_frame(frame, resolution) for frame in frames])
+
+
+def square_frame(frame: np.ndarray, resolution: int) -> np.ndarray:
+    """One (H, W, 3) frame resized so its shorter side equals ``resolution`` (area interpolation), then
+    centre-cropped to a square, which is what SD-family models train on."""
+    height, width = frame.shape[:2]
+    resized = cv2.resize(frame, resize_shape_for_crop(width, height, resolution), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(center_crop(resized, resolution))
 
 
 def probe_video(path: str | Path) -> VideoInfo:

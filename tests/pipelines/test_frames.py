@@ -15,6 +15,7 @@ import pytest
 from machining_t2v.datasets import ClipStripDataset, VideoFolderDataset
 from machining_t2v.pipelines.frames.nodes import (
     extract_frames_and_clips,
+    merge_chunks,
     sample_id_prefix,
     unique_sample_id_prefixes,
 )
@@ -22,6 +23,11 @@ from tests.conftest import add_audio_track, run_pipeline, write_test_video
 
 PARAMS = {"resolution": 32, "num_frames": 4, "frame_stride": 2, "target_fps": None, "clips_per_video": 2,
           "stills_per_video": 3, "min_motion": 1.0, "video_extensions": [".mp4", ".webm"]}
+
+
+def extract(folder, params):
+    """Every stills, clips, manifest and skipped table of the frames node, in memory."""
+    return merge_chunks(extract_frames_and_clips(folder, params))
 
 
 def folder_digest(root) -> dict[str, str]:
@@ -50,7 +56,7 @@ def test_good_videos_become_stills_and_clips_bad_ones_are_listed(mixed_folder, c
     before = folder_digest(mixed_folder)
     folder = VideoFolderDataset(path=str(mixed_folder)).load()
     with caplog.at_level(logging.WARNING):
-        stills, clips, manifest, skipped = extract_frames_and_clips(folder, PARAMS)
+        stills, clips, manifest, skipped = extract(folder, PARAMS)
 
     assert dict(zip(skipped["video"], skipped["reason"], strict=True)).keys() == {
         "short.mp4", "zero.mp4", "notes.webm", "corrupt.mp4"}
@@ -82,7 +88,7 @@ def test_good_videos_become_stills_and_clips_bad_ones_are_listed(mixed_folder, c
 def test_target_fps_sets_the_stride(tmp_path):
     write_test_video(tmp_path / "v" / "a.mp4", num_frames=40, fps=12)
     folder = VideoFolderDataset(path=str(tmp_path / "v")).load()
-    _, _, manifest, _ = extract_frames_and_clips(folder, {**PARAMS, "target_fps": 4, "clips_per_video": 1})
+    _, _, manifest, _ = extract(folder, {**PARAMS, "target_fps": 4, "clips_per_video": 1})
     clip = manifest[manifest["kind"] == "clip"].iloc[0]
     indices = [int(i) for i in clip["frame_indices"].split()]
     assert np.diff(indices).tolist() == [3, 3, 3]
@@ -93,7 +99,7 @@ def test_folder_without_videos_is_a_clear_error(tmp_path):
     (tmp_path / "empty" / "readme.md").write_text("no videos here")
     folder = VideoFolderDataset(path=str(tmp_path / "empty")).load()
     with pytest.raises(ValueError, match=f"No video files .* found in {tmp_path / 'empty'}"):
-        extract_frames_and_clips(folder, PARAMS)
+        extract(folder, PARAMS)
 
 
 def test_folder_of_only_broken_videos_is_a_clear_error(tmp_path):
@@ -103,7 +109,7 @@ def test_folder_of_only_broken_videos_is_a_clear_error(tmp_path):
     (root / "b.mp4").write_bytes(b"garbage" * 100)
     folder = VideoFolderDataset(path=str(root)).load()
     with pytest.raises(ValueError, match=r"No usable video in .*broken: all 2 skipped"):
-        extract_frames_and_clips(folder, PARAMS)
+        extract(folder, PARAMS)
 
 
 def test_clip_strip_dataset_round_trips_losslessly(tmp_path):
@@ -153,7 +159,7 @@ def test_deprecated_pipeline_flag_still_runs_from_the_cli(project):
 def test_stills_and_clips_come_out_at_their_own_resolutions(tmp_path):
     write_test_video(tmp_path / "v" / "a.mp4", num_frames=30, width=96, height=64)
     folder = VideoFolderDataset(path=str(tmp_path / "v")).load()
-    stills, clips, manifest, _ = extract_frames_and_clips(
+    stills, clips, manifest, _ = extract(
         folder, {**PARAMS, "still_resolution": 48, "clip_resolution": 16})
     assert stills and clips
     assert all(image.size == (48, 48) for image in stills.values())
@@ -161,8 +167,8 @@ def test_stills_and_clips_come_out_at_their_own_resolutions(tmp_path):
     sizes = manifest.groupby("kind")[["width", "height"]].agg(set).to_dict("index")
     assert sizes == {"still": {"width": {48}, "height": {48}}, "clip": {"width": {16}, "height": {16}}}
     # Each kind is the same frame at the same size as a run that uses that size for both.
-    only_stills, _, _, _ = extract_frames_and_clips(folder, {**PARAMS, "resolution": 48})
-    _, only_clips, _, _ = extract_frames_and_clips(folder, {**PARAMS, "resolution": 16})
+    only_stills, _, _, _ = extract(folder, {**PARAMS, "resolution": 48})
+    _, only_clips, _, _ = extract(folder, {**PARAMS, "resolution": 16})
     assert all(np.array_equal(np.asarray(stills[key]), np.asarray(only_stills[key])) for key in stills)
     assert all(np.array_equal(clips[key], only_clips[key]) for key in clips)
 
@@ -170,8 +176,8 @@ def test_stills_and_clips_come_out_at_their_own_resolutions(tmp_path):
 def test_null_still_and_clip_resolutions_keep_the_shared_resolution(tmp_path):
     write_test_video(tmp_path / "v" / "a.mp4", num_frames=30, width=96, height=64)
     folder = VideoFolderDataset(path=str(tmp_path / "v")).load()
-    before = extract_frames_and_clips(folder, PARAMS)  # the keys absent, as in an older conf
-    after = extract_frames_and_clips(folder, {**PARAMS, "still_resolution": None, "clip_resolution": None})
+    before = extract(folder, PARAMS)  # the keys absent, as in an older conf
+    after = extract(folder, {**PARAMS, "still_resolution": None, "clip_resolution": None})
     assert before[0].keys() == after[0].keys() and before[1].keys() == after[1].keys()
     assert all(np.array_equal(np.asarray(before[0][k]), np.asarray(after[0][k])) for k in before[0])
     assert all(np.array_equal(before[1][k], after[1][k]) for k in before[1])
@@ -183,6 +189,6 @@ def test_a_resolution_under_8_px_is_a_clear_error_naming_its_parameter(tmp_path)
     write_test_video(tmp_path / "v" / "a.mp4", num_frames=30)
     folder = VideoFolderDataset(path=str(tmp_path / "v")).load()
     with pytest.raises(ValueError, match="frames.clip_resolution must be >= 8 px, got 4"):
-        extract_frames_and_clips(folder, {**PARAMS, "clip_resolution": 4})
+        extract(folder, {**PARAMS, "clip_resolution": 4})
     with pytest.raises(ValueError, match="frames.resolution must be >= 8 px, got 0"):
-        extract_frames_and_clips(folder, {**PARAMS, "resolution": 0, "clip_resolution": 16})
+        extract(folder, {**PARAMS, "resolution": 0, "clip_resolution": 16})

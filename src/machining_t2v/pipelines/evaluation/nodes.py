@@ -16,16 +16,7 @@ import pandas as pd
 from PIL import Image
 
 from machining_t2v import starter_world, tracking
-from machining_t2v.clip_metrics import STANDIN_NOTE, clip_f, clip_t, load_clip_scorer
 from machining_t2v.datasets import TrainedLora
-from machining_t2v.generation import (
-    cpu_threads,
-    generate_video,
-    load_generator,
-    load_lora,
-    set_lora_scales,
-)
-from machining_t2v.inworld import InWorldEvaluator, accuracy
 from machining_t2v.metrics import FlowStatistics, flow_statistics, motion_fidelity, video_metrics
 from machining_t2v.report import (
     Block,
@@ -40,7 +31,9 @@ from machining_t2v.report import (
     to_html,
     to_markdown,
 )
-from machining_t2v.sampling import side_by_side
+
+# clip_metrics, generation, inworld and sampling (torch, diffusers, transformers) are imported inside the
+# functions that use them: registering the pipelines must not pay for them.
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +209,8 @@ def generate_evaluation_clips(
     unknown = [v for v in params["variants"] if v not in VARIANT_ADAPTERS]
     if unknown:
         raise ValueError(f"evaluation.variants: unknown {unknown}; choose from {list(VARIANT_ADAPTERS)}")
+    from machining_t2v.generation import cpu_threads
+
     with cpu_threads(params.get("cpu_threads")):
         return _generate_variants(prompts, image_lora, motion_lora, base_model, params, scales)
 
@@ -223,6 +218,8 @@ def generate_evaluation_clips(
 def _generate_variants(prompts: pd.DataFrame, image_lora: TrainedLora | None, motion_lora: TrainedLora | None,
                        base_model: dict[str, Any], params: dict[str, Any],
                        scales: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    from machining_t2v.generation import generate_video, load_generator, load_lora, set_lora_scales
+
     sampling = params["sampling"]
     started = time.perf_counter()
     generator = load_generator(
@@ -292,12 +289,16 @@ def score_clips(
         long table (variant, prompt_id, prompt, process, split, seed, metric, value) and a
         record of the CLIP model used (``source``, ``is_standin``, ``label``).
     """
+    from machining_t2v.generation import cpu_threads
+
     with cpu_threads(params.get("cpu_threads")):
         return _score(generated, prompts, reference_clips, reference_table, params)
 
 
 def _score(generated: dict[str, np.ndarray], prompts: pd.DataFrame, reference_clips: dict[str, np.ndarray],
            reference_table: pd.DataFrame, params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    from machining_t2v.clip_metrics import STANDIN_NOTE, clip_f, clip_t, load_clip_scorer
+
     scorer = load_clip_scorer(params["clip_model"], params.get("clip_standin_dir"))
     reference_stats = {sample_id: flow_statistics(frames) for sample_id, frames in reference_clips.items()}
     process_refs: dict[str, list[str]] = {}
@@ -396,6 +397,8 @@ def score_in_world(
         logger.info("No in-world metrics: base model %s has no %s/ folder (only the starter model carries one)",
                     generation_record["base_model_source"], INWORLD_FOLDER)
         return pd.DataFrame(columns=INWORLD_COLUMNS), pd.DataFrame(columns=INWORLD_PREDICTION_COLUMNS)
+    from machining_t2v.inworld import InWorldEvaluator
+
     # A folder that is there but unreadable raises: a stale or broken starter must not pass unnoticed.
     evaluator = InWorldEvaluator.load(folder)
     prompt_of = prompts.set_index("prompt_id")
@@ -433,6 +436,8 @@ def _labels(frame: pd.DataFrame, prefix: str) -> list[dict[str, str | None]]:
 
 def _in_world_accuracies(predictions: pd.DataFrame) -> pd.DataFrame:
     """Accuracy per (variant, split), grouped like :func:`summarise_metrics`."""
+    from machining_t2v.inworld import accuracy
+
     rows = []
     for variant, split, group in _variant_split_groups(predictions):
         predicted, expected = _labels(group, "predicted_"), _labels(group, "expected_")
@@ -471,6 +476,8 @@ def make_frame_strips(generated: dict[str, np.ndarray], params: dict[str, Any]) 
 
 def make_comparison_videos(generated: dict[str, np.ndarray], generation_record: dict[str, Any]) -> dict[str, np.ndarray]:
     """Per prompt and seed, the variants' clips side by side (in the order base, image, motion, both)."""
+    from machining_t2v.sampling import side_by_side
+
     videos = {}
     variants = generation_record["variants"]
     groups: dict[tuple[str, int], dict[str, np.ndarray]] = {}

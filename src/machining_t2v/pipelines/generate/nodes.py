@@ -11,21 +11,17 @@ import numpy as np
 
 from machining_t2v import tracking
 from machining_t2v.datasets import TrainedLora
-from machining_t2v.generation import (
-    cpu_threads,
-    generate_video,
-    load_generator,
-    load_lora,
-    prompt_slug,
-    require_text,
-    set_lora_scales,
-)
+
+# machining_t2v.generation (torch, diffusers) is imported where it is used: registering the pipelines
+# must not pay for it.
 
 logger = logging.getLogger(__name__)
 
 
 def with_trigger(prompt: str, trigger: str | None) -> str:
     """``prompt`` with the trigger word in front, unless it is empty or already in the prompt."""
+    from machining_t2v.generation import require_text
+
     prompt = require_text(prompt)
     if not trigger or re.search(rf"(^|\W){re.escape(trigger)}(\W|$)", prompt):
         return prompt
@@ -61,6 +57,8 @@ def generate_clip(
         ``{name: frames}`` for the video dataset (GIF + H.264) and a record of the prompt,
         settings and models.
     """
+    from machining_t2v.generation import cpu_threads
+
     prompt = with_trigger(params["prompt"], trigger if params.get("prepend_trigger", True) else None)
     with cpu_threads(params.get("cpu_threads")):
         return _generate(prompt, image_lora, motion_lora, base_model, params)
@@ -68,6 +66,14 @@ def generate_clip(
 
 def _generate(prompt: str, image_lora: TrainedLora | None, motion_lora: TrainedLora | None,
               base_model: dict[str, Any], params: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    from machining_t2v.generation import (
+        generate_video,
+        load_generator,
+        load_lora,
+        prompt_slug,
+        set_lora_scales,
+    )
+
     generator = load_generator(
         base_model["pretrained"], base_model["motion_adapter"], tiny_model_dir=base_model["tiny_model_dir"],
         revision=base_model.get("revision"), variant=base_model.get("variant"), scheduler=params["scheduler"],

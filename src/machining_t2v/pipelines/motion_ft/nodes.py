@@ -6,51 +6,21 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 
 from machining_t2v import tracking
 from machining_t2v.datasets import TrainedLora
-from machining_t2v.diffusion import (
-    LossConfig,
-    build_cache,
-    noise_prediction_loss,
-    schedule_info,
-    video_noise_scheduler,
-)
-from machining_t2v.finetune import (
-    collect_captioned_clips,
-    collect_captioned_stills,
-    enable_gradient_checkpointing,
-    fit_lora,
-    inference_autocast,
-    place_frozen,
-    run_summary,
-    seeded_lora_init,
-    trainable_in_fp32,
-    training_config_from_params,
-    training_device,
-)
-from machining_t2v.lora import (
-    IMAGE_LORA_TARGETS,
-    MOTION_LORA_TARGETS,
-    add_lora,
-    lora_scale,
-    lora_state_dict,
-    merge_lora,
-)
-from machining_t2v.memory import check_training_memory
-from machining_t2v.models import (
-    build_motion_unet,
-    load_base_model,
-    load_motion_adapter,
-    warn_if_low_resolution,
-)
-from machining_t2v.sampling import sample_videos, side_by_side, video_pipeline
+
+# torch, diffusers, transformers and peft are imported inside the functions that use them: registering
+# the pipelines (every `kedro run`, `kedro registry list`, `kedro viz`) must not pay for them.
+if TYPE_CHECKING:
+    import torch
+
+    from machining_t2v.diffusion import LossConfig
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +46,41 @@ def train_motion_lora(
         the motion LoRA, the spatial LoRA (no weights in temporal mode), validation videos
         (base and LoRA side by side, same seed) and a run summary.
     """
+    from machining_t2v.diffusion import (
+        LossConfig,
+        build_cache,
+        schedule_info,
+        video_noise_scheduler,
+    )
+    from machining_t2v.finetune import (
+        collect_captioned_clips,
+        collect_captioned_stills,
+        enable_gradient_checkpointing,
+        fit_lora,
+        inference_autocast,
+        place_frozen,
+        run_summary,
+        seeded_lora_init,
+        trainable_in_fp32,
+        training_config_from_params,
+        training_device,
+    )
+    from machining_t2v.lora import (
+        IMAGE_LORA_TARGETS,
+        MOTION_LORA_TARGETS,
+        add_lora,
+        lora_state_dict,
+        merge_lora,
+    )
+    from machining_t2v.memory import check_training_memory
+    from machining_t2v.models import (
+        build_motion_unet,
+        load_base_model,
+        load_motion_adapter,
+        warn_if_low_resolution,
+    )
+    from machining_t2v.sampling import sample_videos, side_by_side, video_pipeline
+
     mode = params.get("mode", "temporal")
     if mode not in MODES:
         raise ValueError(f"motion_ft.mode must be one of {MODES}, got {mode!r}")
@@ -228,6 +233,11 @@ def dual_path_loss(clip_cache, still_cache, noise_scheduler, loss_config: LossCo
     frozen meanwhile, so no gradient crosses over. On steps where the spatial LoRA is dropped
     its still loss is skipped. Used with ``loss_runs_backward`` (see ``training.train``).
     """
+    import torch
+
+    from machining_t2v.diffusion import noise_prediction_loss
+    from machining_t2v.lora import lora_scale
+
     # Every loss option of motion_ft.loss applies to the clips too; only the debias is the dual mode's own.
     temporal_config = dataclasses.replace(loss_config, appearance_debias=debias)
     num_stills = still_cache.latents.shape[0]
