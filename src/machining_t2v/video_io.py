@@ -155,6 +155,16 @@ class OpenVideo:
         cost = self.decode_cost(indices)
         return SEQUENTIAL if cost[SEQUENTIAL] <= cost[SPARSE] else SPARSE
 
+    def _checked_pattern(self, wanted: list[int], pattern: str | None) -> str:
+        """Refuse indices outside the video; the forced pattern, else the cheaper one for ``wanted``."""
+        bad = [i for i in wanted if not 0 <= i < self.num_frames]
+        if bad:
+            raise VideoReadError(self.path, f"frame indices {bad[:5]} outside 0..{self.num_frames - 1}")
+        pattern = pattern or self.access_pattern(wanted)
+        if pattern not in (SEQUENTIAL, SPARSE):
+            raise ValueError(f"access pattern must be {SEQUENTIAL!r} or {SPARSE!r}, got {pattern!r}")
+        return pattern
+
     def iter_frames(self, indices: list[int], pattern: str | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Decode the frames at ``indices`` one by one: ``(index, uint8 RGB (H, W, 3))`` in increasing
         index order, each index once, at full size.
@@ -164,14 +174,9 @@ class OpenVideo:
         frame count) is read with decord.
         """
         wanted = sorted(set(indices))
-        bad = [i for i in wanted if not 0 <= i < self.num_frames]
-        if bad:
-            raise VideoReadError(self.path, f"frame indices {bad[:5]} outside 0..{self.num_frames - 1}")
         if not wanted:
             return
-        pattern = pattern or self.access_pattern(wanted)
-        if pattern not in (SEQUENTIAL, SPARSE):
-            raise ValueError(f"access pattern must be {SEQUENTIAL!r} or {SPARSE!r}, got {pattern!r}")
+        pattern = self._checked_pattern(wanted, pattern)
         for index, frame, bgr in self._decode(wanted, pattern):
             yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if bgr else frame
 
@@ -185,14 +190,9 @@ class OpenVideo:
         size. ``pattern`` as in ``iter_frames``.
         """
         wanted = sorted(index for index, wanted_sizes in sizes.items() if wanted_sizes)
-        bad = [i for i in wanted if not 0 <= i < self.num_frames]
-        if bad:
-            raise VideoReadError(self.path, f"frame indices {bad[:5]} outside 0..{self.num_frames - 1}")
         if not wanted:
             return
-        pattern = pattern or self.access_pattern(wanted)
-        if pattern not in (SEQUENTIAL, SPARSE):
-            raise ValueError(f"access pattern must be {SEQUENTIAL!r} or {SPARSE!r}, got {pattern!r}")
+        pattern = self._checked_pattern(wanted, pattern)
         for index, frame, bgr in self._decode(wanted, pattern):
             for size in dict.fromkeys(sizes[index]):
                 square = square_frame(frame, size)
