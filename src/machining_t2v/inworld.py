@@ -36,6 +36,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from machining_t2v.flow import DIRECTIONS, direction_sums, farneback_flow
+
 __all__ = [
     "CONFIG_FILE",
     "IMAGE_SIZE",
@@ -80,7 +82,12 @@ _FLOW_PARAMS: dict[str, float] = {
 }
 # Flow below this many pixels per frame counts as "not moving" (encoder noise, shading).
 _MOVE_THRESHOLD = 0.25
-_DIRECTION_BINS = 8
+_DIRECTION_BINS = len(DIRECTIONS)
+#: The direction histograms among the motion features run clockwise on screen from "right"
+#: (right, down-right, down, ...): :data:`~machining_t2v.flow.DIRECTIONS` reversed after "right",
+#: the order the committed evaluator was trained with.
+_FEATURE_ORDER = (-np.arange(_DIRECTION_BINS)) % _DIRECTION_BINS
+_FEATURE_DIRECTIONS: tuple[str, ...] = tuple(DIRECTIONS[k] for k in _FEATURE_ORDER)
 _GRID = 2
 
 _FRAME_CHANNELS: tuple[int, ...] = (16, 32, 32)
@@ -137,28 +144,19 @@ def _fit_frames(frames: np.ndarray) -> np.ndarray:
 
 
 def _flows(frames: np.ndarray) -> np.ndarray:
-    """Farneback flow between consecutive 64x64 frames: ``(F-1, 64, 64, 2)`` float32, px/frame."""
-    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
-    p = _FLOW_PARAMS
-    return np.stack([
-        cv2.calcOpticalFlowFarneback(
-            a, b, None, p["pyr_scale"], int(p["levels"]), int(p["winsize"]), int(p["iterations"]),
-            int(p["poly_n"]), p["poly_sigma"], 0,
-        )
-        for a, b in zip(grey[:-1], grey[1:], strict=True)
-    ])
+    """Farneback flow between consecutive 64x64 frames: ``(F-1, 64, 64, 2)`` float32, px/frame.
+
+    Farneback's own output even between identical frames: the evaluator was trained on it.
+    """
+    return farneback_flow(frames, _FLOW_PARAMS, zero_when_identical=False)
 
 
 def _direction_histogram(u: np.ndarray, v: np.ndarray, mag: np.ndarray) -> np.ndarray:
     """Magnitude-weighted histogram of flow directions, normalised to sum to 1 (zeros if no flow).
 
-    Bin 0 is centred on "right", bins go clockwise on screen (y points down): right,
-    down-right, down, down-left, left, up-left, up, up-right.
+    Bins in :data:`_FEATURE_DIRECTIONS` order: bin 0 is "right", then clockwise on screen.
     """
-    angle = np.arctan2(v, u)  # image y down: +pi/2 is "down"
-    width = 2 * np.pi / _DIRECTION_BINS
-    bins = np.floor((angle + width / 2) / width).astype(np.int64) % _DIRECTION_BINS
-    hist = np.bincount(bins.ravel(), weights=mag.ravel(), minlength=_DIRECTION_BINS)
+    hist = direction_sums(u, v, mag, _DIRECTION_BINS)[_FEATURE_ORDER]
     total = hist.sum()
     return hist / total if total > 0 else hist
 
