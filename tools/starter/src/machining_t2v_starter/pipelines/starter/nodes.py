@@ -14,13 +14,15 @@ from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel
 
-from machining_t2v import starter, starter_world
 from machining_t2v.builtin_folders import read_marker
 from machining_t2v.finetune import training_config_from_params
-from machining_t2v.inworld import InWorldEvaluator, accuracy, train_evaluator
+from machining_t2v.inworld import InWorldEvaluator, accuracy
 from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
 from machining_t2v.sampling import image_pipeline, sample_images, sample_videos, video_pipeline
 from machining_t2v.training import TrainingConfig, checkpoint_step, latest_checkpoint
+from machining_t2v_starter import stages as starter
+from machining_t2v_starter import world as starter_world
+from machining_t2v_starter.evaluator_training import train_evaluator
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +131,8 @@ def _published_weights(folder: Path) -> dict[str, Any]:
     """Tokenizer, text encoder, VAE, UNet and motion adapter of a published starter, in fp32."""
     if read_marker(folder, starter.STARTER_MARKER) is None:
         raise ValueError(f"starter.continue_from: {folder} is not a published starter model (no readable "
-                         f"{starter.STARTER_MARKER}); name a folder `kedro run --pipelines=starter` wrote, "
-                         "e.g. models/starter")
+                         f"{starter.STARTER_MARKER}); name a folder `kedro run --pipelines=starter` (in "
+                         "tools/starter) wrote, e.g. ../../models/starter")
     base = load_base_model(str(folder), tiny_model_dir=folder)
     adapter = load_motion_adapter(str(folder / "motion_adapter"), tiny_model_dir=folder)
     return {"tokenizer": base.tokenizer, "text_encoder": base.text_encoder.requires_grad_(False),
@@ -367,7 +369,7 @@ def describe_published_starter(params: dict[str, Any]) -> dict[str, Any]:
     marker = read_marker(folder, starter.STARTER_MARKER)
     if marker is None:
         raise ValueError(f"{folder} holds no starter model (no readable {starter.STARTER_MARKER}); "
-                         "make one with `kedro run --pipelines=starter`")
+                         "make one with `kedro run --pipelines=starter` in tools/starter")
     return _published_info(folder, marker)
 
 
