@@ -730,6 +730,16 @@ def test_describe_published_starter_reads_the_folder_marker_or_names_the_empty_f
 
 
 @pytest.mark.skipif(not COMMITTED_STARTER.is_dir(), reason="no starter model committed in models/starter")
+def test_committed_evaluator_carries_the_world_vocabulary_the_product_reads():
+    from machining_t2v.inworld import InWorldEvaluator
+
+    evaluator = InWorldEvaluator.load(COMMITTED_STARTER / "inworld_evaluator")
+    # The product reads the label names from the evaluator's files; the world defines them once.
+    assert (evaluator.scenes, evaluator.styles, evaluator.motions) == (
+        starter_world.SCENES, starter_world.STYLES, starter_world.MOTIONS)
+
+
+@pytest.mark.skipif(not COMMITTED_STARTER.is_dir(), reason="no starter model committed in models/starter")
 def test_committed_evaluator_reads_renders_after_a_round_trip_through_the_starter_vae():
     from diffusers import AutoencoderKL
 
