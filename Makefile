@@ -36,7 +36,7 @@ test-slow: venv
 	$(BIN)/pytest -q -m slow
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
 
 viz: venv
 	$(BIN)/kedro viz run --host 127.0.0.1 --no-browser

@@ -13,6 +13,7 @@ clip (the ``generate`` area times that).
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -24,8 +25,16 @@ from benchmarks.timing import Timed, measure_interleaved
 MOTION_FEATURES_TARGET_MS = 100.0
 
 
+def _starter_tools() -> None:
+    """Make the starter's maintainer tools (tools/starter/src) importable: they render the clips."""
+    path = str(PROJECT_ROOT / "tools" / "starter" / "src")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
 def _evaluator(clips: np.ndarray, labels: list[dict[str, str]]):
-    from machining_t2v.inworld import InWorldEvaluator, train_evaluator
+    from machining_t2v.inworld import InWorldEvaluator
+    from machining_t2v_starter.evaluator_training import train_evaluator
 
     committed = PROJECT_ROOT / "models" / "starter" / "inworld_evaluator"
     if committed.is_dir():
@@ -34,8 +43,9 @@ def _evaluator(clips: np.ndarray, labels: list[dict[str, str]]):
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    from machining_t2v import starter_world
+    _starter_tools()
     from machining_t2v.inworld import motion_features
+    from machining_t2v_starter import world as starter_world
 
     count = 11 if ctx.quick else 44  # every shape motion, once or four times
     clips, _, labels = starter_world.stack_clips(starter_world.render_shape_clips(count, seed=0))

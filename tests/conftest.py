@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -12,6 +13,10 @@ import numpy as np
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+#: The starter's maintainer tools: a Kedro project of their own, not installed with the product.
+STARTER_PROJECT = PROJECT_ROOT / "tools" / "starter"
+if str(STARTER_PROJECT / "src") not in sys.path:
+    sys.path.insert(0, str(STARTER_PROJECT / "src"))
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -101,6 +106,26 @@ def project(tmp_path, monkeypatch) -> Path:
     root = make_project(tmp_path / "project")
     monkeypatch.chdir(root)
     return root
+
+
+def make_starter_project(root: Path) -> Path:
+    """A repository-shaped folder at ``root`` (empty data layers) holding a copy of the starter
+    project's conf/ at ``root/tools/starter``; returns that project folder.
+
+    The starter project's paths point two folders up (``../../data``), as in the repository.
+    """
+    for layer in ("06_models", "08_reporting"):
+        (root / "data" / layer).mkdir(parents=True)
+    project = root / "tools" / "starter"
+    shutil.copytree(STARTER_PROJECT / "conf" / "base", project / "conf" / "base")
+    (project / "conf" / "local").mkdir()
+    mlflow_conf = (STARTER_PROJECT / "conf" / "base" / "mlflow.yml").read_text()
+    (project / "conf" / "local" / "mlflow.yml").write_text(
+        mlflow_conf.replace("sqlite:///../../mlflow.db", f"sqlite:///{root / 'mlflow.db'}"))
+    for name in ("pyproject.toml", ".telemetry"):
+        shutil.copy(STARTER_PROJECT / name, project / name)
+    (project / "src").mkdir()  # the package itself is imported from the repository (see above)
+    return project
 
 
 def run_pipeline(project_root: Path, pipeline: str, params: dict | None = None) -> dict:

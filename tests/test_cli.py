@@ -95,7 +95,7 @@ def test_same_settings_give_the_same_video_in_process(tiny_dir, outside_loras, t
 
 
 def test_default_base_is_the_starter_model_in_the_project_folder(tmp_path, monkeypatch, capsys, caplog):
-    from machining_t2v.starter import STARTER_MARKER
+    from machining_t2v_starter.stages import STARTER_MARKER
 
     assert cli.STARTER_MARKER == STARTER_MARKER  # named twice so that the console script starts without torch
     monkeypatch.chdir(tmp_path)  # no project here

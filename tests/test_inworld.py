@@ -21,16 +21,13 @@ import pytest
 
 from machining_t2v.inworld import (
     CONFIG_FILE,
-    MOTIONS,
-    SCENES,
-    STYLES,
     WEIGHTS_FILE,
     InWorldEvaluator,
     accuracy,
     motion_features,
-    train_evaluator,
 )
 from machining_t2v.sample_videos import render_clip, sample_clip_specs
+from machining_t2v_starter.evaluator_training import MOTIONS, SCENES, STYLES, train_evaluator
 
 FRAMES = 8
 SIZE = 64

@@ -47,7 +47,7 @@ def changed(parameters: dict, path: str, value) -> dict:
     return parameters
 
 
-@pytest.mark.parametrize("env", ["base", "local", "sd15", "gpu"])
+@pytest.mark.parametrize("env", ["base", "local", "sd15"])
 def test_every_conf_environment_validates_as_it_is(env):
     typed = check_parameters(load_parameters(env))
     assert set(typed) == set(PIPELINE_PARAMETERS)
@@ -66,20 +66,36 @@ def default_tree(model: type[Params]) -> dict:
     return tree
 
 
+def assert_defaults_are_conf(defaults: dict, conf: dict, path: str) -> None:
+    """Where a model has a default, it is the conf's value (the prompt lists have none)."""
+    for key, value in conf.items():
+        if key not in defaults:
+            continue
+        if isinstance(value, dict) and isinstance(defaults[key], dict):
+            assert_defaults_are_conf(defaults[key], value, f"{path}.{key}")
+        else:
+            assert defaults[key] == value, f"{path}.{key}: model default {defaults[key]!r}, conf {value!r}"
+
+
 def test_the_models_defaults_are_conf_base(base_parameters):
-    """Where a model has a default, it is conf/base's value (the prompt lists have none)."""
-
-    def compare(defaults: dict, conf: dict, path: str) -> None:
-        for key, value in conf.items():
-            if key not in defaults:
-                continue
-            if isinstance(value, dict) and isinstance(defaults[key], dict):
-                compare(defaults[key], value, f"{path}.{key}")
-            else:
-                assert defaults[key] == value, f"{path}.{key}: model default {defaults[key]!r}, conf/base {value!r}"
-
     for key, conf in base_parameters.items():
-        compare(default_tree(PIPELINE_PARAMETERS[key]), conf, key)
+        assert_defaults_are_conf(default_tree(PIPELINE_PARAMETERS[key]), conf, key)
+
+
+@pytest.mark.parametrize("env", ["base", "gpu"])
+def test_the_starter_projects_conf_validates_against_its_own_model(env):
+    """tools/starter has one key, ``starter``, with the model's defaults in its conf/base."""
+    from machining_t2v_starter.parameters import STARTER_PARAMETERS, StarterParams
+
+    parameters = load_parameters(env, PROJECT_ROOT / "tools" / "starter" / "conf")
+    assert set(check_parameters(parameters, STARTER_PARAMETERS)) == {"starter"}
+    if env == "base":
+        assert_defaults_are_conf(default_tree(StarterParams), parameters["starter"], "starter")
+    with pytest.raises(ParameterError, match=r"Unknown parameter starter\.unet\.trainig: did you mean starter\.unet\.training\?"):
+        check_parameters(changed(parameters, "starter.unet.trainig", {}), STARTER_PARAMETERS)
+    # The product's keys are not the starter's.
+    with pytest.raises(ParameterError, match="Unknown parameter image_ft "):
+        check_parameters({**parameters, "image_ft": {}}, STARTER_PARAMETERS)
 
 
 def test_an_unknown_key_is_refused_by_its_dotted_path_with_the_valid_ones(base_parameters):

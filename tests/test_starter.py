@@ -14,10 +14,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
-from machining_t2v import sample_videos, starter, starter_world
+from machining_t2v import sample_videos
 from machining_t2v.training import LossRandomness
+from machining_t2v_starter import stages as starter
+from machining_t2v_starter import world as starter_world
 
-from .conftest import PROJECT_ROOT, run_pipeline
+from .conftest import PROJECT_ROOT, STARTER_PROJECT, make_starter_project, run_pipeline
 
 COMMITTED_STARTER = PROJECT_ROOT / "models" / "starter"
 
@@ -39,7 +41,7 @@ def test_world_is_deterministic_and_labelled():
 
 
 def test_world_shape_motions_narrow_what_the_shapes_do():
-    from machining_t2v.pipelines.starter.nodes import render_starter_world
+    from machining_t2v_starter.pipelines.starter.nodes import render_starter_world
 
     # As --params carries it: names separated by spaces; no machine clips at all.
     params = {"seed": 3, "world": {"machine_clips": 0, "shape_clips": 6, "direction_words": "distinct",
@@ -258,7 +260,7 @@ def test_shimmer_makes_a_still_clip_shimmer_without_travel():
 
 
 def test_sample_video_motion_clips_teach_motion_only():
-    from machining_t2v.pipelines.starter.nodes import sample_video_motion_clips
+    from machining_t2v_starter.pipelines.starter.nodes import sample_video_motion_clips
 
     frames, labels = sample_video_motion_clips({"seed": 0, "evaluator": {"sample_video_clips": 3}})
     rendered = starter_world.render_sample_video_clips(3, seed=503)
@@ -267,7 +269,7 @@ def test_sample_video_motion_clips_teach_motion_only():
 
 
 def test_shimmering_round_trips_hold_some_renders_still_and_label_them_static():
-    from machining_t2v.pipelines.starter.nodes import shimmering_round_trips
+    from machining_t2v_starter.pipelines.starter.nodes import shimmering_round_trips
 
     clips = starter_world.render_machine_clips(3, seed=0, shop=True) + starter_world.render_shape_clips(3, seed=1)
     frames, _, labels = starter_world.stack_clips(clips)
@@ -390,7 +392,7 @@ def test_cross_attention_trains_with_the_adapter_and_returns_to_the_unet(tmp_pat
 
 
 def test_motion_adapter_stage_refuses_a_cross_attention_switch_that_is_not_a_boolean():
-    from machining_t2v.pipelines.starter.nodes import pretrain_motion_adapter
+    from machining_t2v_starter.pipelines.starter.nodes import pretrain_motion_adapter
 
     parts = starter.starter_components(0)
     with pytest.raises(ValueError, match="starter.motion_adapter.train_cross_attention"):
@@ -406,7 +408,10 @@ def test_motion_adapter_stage_refuses_a_cross_attention_switch_that_is_not_a_boo
 def test_motion_adapter_stage_can_train_each_part_of_its_steps_on_a_new_world(tmp_path, caplog):
     import shutil
 
-    from machining_t2v.pipelines.starter.nodes import pretrain_motion_adapter, render_starter_world
+    from machining_t2v_starter.pipelines.starter.nodes import (
+        pretrain_motion_adapter,
+        render_starter_world,
+    )
 
     def run(checkpoints: str, new_world_every: int, max_steps: int) -> tuple[list[float], list[str]]:
         """The run's losses, and the worlds its adapter stage rendered (besides the one it was given)."""
@@ -423,7 +428,7 @@ def test_motion_adapter_stage_can_train_each_part_of_its_steps_on_a_new_world(tm
         world = render_starter_world(params)
         latents = starter.encode_clip_latents(parts["vae"], world["clips"])
         caplog.clear()
-        with caplog.at_level("INFO", logger="machining_t2v.pipelines.starter.nodes"):
+        with caplog.at_level("INFO", logger="machining_t2v_starter.pipelines.starter.nodes"):
             pretrain_motion_adapter(world, latents, parts["vae"], parts["unet"], parts["text_encoder"], params)
         rendered = [record.getMessage() for record in caplog.records if record.getMessage().startswith("Rendered")]
         state = json.loads((tmp_path / checkpoints / "motion_adapter" / f"checkpoint-{max_steps}" / "state.json")
@@ -477,7 +482,7 @@ def test_v_prediction_starter_trains_and_samples_from_pure_noise(v_prediction_st
 
 
 def test_continuing_a_published_starter_starts_its_stages_from_the_folder(v_prediction_starter, tmp_path):
-    from machining_t2v.pipelines.starter.nodes import (
+    from machining_t2v_starter.pipelines.starter.nodes import (
         pretrain_unet,
         pretrain_vae,
         render_starter_world,
@@ -517,8 +522,8 @@ def test_continuing_a_published_starter_starts_its_stages_from_the_folder(v_pred
 def test_a_continued_run_can_keep_the_folders_evaluator_when_it_keeps_its_vae(v_prediction_starter, tmp_path):
     import shutil
 
-    from machining_t2v.inworld import train_evaluator
-    from machining_t2v.pipelines.starter.nodes import train_starter_evaluator
+    from machining_t2v_starter.evaluator_training import train_evaluator
+    from machining_t2v_starter.pipelines.starter.nodes import train_starter_evaluator
 
     folder = tmp_path / "starter"
     shutil.copytree(v_prediction_starter, folder)
@@ -546,8 +551,18 @@ def test_a_continued_run_can_keep_the_folders_evaluator_when_it_keeps_its_vae(v_
 # --------------------------------------------------------------------------- the pipeline and the folder
 
 
+@pytest.fixture
+def starter_project(tmp_path, monkeypatch) -> Path:
+    """A throw-away copy of the starter project (``tools/starter`` of a repository-shaped folder),
+    used as the working directory, as maintainers run it."""
+    project = make_starter_project(tmp_path / "repo")
+    monkeypatch.chdir(project)
+    return project
+
+
 @pytest.mark.slow
-def test_starter_pipeline_end_to_end_with_a_tiny_budget(project):
+def test_starter_pipeline_end_to_end_with_a_tiny_budget(starter_project):
+    project = starter_project.parents[1]  # the repository-shaped folder around the starter project
     steps = {"max_steps": 2, "batch_size": 4, "checkpoint_every": 1}
     params = {"starter": {
         "output_dir": str(project / "models" / "starter"),
@@ -564,7 +579,7 @@ def test_starter_pipeline_end_to_end_with_a_tiny_budget(project):
                   "scene_prompts": ["a red circle standing still on a plain grey background"],
                   "motion_prompts": ["a red circle moving from left to right on a plain grey background"]},
     }}
-    run_pipeline(project, "starter", params)
+    run_pipeline(starter_project, "starter", params)
     folder = project / "models" / "starter"
     report = json.loads((project / "data" / "08_reporting" / "starter_report.json").read_text())
     assert report["folder"] == str(folder) and report["steps"] == {"vae": 2, "unet": 2, "motion_adapter": 2}
@@ -602,7 +617,7 @@ def test_starter_pipeline_end_to_end_with_a_tiny_budget(project):
     # starter_check measures the published folder again, without any training stage.
     report_file = project / "data" / "08_reporting" / "starter_report.json"
     report_file.unlink()
-    run_pipeline(project, "starter_check", params)
+    run_pipeline(starter_project, "starter_check", params)
     recheck = json.loads(report_file.read_text())
     assert recheck["folder"] == str(folder) and recheck["trained_at"] == report["trained_at"]
     assert recheck["num_motion_samples"] == 1 and 0.0 <= recheck["generic_motion_accuracy"] <= 1.0
@@ -611,7 +626,7 @@ def test_starter_pipeline_end_to_end_with_a_tiny_budget(project):
     # checkpoints of its own; the VAE and UNet stages train no step, the adapter stage two.
     continued = project / "models" / "starter_continued"
     no_steps = {**steps, "max_steps": 0}
-    run_pipeline(project, "starter", {"starter": {
+    run_pipeline(starter_project, "starter", {"starter": {
         **params["starter"], "output_dir": str(continued), "continue_from": str(folder),
         "checkpoint_dir": str(project / "data" / "06_models" / "checkpoints" / "starter_continued"),
         "noise_schedule": {"prediction_type": "epsilon", "zero_terminal_snr": False},
@@ -700,7 +715,7 @@ def test_publishing_replaces_an_earlier_starter_but_never_a_folder_of_other_file
 
 
 def test_describe_published_starter_reads_the_folder_marker_or_names_the_empty_folder(tmp_path):
-    from machining_t2v.pipelines.starter.nodes import describe_published_starter
+    from machining_t2v_starter.pipelines.starter.nodes import describe_published_starter
 
     marker = {"kind": "starter model", "trained_at": "2026-01-01T00:00:00+00:00", "steps": {"vae": 3}}
     (tmp_path / starter.STARTER_MARKER).write_text(json.dumps(marker))
@@ -712,6 +727,16 @@ def test_describe_published_starter_reads_the_folder_marker_or_names_the_empty_f
     empty.mkdir()
     with pytest.raises(ValueError, match=r"empty holds no starter model .*kedro run --pipelines=starter"):
         describe_published_starter({"output_dir": str(empty)})
+
+
+@pytest.mark.skipif(not COMMITTED_STARTER.is_dir(), reason="no starter model committed in models/starter")
+def test_committed_evaluator_carries_the_world_vocabulary_the_product_reads():
+    from machining_t2v.inworld import InWorldEvaluator
+
+    evaluator = InWorldEvaluator.load(COMMITTED_STARTER / "inworld_evaluator")
+    # The product reads the label names from the evaluator's files; the world defines them once.
+    assert (evaluator.scenes, evaluator.styles, evaluator.motions) == (
+        starter_world.SCENES, starter_world.STYLES, starter_world.MOTIONS)
 
 
 @pytest.mark.skipif(not COMMITTED_STARTER.is_dir(), reason="no starter model committed in models/starter")
@@ -821,10 +846,10 @@ def test_generate_defaults_are_what_the_starter_is_evaluated_with():
 def test_gpu_environment_changes_budgets_and_keeps_the_rest_of_the_recipe():
     from kedro.config import OmegaConfigLoader
 
-    from machining_t2v.settings import CONFIG_LOADER_ARGS
+    from machining_t2v_starter.settings import CONFIG_LOADER_ARGS
 
     def starter_params(env: str) -> dict:
-        loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), env=env, **CONFIG_LOADER_ARGS)
+        loader = OmegaConfigLoader(str(STARTER_PROJECT / "conf"), env=env, **CONFIG_LOADER_ARGS)
         return loader["parameters"]["starter"]
 
     base, gpu = starter_params("local"), starter_params("gpu")

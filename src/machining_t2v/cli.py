@@ -33,7 +33,7 @@ SCHEDULERS = ("ddim", "euler", "dpm++")  # = machining_t2v.generation.SCHEDULERS
 # command-line errors answer without importing torch and diffusers
 DEFAULT_REAL_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-3"
 PROJECT_TINY_DIR = Path("data/06_models/tiny-sd")
-# The committed starter model and its marker file (= machining_t2v.starter.STARTER_MARKER, named
+# The committed starter model and its marker file (= STARTER_MARKER of the starter tools, named
 # here so that choosing the default base needs no torch import).
 PROJECT_STARTER_DIR = Path("models/starter")
 STARTER_MARKER = "starter_model.json"

@@ -4,17 +4,19 @@ The "starter world" is a base model pretrained from scratch on synthetic renders
 labels are known. To measure what a fine-tune changed, generated clips are classified
 with the same labels:
 
-* **scene** (:data:`SCENES`) and **style** (:data:`STYLES`) come from a small CNN applied to
+* **scene** and **style** come from a small CNN applied to
   every frame (resized and centre-cropped to 64x64); its two heads' probabilities are
   averaged over the frames of a clip.
-* **motion** (:data:`MOTIONS`) comes from a small MLP on optical-flow features of the clip
+* **motion** comes from a small MLP on optical-flow features of the clip
   (:func:`motion_features`): where the flow points, how coherent it is, how well a
   translation / rotation / scaling explains it, whether it reverses (bounce) and how
   large it is (static).
 
-Everything is trained by :func:`train_evaluator` on CPU in seconds to a minute, is
-deterministic from its seed, and is saved as safetensors plus a JSON config (never
-pickle). This module must not import Kedro: notebooks and evaluation scripts use it too.
+The label names are the evaluator's own: :meth:`InWorldEvaluator.load` reads them from its
+``inworld_evaluator.json``. The evaluator is saved as safetensors plus that JSON config (never
+pickle). The committed one was trained by the starter's maintainer tools (``tools/starter``),
+which this product never imports; this module runs it. It must not import Kedro: notebooks
+and evaluation scripts use it too.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import json
 import math
 import os
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,30 +35,18 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
+
+from machining_t2v.flow import DIRECTIONS, direction_sums, farneback_flow
 
 __all__ = [
     "CONFIG_FILE",
     "IMAGE_SIZE",
-    "MOTIONS",
     "MOTION_FEATURES_VERSION",
-    "SCENES",
-    "STYLES",
     "WEIGHTS_FILE",
-    "LABEL_KEYS",
     "InWorldEvaluator",
     "accuracy",
     "motion_features",
-    "train_evaluator",
 ]
-
-SCENES: tuple[str, ...] = ("milling", "turning", "shapes")
-STYLES: tuple[str, ...] = ("neutral", "shop")
-MOTIONS: tuple[str, ...] = (
-    "right", "left", "down", "up", "down-right", "up-left", "up-right", "down-left",
-    "inward", "rotate", "scale", "bounce", "static",
-)
-LABEL_KEYS: tuple[str, ...] = ("scene", "style", "motion")
 
 #: Frames are resized (shorter side) and centre-cropped to this size for both classifiers.
 IMAGE_SIZE = 64
@@ -80,22 +69,15 @@ _FLOW_PARAMS: dict[str, float] = {
 }
 # Flow below this many pixels per frame counts as "not moving" (encoder noise, shading).
 _MOVE_THRESHOLD = 0.25
-_DIRECTION_BINS = 8
+_DIRECTION_BINS = len(DIRECTIONS)
+#: The direction histograms among the motion features run clockwise on screen from "right"
+#: (right, down-right, down, ...): :data:`~machining_t2v.flow.DIRECTIONS` reversed after "right",
+#: the order the committed evaluator was trained with.
+_FEATURE_ORDER = (-np.arange(_DIRECTION_BINS)) % _DIRECTION_BINS
+_FEATURE_DIRECTIONS: tuple[str, ...] = tuple(DIRECTIONS[k] for k in _FEATURE_ORDER)
 _GRID = 2
 
-_FRAME_CHANNELS: tuple[int, ...] = (16, 32, 32)
-_MOTION_HIDDEN = 256
-_MOTION_RIDGE = 0.05
-# Frames drawn per clip and epoch for the frame CNN: training cost grows with the number of
-# clips, not their length, and consecutive frames are near duplicates anyway.
-_FRAMES_PER_CLIP = 1
-_BATCH = 64
 _PREDICT_BATCH = 256
-_FRAME_LR = 5e-3
-# Shrinkage of the shared covariance when the heads are refitted by LDA.
-_LDA_SHRINK = 0.1
-# Std of the RGB noise added to training frames (0..255 scale).
-_NOISE = 3.0
 
 
 # --------------------------------------------------------------------------- frames
@@ -137,28 +119,19 @@ def _fit_frames(frames: np.ndarray) -> np.ndarray:
 
 
 def _flows(frames: np.ndarray) -> np.ndarray:
-    """Farneback flow between consecutive 64x64 frames: ``(F-1, 64, 64, 2)`` float32, px/frame."""
-    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
-    p = _FLOW_PARAMS
-    return np.stack([
-        cv2.calcOpticalFlowFarneback(
-            a, b, None, p["pyr_scale"], int(p["levels"]), int(p["winsize"]), int(p["iterations"]),
-            int(p["poly_n"]), p["poly_sigma"], 0,
-        )
-        for a, b in zip(grey[:-1], grey[1:], strict=True)
-    ])
+    """Farneback flow between consecutive 64x64 frames: ``(F-1, 64, 64, 2)`` float32, px/frame.
+
+    Farneback's own output even between identical frames: the evaluator was trained on it.
+    """
+    return farneback_flow(frames, _FLOW_PARAMS, zero_when_identical=False)
 
 
 def _direction_histogram(u: np.ndarray, v: np.ndarray, mag: np.ndarray) -> np.ndarray:
     """Magnitude-weighted histogram of flow directions, normalised to sum to 1 (zeros if no flow).
 
-    Bin 0 is centred on "right", bins go clockwise on screen (y points down): right,
-    down-right, down, down-left, left, up-left, up, up-right.
+    Bins in :data:`_FEATURE_DIRECTIONS` order: bin 0 is "right", then clockwise on screen.
     """
-    angle = np.arctan2(v, u)  # image y down: +pi/2 is "down"
-    width = 2 * np.pi / _DIRECTION_BINS
-    bins = np.floor((angle + width / 2) / width).astype(np.int64) % _DIRECTION_BINS
-    hist = np.bincount(bins.ravel(), weights=mag.ravel(), minlength=_DIRECTION_BINS)
+    hist = direction_sums(u, v, mag, _DIRECTION_BINS)[_FEATURE_ORDER]
     total = hist.sum()
     return hist / total if total > 0 else hist
 
@@ -330,8 +303,8 @@ class _FrameNet(nn.Module):
 class _MotionNet(nn.Module):
     """A one-hidden-layer MLP on standardised motion features, with a linear skip to the output.
 
-    The hidden layer is a fixed random projection and only the output layer is fitted
-    (:func:`_train_motion_net`), in closed form.
+    The hidden layer is a fixed random projection and only the output layer is fitted, in
+    closed form.
     """
 
     def __init__(self, num_features: int, hidden: int, num_motions: int) -> None:
@@ -369,13 +342,14 @@ def _to_tensor(frames: np.ndarray) -> torch.Tensor:
 class InWorldEvaluator:
     """Scene/style frame CNN plus a motion MLP on optical-flow features.
 
-    Build it with :func:`train_evaluator` or :meth:`load`; :meth:`predict` labels clips.
+    Build it with :meth:`load` (or the starter tools' training); :meth:`predict` labels clips.
 
     Attributes:
         frame_net: The frame CNN (scene and style heads).
         motion_net: The motion MLP.
         feature_mean, feature_std: Standardisation of :func:`motion_features` vectors.
-        scenes, styles, motions: Label names, in the order of the heads' outputs.
+        scenes, styles, motions: Label names, in the order of the heads' outputs (read from
+            the evaluator's JSON config by :meth:`load`).
         info: How it was trained (seed, epochs, clip count, seconds); saved in the config.
     """
 
@@ -383,9 +357,9 @@ class InWorldEvaluator:
     motion_net: _MotionNet
     feature_mean: np.ndarray
     feature_std: np.ndarray
-    scenes: tuple[str, ...] = SCENES
-    styles: tuple[str, ...] = STYLES
-    motions: tuple[str, ...] = MOTIONS
+    scenes: tuple[str, ...]
+    styles: tuple[str, ...]
+    motions: tuple[str, ...]
     info: dict[str, Any] = field(default_factory=dict)
 
     def _frame_probs(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -558,226 +532,6 @@ def _write_atomic(path: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-# --------------------------------------------------------------------------- training
-
-
-def _label_indices(labels: Sequence[Mapping[str, str | None]], key: str, names: Sequence[str]) -> np.ndarray:
-    """Class index per row for ``key`` (-1 where the label is ``None``); ``ValueError`` on unknown values."""
-    out = np.full(len(labels), -1, np.int64)
-    for i, row in enumerate(labels):
-        if key not in row:
-            raise ValueError(f"labels[{i}] has no {key!r} (give None if it is unknown)")
-        value = row[key]
-        if value is None:
-            continue
-        if value not in names:
-            raise ValueError(f"labels[{i}][{key!r}] = {value!r} is not a known {key}; "
-                             f"allowed: {', '.join(names)}")
-        out[i] = names.index(value)
-    return out
-
-
-def _masked_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over rows whose target is not -1 (0 if there are none)."""
-    keep = target >= 0
-    if not bool(keep.any()):
-        return logits.sum() * 0.0
-    return nn.functional.cross_entropy(logits[keep], target[keep])
-
-
-def _train_frame_net(frames: np.ndarray, scene: np.ndarray, style: np.ndarray, epochs: int,
-                     rng: np.random.Generator, progress: bool) -> _FrameNet:
-    """Fit the frame CNN on ``frames`` ``(N, F, 64, 64, 3)``, ``_FRAMES_PER_CLIP`` random frames per clip and epoch."""
-    net = _FrameNet(_FRAME_CHANNELS, len(SCENES), len(STYLES))
-    opt = torch.optim.AdamW(net.parameters(), lr=_FRAME_LR, weight_decay=1e-4)
-    n, f = frames.shape[:2]
-    per_clip = min(_FRAMES_PER_CLIP, f)
-    steps = epochs * math.ceil(n * per_clip / _BATCH)
-    # Cosine decay to zero: with few steps, a constant rate leaves the last step's noise in the weights.
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
-    net.train()
-    bar = tqdm(range(epochs), desc="in-world frame CNN", unit="epoch", disable=not progress)
-    for _ in bar:
-        clip_idx = np.repeat(np.arange(n), per_clip)
-        frame_idx = np.concatenate([rng.permutation(f)[:per_clip] for _ in range(n)])
-        order = rng.permutation(len(clip_idx))
-        total, count = 0.0, 0
-        for start in range(0, len(order), _BATCH):
-            sel = order[start:start + _BATCH]
-            batch = frames[clip_idx[sel], frame_idx[sel]]
-            flip = rng.random(len(sel)) < 0.5  # mirrored frames keep scene and style
-            batch = np.where(flip[:, None, None, None], batch[:, :, ::-1], batch).astype(np.float32)
-            # Per-pixel RGB noise: a generated "neutral" clip is never exactly grey, so exact
-            # zero chroma must not be what the style head learns.
-            batch += rng.normal(0.0, _NOISE, batch.shape).astype(np.float32)
-            scene_logits, style_logits = net(_to_tensor(batch))
-            loss = (_masked_ce(scene_logits, torch.from_numpy(scene[clip_idx[sel]]))
-                    + _masked_ce(style_logits, torch.from_numpy(style[clip_idx[sel]])))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total, count = total + loss.item() * len(sel), count + len(sel)
-        bar.set_postfix(loss=f"{total / max(1, count):.3f}")
-    net.eval()
-    return net
-
-
-def _refit_head(head: nn.Linear, features: np.ndarray, target: np.ndarray) -> None:
-    """Replace ``head`` by linear discriminant analysis of ``features`` (rows with target -1 left out).
-
-    Closed form: class means, a shared covariance shrunk towards the identity, and log
-    priors give logits whose softmax is the LDA posterior. A class with no example gets a
-    bias of -1e4, so it is never predicted.
-    """
-    keep = target >= 0
-    x, y = features[keep], target[keep]
-    k, d = head.out_features, x.shape[1]
-    counts = np.bincount(y, minlength=k)
-    present = counts > 0
-    means = np.zeros((k, d))
-    for c in np.flatnonzero(present):
-        means[c] = x[y == c].mean(axis=0)
-    resid = x - means[y]
-    cov = resid.T @ resid / len(x)
-    # Shrinkage keeps the solve well posed when units are dead or classes are few.
-    scale = max(float(np.trace(cov)) / d, 1e-6)
-    cov = (1 - _LDA_SHRINK) * cov + _LDA_SHRINK * scale * np.eye(d)
-    weight = np.linalg.solve(cov, means.T).T  # (k, d)
-    bias = np.where(present, -0.5 * (means * weight).sum(axis=1) + np.log(np.maximum(counts, 1) / len(y)), -1e4)
-    weight[~present] = 0.0
-    with torch.no_grad():
-        head.weight.copy_(torch.from_numpy(weight))
-        head.bias.copy_(torch.from_numpy(bias))
-
-
-def _refit_frame_heads(net: _FrameNet, frames: np.ndarray, scene: np.ndarray, style: np.ndarray,
-                       rng: np.random.Generator) -> None:
-    """Refit both heads of the trained CNN on every frame of every clip (see :func:`_refit_head`).
-
-    The few gradient steps we can afford train the convolutions well before the heads
-    settle; a closed-form fit on all frames recovers several points of held-out accuracy.
-    Frames get the same RGB noise as in training.
-    """
-    flat = frames.reshape(-1, *frames.shape[2:])
-    pooled = []
-    net.eval()
-    with torch.inference_mode():
-        for start in range(0, len(flat), _PREDICT_BATCH):
-            batch = flat[start:start + _PREDICT_BATCH].astype(np.float32)
-            batch += rng.normal(0.0, _NOISE, batch.shape).astype(np.float32)
-            pooled.append(net.pooled(_to_tensor(batch)).numpy())
-    features = np.concatenate(pooled).astype(np.float64)
-    per_frame = frames.shape[1]
-    _refit_head(net.scene, features, np.repeat(scene, per_frame))
-    _refit_head(net.style, features, np.repeat(style, per_frame))
-
-
-def _train_motion_net(x: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> _MotionNet:
-    """Fit the motion MLP on standardised features ``x`` (rows with target -1 are left out).
-
-    The hidden layer is drawn at random (``rng``) and frozen; the output layer is the
-    class-balanced ridge regression of one-hot targets on [hidden activations, features],
-    solved in closed form.
-    On the renders this matches a gradient-trained MLP (~0.99 held-out) in a fraction of a
-    second, and is exactly reproducible; hundreds of tiny optimiser steps are not: on a
-    loaded CPU each small threaded matmul can cost tens of milliseconds.
-    """
-    net = _MotionNet(x.shape[1], _MOTION_HIDDEN, len(MOTIONS))
-    w1 = rng.normal(0.0, 1.0 / math.sqrt(x.shape[1]), (_MOTION_HIDDEN, x.shape[1]))
-    b1 = rng.normal(0.0, 1.0, _MOTION_HIDDEN)
-    keep = target >= 0
-    xk = x[keep].astype(np.float64)
-    design = np.hstack([np.maximum(xk @ w1.T + b1, 0.0), xk, np.ones((len(xk), 1))])
-    labels = target[keep]
-    onehot = np.eye(len(MOTIONS))[labels]
-    # Rows weighted by inverse class frequency (mean weight 1): renders rarely hold every
-    # motion equally often, and least squares would otherwise favour the common ones.
-    counts = np.bincount(labels, minlength=len(MOTIONS))
-    row_weight = (len(labels) / (np.count_nonzero(counts) * counts[labels]))[:, None]
-    # Ridge penalty proportional to the row count: the same per-clip shrinkage for any N.
-    gram = design.T @ (row_weight * design) + _MOTION_RIDGE * len(xk) * np.eye(design.shape[1])
-    beta = np.linalg.solve(gram, design.T @ (row_weight * onehot))
-    with torch.no_grad():
-        net.hidden.weight.copy_(torch.from_numpy(w1))
-        net.hidden.bias.copy_(torch.from_numpy(b1))
-        net.out.weight.copy_(torch.from_numpy(beta[:-1].T))
-        net.out.bias.copy_(torch.from_numpy(beta[-1]))
-    net.eval()
-    return net
-
-
-def train_evaluator(
-    clips: np.ndarray,
-    labels: Sequence[Mapping[str, str | None]],
-    *,
-    seed: int = 0,
-    epochs: int = 12,
-    progress: bool = True,
-) -> InWorldEvaluator:
-    """Train an :class:`InWorldEvaluator` on clips with known labels; deterministic from ``seed``.
-
-    Args:
-        clips: uint8 RGB ``(N, F, H, W, 3)``, ``F >= 2``; frames are fitted to 64x64. Use
-            the frame count and stride that generated clips will have.
-        labels: One mapping per clip with keys ``scene``, ``style`` and ``motion``; a value
-            may be ``None`` when unknown (that head then ignores the clip; a clip with
-            neither scene nor style is left out of the frame CNN's training).
-        seed: Seeds the CNN's initialisation, frame sampling, flips and noise, and the
-            motion MLP's random hidden layer. Same seed and data give the same weights.
-        epochs: Passes of the frame CNN over the clips; each pass draws one random frame
-            per clip, so training time grows with ``len(clips) * epochs``.
-        progress: Show tqdm progress bars.
-
-    Raises:
-        ValueError: bad shapes, unknown label values (naming the value and the allowed
-            ones), or a head with no labelled clip at all.
-    """
-    clips = _check_clips(clips)
-    if len(labels) != len(clips):
-        raise ValueError(f"got {len(clips)} clips but {len(labels)} labels")
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    targets = {key: _label_indices(labels, key, names)
-               for key, names in zip(LABEL_KEYS, (SCENES, STYLES, MOTIONS), strict=True)}
-    for key, idx in targets.items():
-        if not (idx >= 0).any():
-            raise ValueError(f"no clip has a {key} label; the {key} classifier cannot be trained")
-    scene, style, motion = (targets[key] for key in LABEL_KEYS)
-
-    started = time.perf_counter()
-    frames = np.stack([_fit_frames(c) for c in clips])
-    features = np.stack([
-        _flow_features(_flows(c))
-        for c in tqdm(frames, desc="in-world motion features", unit="clip", disable=not progress)
-    ])
-    labelled = features[motion >= 0]
-    mean = labelled.mean(axis=0)
-    # A constant feature (e.g. all clips moving everywhere) must not divide by zero.
-    std = np.where(labelled.std(axis=0) > 1e-6, labelled.std(axis=0), 1.0)
-    x = ((features - mean) / std).astype(np.float32)
-
-    rng = np.random.default_rng([seed, 0x1A3D])
-    # fork_rng keeps the caller's global torch RNG untouched while seeding ours.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        # A clip with neither a scene nor a style label teaches the motion head alone.
-        framed = (scene >= 0) | (style >= 0)
-        frame_clips, scene, style = frames[framed], scene[framed], style[framed]
-        frame_net = _train_frame_net(frame_clips, scene, style, epochs, rng, progress)
-        _refit_frame_heads(frame_net, frame_clips, scene, style, rng)
-        motion_net = _train_motion_net(x, motion, np.random.default_rng([seed, 0x307]))
-    info = {
-        "seed": seed,
-        "epochs": epochs,
-        "num_clips": len(clips),
-        "frames_per_clip": int(clips.shape[1]),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    return InWorldEvaluator(frame_net, motion_net, mean.astype(np.float32), std.astype(np.float32),
-                            SCENES, STYLES, MOTIONS, info)
 
 
 def accuracy(predictions: Sequence[Mapping[str, str]], expected: Sequence[Mapping[str, str | None]],

@@ -22,8 +22,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
+
+from machining_t2v.flow import DIRECTIONS, direction_sums, farneback_flow
 
 FARNEBACK_PARAMS: dict[str, float | int] = {
     "pyr_scale": 0.5,
@@ -54,16 +55,7 @@ DEFAULT_MAGNITUDE_BINS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0,
 MOVING_THRESHOLD = 1.0
 """A pixel "moves" when its flow magnitude exceeds this many px256 (0.25 px on a 64-px clip)."""
 
-DIRECTION_NAMES_8: tuple[str, ...] = (
-    "right",
-    "up-right",
-    "up",
-    "up-left",
-    "left",
-    "down-left",
-    "down",
-    "down-right",
-)
+DIRECTION_NAMES_8: tuple[str, ...] = DIRECTIONS
 """On-screen meaning of the bins of an 8-bin direction histogram."""
 
 
@@ -79,21 +71,6 @@ def _check_clip(frames: np.ndarray) -> np.ndarray:
     if frames.shape[0] < 2:
         raise ValueError(f"need at least 2 frames, got {frames.shape[0]}")
     return frames
-
-
-def _grey(frames: np.ndarray, max_short_side: int | None) -> list[np.ndarray]:
-    height, width = frames.shape[1:3]
-    size = None
-    if max_short_side is not None and min(height, width) > max_short_side:
-        scale = max_short_side / min(height, width)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    greys = []
-    for frame in frames:
-        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-        if size is not None:
-            grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
-        greys.append(grey)
-    return greys
 
 
 def _flow_px256(frames: np.ndarray) -> np.ndarray:
@@ -140,17 +117,7 @@ def optical_flow(frames: np.ndarray, max_short_side: int | None = None) -> np.nd
         max_short_side: if given and the shorter side is larger, frames are first downscaled
             (INTER_AREA) so that it equals this; the flow is then at (and in pixels of) that size.
     """
-    frames = _check_clip(frames)
-    greys = _grey(frames, max_short_side)
-    flows = []
-    for a, b in zip(greys[:-1], greys[1:], strict=True):
-        if np.array_equal(a, b):
-            # Farneback returns ~1e-3 px of numerical noise on identical frames; the true
-            # flow is zero, and a still clip must score exactly 0 motion.
-            flows.append(np.zeros((*a.shape, 2), np.float32))
-        else:
-            flows.append(cv2.calcOpticalFlowFarneback(a, b, None, **FARNEBACK_PARAMS))
-    return np.stack(flows).astype(np.float32, copy=False)
+    return farneback_flow(_check_clip(frames), FARNEBACK_PARAMS, max_short_side=max_short_side)
 
 
 def dynamic_degree(frames: np.ndarray, threshold: float = DYNAMIC_THRESHOLD) -> tuple[float, bool]:
@@ -259,12 +226,7 @@ def _stats_from_flow(
     magnitude_hist /= magnitude_hist.sum()
 
     moving = magnitude > moving_threshold
-    sector = 2 * np.pi / direction_bins
-    angle = np.mod(np.arctan2(-dy[moving], dx[moving]), 2 * np.pi)
-    direction_index = np.floor(angle / sector + 0.5).astype(np.int64) % direction_bins
-    direction_hist = np.bincount(
-        direction_index, weights=magnitude[moving], minlength=direction_bins
-    ).astype(np.float64)
+    direction_hist = direction_sums(dx[moving], dy[moving], magnitude[moving], direction_bins)
     if direction_hist.sum() > 0:
         direction_hist /= direction_hist.sum()
 

@@ -7,6 +7,9 @@ folder already holds videos.
 
 Pipelines are imported explicitly rather than with ``find_pipelines``: Kedro only discovers
 the pipelines named on the command line, and the chains need their upstream steps.
+
+The starter model's pretraining (``starter``, ``starter_check``) is a separate Kedro project for
+maintainers, in ``tools/starter``; nothing here imports it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from machining_t2v.pipelines import (
     image_ft,
     motion_ft,
     sample_data,
-    starter,
 )
 
 
@@ -40,9 +42,6 @@ def register_pipelines() -> dict[str, Pipeline]:
         "motion_ft": motion_chain,
         "evaluation": evaluation.create_pipeline(),
         "generate": generate.create_pipeline(),
-        # Pretrains the committed starter model; maintainers only, hours of CPU.
-        "starter": starter.create_pipeline(),
-        "starter_check": starter.create_check_pipeline(),
         # image_ft runs before motion_ft: its LoRA is merged into the motion training's base.
         # The evaluation nodes appear once and run last (they read both LoRAs).
         "__default__": image_chain + motion_chain,

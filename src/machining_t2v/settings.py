@@ -24,8 +24,9 @@ CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
-    # An environment's parameter files deep-merge over base (conf/gpu changes a few starter
-    # budgets and keeps the rest), instead of replacing whole top-level keys.
+    # An environment's parameter files deep-merge over base (conf/sd15 changes some values and
+    # keeps the rest; so does the starter project's conf/gpu), instead of replacing whole
+    # top-level keys.
     "merge_strategy": {"parameters": "soft"},
     "config_patterns": {
         "parameters": ["parameters*", "parameters*/**", "**/parameters*"],

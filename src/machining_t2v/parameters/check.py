@@ -25,8 +25,10 @@ class ParameterError(ValueError):
         )
 
 
-def check_parameters(parameters: Mapping[str, Any]) -> dict[str, Params]:
-    """Validate a run's merged parameters, each top-level key against its model.
+def check_parameters(parameters: Mapping[str, Any],
+                     models: Mapping[str, type[Params]] = PIPELINE_PARAMETERS) -> dict[str, Params]:
+    """Validate a run's merged parameters, each top-level key against its model in ``models``
+    (the product's :data:`PIPELINE_PARAMETERS` unless another project passes its own).
 
     Returns:
         the parameters as typed models, by top-level key (nodes are not given these: they
@@ -38,28 +40,28 @@ def check_parameters(parameters: Mapping[str, Any]) -> dict[str, Params]:
     """
     problems: list[str] = []
     typed: dict[str, Params] = {}
-    order = list(PIPELINE_PARAMETERS)
-    # In PIPELINE_PARAMETERS' order, unknown keys last: the config loader's order varies.
+    order = list(models)
+    # In the models' order, unknown keys last: the config loader's order varies.
     for key in sorted(parameters, key=lambda key: (order.index(key) if key in order else len(order), str(key))):
         value = parameters[key]
-        model = PIPELINE_PARAMETERS.get(key)
+        model = models.get(key)
         if model is None:
-            problems.append(_unknown_key(str(key)))
+            problems.append(_unknown_key(str(key), models))
             continue
         try:
             typed[key] = model.model_validate(value)
         except ValidationError as error:
-            problems.extend(_problems(key, error))
+            problems.extend(_problems(key, error, models))
     if problems:
         raise ParameterError(problems)
     return typed
 
 
-def _problems(key: str, error: ValidationError) -> list[str]:
+def _problems(key: str, error: ValidationError, models: Mapping[str, type[Params]]) -> list[str]:
     by_path: dict[str, list[dict[str, Any]]] = {}
     annotation_of: dict[str, Any] = {}
     for item in error.errors():
-        path, annotation = _resolve(key, item["loc"])
+        path, annotation = _resolve(models[key], key, item["loc"])
         by_path.setdefault(path, []).append(item)
         annotation_of[path] = annotation
     # A list that fails as a whole and at one item (a union of text and a list of texts) is
@@ -72,7 +74,7 @@ def _problems(key: str, error: ValidationError) -> list[str]:
         kinds = {item["type"] for item in items}
         value = items[0].get("input")
         if "extra_forbidden" in kinds:
-            problems.append(_unknown_key(path))
+            problems.append(_unknown_key(path, models))
         elif "missing" in kinds:
             problems.append(f"{path} is missing")
         elif annotation_of[path] is not None and all(_is_type_error(kind) for kind in kinds):
@@ -87,9 +89,9 @@ def _is_type_error(kind: str) -> bool:
     return kind.endswith("_type") or kind in ("literal_error", "int_from_float")
 
 
-def _unknown_key(path: str) -> str:
+def _unknown_key(path: str, models: Mapping[str, type[Params]]) -> str:
     parent, _, key = path.rpartition(".")
-    valid = _valid_keys(parent)
+    valid = _valid_keys(parent, models)
     message = f"Unknown parameter {path}"
     if valid is None:
         return message
@@ -99,12 +101,12 @@ def _unknown_key(path: str) -> str:
     return f"{message} (valid keys of {parent or 'the parameters'}: {', '.join(valid)})"
 
 
-def _valid_keys(parent: str) -> list[str] | None:
+def _valid_keys(parent: str, models: Mapping[str, type[Params]]) -> list[str] | None:
     """The keys accepted at dotted ``parent`` (``""``: the top level), or None if not a model."""
     if not parent:
-        return list(PIPELINE_PARAMETERS)
+        return list(models)
     parts = _split_path(parent)
-    annotation: Any = PIPELINE_PARAMETERS.get(str(parts[0]))
+    annotation: Any = models.get(str(parts[0]))
     for part in parts[1:]:
         model = _model_in(annotation)
         if model is None:
@@ -140,13 +142,13 @@ def _model_in(annotation: Any) -> type[Params] | None:
     return None
 
 
-def _resolve(key: str, loc: Iterable[str | int]) -> tuple[str, Any]:
+def _resolve(model: type[Params], key: str, loc: Iterable[str | int]) -> tuple[str, Any]:
     """(dotted path, annotation there) of a pydantic error location under top-level ``key``.
 
     pydantic puts the name of the union member it tried into the location; those are skipped.
     """
     path = key
-    walking: Any = PIPELINE_PARAMETERS[key]
+    walking: Any = model
     annotation: Any = walking
     tag_next = False
     for item in loc:

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from machining_t2v import starter_world, tracking
+from machining_t2v import tracking
 from machining_t2v.datasets import TrainedLora
+from machining_t2v.inworld_prompts import apply_world_rules, expected_labels
 from machining_t2v.metrics import FlowStatistics, flow_statistics, motion_fidelity, video_metrics
 from machining_t2v.report import (
     Block,
@@ -381,8 +382,8 @@ def score_in_world(
     Only a base model pretrained in the starter world (the starter model) carries an
     evaluator, in its ``inworld_evaluator/`` subfolder; for any other base model both tables
     are empty. A generated clip is expected to show what its prompt asks for and a reference
-    clip what its caption says (:func:`machining_t2v.starter_world.expected_labels`); a clip
-    read as plain shapes is never shop style (:func:`machining_t2v.starter_world.apply_world_rules`).
+    clip what its caption says (:func:`machining_t2v.inworld_prompts.expected_labels`); a clip
+    read as plain shapes is never shop style (:func:`machining_t2v.inworld_prompts.apply_world_rules`).
     Accuracy is the share of clips whose predicted label is the expected one, over the clips
     whose prompt states that label (NaN if none does). Logged to MLflow as
     ``eval.<variant>.inworld.<key>_accuracy`` and ``eval.<variant>.<split>.inworld.<key>_accuracy``.
@@ -406,8 +407,8 @@ def score_in_world(
 
     def add(base: dict[str, Any], frames: np.ndarray, text: str) -> None:
         # One clip at a time: reference clips may differ in length and size, a batch may not.
-        predicted = starter_world.apply_world_rules(evaluator.predict(np.asarray(frames)[None])[0])
-        expected = starter_world.expected_labels(text)
+        predicted = apply_world_rules(evaluator.predict(np.asarray(frames)[None])[0])
+        expected = expected_labels(text)
         rows.append({**base, **{f"predicted_{key}": predicted[key] for key in INWORLD_KEYS},
                      **{f"expected_{key}": expected[key] for key in INWORLD_KEYS}})
 

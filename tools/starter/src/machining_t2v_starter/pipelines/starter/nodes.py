@@ -6,23 +6,23 @@ import dataclasses
 import datetime as dt
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
+from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
 from tqdm.auto import tqdm
+from transformers import CLIPTextModel
 
-from machining_t2v import starter_world
 from machining_t2v.builtin_folders import read_marker
-
-# torch, diffusers, transformers and the training modules are imported inside the functions that use
-# them: registering the pipelines (every `kedro run`, `kedro registry list`, `kedro viz`) must not pay for them.
-if TYPE_CHECKING:
-    import torch
-    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    from machining_t2v.inworld import InWorldEvaluator
-    from machining_t2v.training import TrainingConfig
+from machining_t2v.finetune import training_config_from_params
+from machining_t2v.inworld import InWorldEvaluator, accuracy
+from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
+from machining_t2v.sampling import image_pipeline, sample_images, sample_videos, video_pipeline
+from machining_t2v.training import TrainingConfig, checkpoint_step, latest_checkpoint
+from machining_t2v_starter import stages as starter
+from machining_t2v_starter import world as starter_world
+from machining_t2v_starter.evaluator_training import train_evaluator
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +77,6 @@ def pretrain_vae(world: dict[str, Any], params: dict[str, Any]) -> tuple[Autoenc
         ``continue_from`` folder) and its held-out reconstruction figures: PSNR and the
         flat-colour error.
     """
-    from machining_t2v import starter
-    from machining_t2v.finetune import training_config_from_params
-
     seed, stage = int(params["seed"]), params["vae"]
     stills = _stills(world["clips"], int(stage["stills_per_clip"]))
     images = np.concatenate([stills, starter.tinted_copies(stills, seed)])
@@ -107,8 +104,6 @@ def pretrain_vae(world: dict[str, Any], params: dict[str, Any]) -> tuple[Autoenc
 
 def encode_starter_world(world: dict[str, Any], vae: AutoencoderKL, params: dict[str, Any]) -> torch.Tensor:
     """Scaled latents of every world clip, (N, C, F, h, w), shared by the UNet and adapter stages."""
-    from machining_t2v import starter
-
     return starter.encode_clip_latents(vae, world["clips"])
 
 
@@ -124,8 +119,6 @@ def _components(params: dict[str, Any]) -> dict[str, Any]:
     """The components the stages start from: the seeded random starter or, with ``continue_from``,
     the weights of that published starter folder. The noise schedule is always ``noise_schedule``'s,
     so a folder can be trained on under another schedule than it was made with."""
-    from machining_t2v import starter
-
     parts = starter.starter_components(int(params["seed"]),
                                        prediction_type=str(params["noise_schedule"]["prediction_type"]),
                                        zero_terminal_snr=_switch(params, "noise_schedule", "zero_terminal_snr"))
@@ -136,13 +129,10 @@ def _components(params: dict[str, Any]) -> dict[str, Any]:
 
 def _published_weights(folder: Path) -> dict[str, Any]:
     """Tokenizer, text encoder, VAE, UNet and motion adapter of a published starter, in fp32."""
-    from machining_t2v import starter
-    from machining_t2v.models import load_base_model, load_motion_adapter
-
     if read_marker(folder, starter.STARTER_MARKER) is None:
         raise ValueError(f"starter.continue_from: {folder} is not a published starter model (no readable "
-                         f"{starter.STARTER_MARKER}); name a folder `kedro run --pipelines=starter` wrote, "
-                         "e.g. models/starter")
+                         f"{starter.STARTER_MARKER}); name a folder `kedro run --pipelines=starter` (in "
+                         "tools/starter) wrote, e.g. ../../models/starter")
     base = load_base_model(str(folder), tiny_model_dir=folder)
     adapter = load_motion_adapter(str(folder / "motion_adapter"), tiny_model_dir=folder)
     return {"tokenizer": base.tokenizer, "text_encoder": base.text_encoder.requires_grad_(False),
@@ -162,9 +152,6 @@ def pretrain_unet(world: dict[str, Any], latents: torch.Tensor,
         The UNet and the text encoder: the seeded random one, frozen, unless
         ``unet.text_encoder_learning_rate`` trains it with the UNet.
     """
-    from machining_t2v import starter
-    from machining_t2v.finetune import training_config_from_params
-
     stage = params["unet"]
     parts = _components(params)
     per_clip = int(stage["stills_per_clip"])
@@ -197,9 +184,6 @@ def pretrain_motion_adapter(world: dict[str, Any], latents: torch.Tensor, vae: A
         cross-attention trained too when ``motion_adapter.train_cross_attention`` is true,
         else stage 2's, untouched.
     """
-    from machining_t2v import starter
-    from machining_t2v.finetune import training_config_from_params
-
     stage = params["motion_adapter"]
     train_cross_attention = _switch(params, "motion_adapter", "train_cross_attention")
     new_world_every = _new_world_every(stage)
@@ -240,8 +224,6 @@ def _new_world_every(stage: dict[str, Any]) -> int:
 
 def _world_part_to_resume(config: TrainingConfig, checkpoint_dir: Path, new_world_every: int) -> int:
     """Which world part the run resumes in: the one holding the step its checkpoint is at."""
-    from machining_t2v.training import checkpoint_step, latest_checkpoint
-
     if not new_world_every or config.resume is None:
         return 0
     checkpoint = latest_checkpoint(checkpoint_dir) if config.resume == "latest" else Path(config.resume)
@@ -273,9 +255,6 @@ def train_starter_evaluator(vae: AutoencoderKL, params: dict[str, Any]) -> InWor
 
     With ``evaluator.train: false`` the ``continue_from`` folder's evaluator is kept instead.
     """
-    from machining_t2v import starter
-    from machining_t2v.inworld import train_evaluator
-
     if not _switch(params, "evaluator", "train"):
         return _continued_evaluator(params)
     frames, labels = evaluator_training_clips(params)
@@ -291,8 +270,6 @@ def _continued_evaluator(params: dict[str, Any]) -> InWorldEvaluator:
     """The ``continue_from`` folder's evaluator, for a run that publishes that folder's VAE unchanged:
     it was trained on round trips through that VAE, and retrained with the same evaluator
     parameters it comes out byte-identical (after about 12 minutes on 2 CPU cores)."""
-    from machining_t2v.inworld import InWorldEvaluator
-
     folder = params.get("continue_from")
     if not folder or int(params["vae"]["training"]["max_steps"]) != 0:
         raise ValueError("starter.evaluator.train: false keeps the evaluator of the starter.continue_from folder, "
@@ -329,8 +306,6 @@ def shimmering_round_trips(vae: AutoencoderKL, frames: np.ndarray, labels: list[
     They teach the motion head only (no scene or style label); scene and style are learnt
     from the renders and their plain round trips.
     """
-    from machining_t2v import starter
-
     settings = params["evaluator"]
     rng = np.random.default_rng([int(params["seed"]), 0x5111])
     picks = rng.choice(len(frames), size=min(int(settings["shimmer_clips"]), len(frames)), replace=False)
@@ -354,8 +329,6 @@ def publish_starter(vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder
     Returns:
         Where it went, its size and what it was trained with (also in ``starter_model.json``).
     """
-    from machining_t2v import starter
-
     parts = _components(params)
     parts.update(vae=vae, unet=unet, text_encoder=text_encoder, motion_adapter=adapter)
     continued_from = params.get("continue_from")
@@ -392,19 +365,15 @@ def describe_published_starter(params: dict[str, Any]) -> dict[str, Any]:
     Raises:
         ValueError: ``output_dir`` holds no starter model (no readable ``starter_model.json``).
     """
-    from machining_t2v import starter
-
     folder = Path(params["output_dir"])
     marker = read_marker(folder, starter.STARTER_MARKER)
     if marker is None:
         raise ValueError(f"{folder} holds no starter model (no readable {starter.STARTER_MARKER}); "
-                         "make one with `kedro run --pipelines=starter`")
+                         "make one with `kedro run --pipelines=starter` in tools/starter")
     return _published_info(folder, marker)
 
 
 def _published_info(folder: Path, marker: dict[str, Any]) -> dict[str, Any]:
-    from machining_t2v import starter
-
     return {"folder": str(folder), "size_mb": round(starter.folder_size_mb(folder), 2), **marker}
 
 
@@ -436,10 +405,6 @@ def check_starter(starter_model: dict[str, Any], params: dict[str, Any]) -> dict
     Tool travel: clips for the grey machine captions (no direction named), and the share of them
     whose motion reads as one a sample video's tool makes: what the motion LoRA builds on.
     """
-    from machining_t2v.inworld import InWorldEvaluator, accuracy
-    from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
-    from machining_t2v.sampling import image_pipeline, sample_images, sample_videos, video_pipeline
-
     folder = starter_model["folder"]
     check = params["check"]
     base = load_base_model(folder, tiny_model_dir=folder)

@@ -2,7 +2,7 @@
 
 The built-in tiny model (:func:`machining_t2v.models.build_tiny_model`) is random, so on a
 machine without real weights every sample is noise. The starter model is pretrained on the
-generic world of :mod:`machining_t2v.starter_world` (grey machine scenes, moving plain
+generic world of :mod:`machining_t2v_starter.world` (grey machine scenes, moving plain
 shapes), on a CPU, in three stages that all run on the project's one training core
 (:func:`machining_t2v.training.train`, so each stage checkpoints and resumes):
 
@@ -60,8 +60,8 @@ from machining_t2v.models import (
     sd15_noise_scheduler,
     small_text_encoder,
 )
-from machining_t2v.starter_world import WORLD_WORDS
 from machining_t2v.training import LossRandomness, TrainingConfig, TrainingResult, train
+from machining_t2v_starter.world import WORLD_WORDS
 
 logger = logging.getLogger(__name__)
 

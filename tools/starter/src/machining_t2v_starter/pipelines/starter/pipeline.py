@@ -1,7 +1,7 @@
 """``starter`` pipeline: render the generic world, pretrain VAE -> UNet -> motion adapter,
 train the in-world evaluator, publish the starter folder and check it against its targets.
 
-Run once by the maintainers (``kedro run --pipelines=starter``); every training stage
+Run once by the maintainers (``kedro run --pipelines=starter`` in ``tools/starter``); every training stage
 checkpoints, so an interrupted run picks up where it stopped. Not part of ``__default__``:
 the published folder is committed and is what the fine-tuning pipelines load.
 ``starter_check`` measures the published folder again without retraining it.

@@ -1,6 +1,6 @@
 """The synthetic world the starter model is pretrained in, and the labels the in-world evaluator knows.
 
-The starter model (see :mod:`machining_t2v.starter`) has to draw and move *generic* scenes
+The starter model (see :mod:`machining_t2v_starter.stages`) has to draw and move *generic* scenes
 before any fine-tuning, so that the image and motion LoRAs have something to adapt and
 their effect can be measured. This module renders that generic world as 64 px clips:
 
@@ -19,21 +19,31 @@ and its tool-path directions (the motion LoRA's). :func:`render_shop_clip` rende
 from :mod:`machining_t2v.sample_videos` for the in-world evaluator, which must know both.
 
 Every clip carries labels in the evaluator's vocabulary: ``scene`` (:data:`SCENES`),
-``style`` (:data:`STYLES`) and ``motion`` (:data:`MOTIONS`). Everything is a pure function
-of the seed.
+``style`` (:data:`STYLES`) and ``motion`` (:data:`MOTIONS`); it is defined here, trained into
+the evaluator and saved with it, and the product reads it from the evaluator's files. What a
+prompt or caption asks for (:func:`expected_labels`) and the world's rule for the evaluator's
+labels (:func:`apply_world_rules`) are the product's (:mod:`machining_t2v.inworld_prompts`),
+because the evaluation uses them; so are the caption phrases of a direction
+(:data:`DIRECTION_WORDINGS`), which they read. Everything is a pure function of the seed.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from machining_t2v import sample_videos, video_io
+from machining_t2v.flow import DIRECTION_VECTORS
+from machining_t2v.inworld_prompts import (  # noqa: F401  (apply_world_rules, expected_labels: the world's, re-exported)
+    DIRECTION_WORDINGS,
+    apply_world_rules,
+    expected_labels,
+    longest_first,
+)
 
 SCENES = ("milling", "turning", "shapes")
 STYLES = ("neutral", "shop")
@@ -49,39 +59,9 @@ DIRECTION_MOTIONS = {
     "left": "left", "right": "right", "inward": "inward",
 }
 
-#: Unit vectors (image x right, y down) of the eight translation labels.
-_TRANSLATIONS = {
-    "right": (1.0, 0.0), "left": (-1.0, 0.0), "down": (0.0, 1.0), "up": (0.0, -1.0),
-    "down-right": (math.sqrt(0.5), math.sqrt(0.5)), "up-left": (-math.sqrt(0.5), -math.sqrt(0.5)),
-    "up-right": (math.sqrt(0.5), -math.sqrt(0.5)), "down-left": (-math.sqrt(0.5), math.sqrt(0.5)),
-}
-#: Where each translation starts and ends in the frame; both wordings of it are made from these.
-_TRANSLATION_ENDS = {
-    "right": ("left", "right"), "left": ("right", "left"),
-    "down": ("top", "bottom"), "up": ("bottom", "top"),
-    "down-right": ("top left", "bottom right"), "up-left": ("bottom right", "top left"),
-    "up-right": ("bottom left", "top right"), "down-left": ("top right", "bottom left"),
-}
-
-
-def _translation_words(motion: str, wording: str) -> str:
-    start, end = _TRANSLATION_ENDS[motion]
-    words = f"from {start} to {end}" if wording == "order" else f"towards the {end}"
-    return f"diagonally {words}" if "-" in motion else words
-
-
-#: How shape captions name a translation: ``order`` ("from left to right", what starter v1
-#: was trained on) or ``distinct`` ("towards the right": each direction named by its own set of
-#: words, what the committed starter was continued on). The starter's frozen random text
-#: encoder tells which words a caption has, hardly in which order, so with ``order`` it finds
-#: the axis of a motion but not its sign (docs/starter_model.md).
-DIRECTION_WORDINGS = {wording: {motion: _translation_words(motion, wording) for motion in _TRANSLATION_ENDS}
-                      for wording in ("order", "distinct")}
-
-
-def _longest_first(phrases: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    # A phrase inside a longer one ("towards the top" in "diagonally towards the top left") must lose to it.
-    return tuple(sorted(phrases, key=lambda phrase_and_motion: -len(phrase_and_motion[0])))
+#: Unit vectors (image x right, y down) of the eight translation labels, in :data:`MOTIONS` order
+#: (a bouncing shape draws its direction by position in this table).
+_TRANSLATIONS = {motion: DIRECTION_VECTORS[motion] for motion in MOTIONS if motion in DIRECTION_VECTORS}
 
 
 _SHAPE_COLOURS = {
@@ -329,7 +309,7 @@ def reword_directions(prompt: str, wording: str) -> str:
     the other is asked in the words it was trained on.
     """
     target = _direction_words(wording)
-    for phrase, motion in _longest_first((phrase, motion) for motion, phrase in DIRECTION_WORDINGS["order"].items()):
+    for phrase, motion in longest_first((phrase, motion) for motion, phrase in DIRECTION_WORDINGS["order"].items()):
         if phrase in prompt:
             return prompt.replace(phrase, target[motion])
     return prompt
@@ -338,44 +318,3 @@ def reword_directions(prompt: str, wording: str) -> str:
 def stack_clips(clips: Sequence[WorldClip]) -> tuple[np.ndarray, list[str], list[dict[str, str]]]:
     """(N, F, H, W, 3) frames, captions and labels of ``clips``."""
     return (np.stack([c.frames for c in clips]), [c.caption for c in clips], [c.labels for c in clips])
-
-
-def apply_world_rules(predicted: dict[str, str]) -> dict[str, str]:
-    """An evaluator's labels for a clip, with the world's rule that plain shapes are never shop style.
-
-    The shop's look is its machines in their colours; every shape render is labelled
-    ``neutral``. The evaluator's style head reads colours, so without this rule a generated
-    shape on the shop's blue-grey backdrop would count as shop style.
-    """
-    if predicted.get("scene") == "shapes":
-        return {**predicted, "style": "neutral"}
-    return dict(predicted)
-
-
-_DIRECTION_PHRASES = _longest_first(
-    (phrase, motion) for words in DIRECTION_WORDINGS.values() for motion, phrase in words.items()
-) + (
-    ("towards the chuck", "left"), ("away from the chuck", "right"),
-    ("inwards", "inward"), ("rotating", "rotate"), ("growing", "scale"), ("bouncing", "bounce"),
-)
-
-
-def expected_labels(prompt: str) -> dict[str, str | None]:
-    """What a prompt asks for, in the evaluator's vocabulary (None where it does not say).
-
-    The scene comes from the process words, the motion from the direction phrase, and the
-    style is ``shop`` when the prompt names a workpiece material (the shop's look).
-    """
-    text = prompt.lower()
-    if re.search(r"\b(lathe|turn|turning|chuck)\b", text):
-        scene = "turning"
-    elif re.search(r"\b(mill|milling|end mill)\b", text):
-        scene = "milling"
-    elif re.search(r"\b(circle|square|triangle)\b", text):
-        scene = "shapes"
-    else:
-        scene = None
-    motion = next((label for phrase, label in _DIRECTION_PHRASES if phrase in text), None)
-    materials = list(sample_videos.MATERIAL_COLOURS) + ["titanium", "cast iron"]
-    style = "shop" if scene in ("milling", "turning") and any(m in text for m in materials) else None
-    return {"scene": scene, "style": style, "motion": motion}
