@@ -52,7 +52,7 @@ class Context:
     def tiny_model_dir(self) -> Path:
         """The built-in tiny model, built once per benchmark run (outside every timing)."""
         if self._tiny_model_dir is None:
-            from machining_t2v.models import build_tiny_model
+            from machining_t2v.models.loading import build_tiny_model
 
             self._tiny_model_dir = build_tiny_model(self.work_dir / "tiny-sd")
         return self._tiny_model_dir
@@ -75,7 +75,7 @@ class Context:
 
 def write_sample_videos(folder: Path, num_clips: int, **overrides: Any) -> list[Path]:
     """Render ``num_clips`` built-in sample videos into ``folder`` (with metadata.csv), as `sample_data` does."""
-    from machining_t2v.datasets import VideoFolderDataset
+    from machining_t2v.kedro_glue.datasets import VideoFolderDataset
     from machining_t2v.pipelines.sample_data.nodes import render_sample_videos
 
     params = {**load_params("sample_data"), **overrides, "num_clips": num_clips}

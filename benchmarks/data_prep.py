@@ -77,8 +77,8 @@ def _replicate(source: Path, target: Path, copies: int) -> None:
 
 
 def _video_minutes(folder: Path) -> tuple[int, float]:
-    from machining_t2v.datasets import VideoFolderDataset
-    from machining_t2v.video_io import probe_video
+    from machining_t2v.data.video_io import probe_video
+    from machining_t2v.kedro_glue.datasets import VideoFolderDataset
 
     infos = [probe_video(video.path) for video in VideoFolderDataset(path=str(folder)).load().videos]
     return len(infos), sum(info.duration_s for info in infos) / 60
@@ -86,7 +86,7 @@ def _video_minutes(folder: Path) -> tuple[int, float]:
 
 def prepare(folder: Path, out_dir: Path, frames_params: dict, captions_params: dict) -> dict[str, float]:
     """One data preparation of ``folder``: seconds per step (``save`` is every output's writing)."""
-    from machining_t2v.datasets import VideoFolderDataset
+    from machining_t2v.kedro_glue.datasets import VideoFolderDataset
     from machining_t2v.pipelines.captions.nodes import build_captions
     from machining_t2v.pipelines.frames.nodes import extract_frames_and_clips
 
@@ -137,7 +137,7 @@ def frames_run_peak_rss(folder: str, out_dir: str, resolution: int) -> dict[str,
     from kedro.io import DataCatalog, MemoryDataset
     from kedro.runner import SequentialRunner
 
-    from machining_t2v.datasets import VideoFolderDataset
+    from machining_t2v.kedro_glue.datasets import VideoFolderDataset
     from machining_t2v.pipelines.frames import create_pipeline
 
     def peak_mb() -> float:

@@ -162,7 +162,7 @@ def cv2_read_frames(path: Path, indices: list[int], resolution: int) -> tuple[np
     centre crop. Returns the frames and (fps, frame count, width, height)."""
     import cv2
 
-    from machining_t2v.video_io import center_crop, resize_shape_for_crop
+    from machining_t2v.data.video_io import center_crop, resize_shape_for_crop
 
     capture = cv2.VideoCapture(str(path))
     try:
@@ -191,7 +191,7 @@ def cv2_read_frames(path: Path, indices: list[int], resolution: int) -> tuple[np
 
 
 def _probe(path: Path) -> VideoFile:
-    from machining_t2v.video_io import probe_video
+    from machining_t2v.data.video_io import probe_video
 
     info = probe_video(path)
     return VideoFile(path, info.num_frames, info.fps, info.width, info.height)
@@ -201,7 +201,7 @@ def _write_long_h264(path: Path, num_frames: int) -> Path:
     """A 640x480 30 fps H.264 file of the milling scene, written by imageio-ffmpeg's ffmpeg."""
     import imageio_ffmpeg
 
-    from machining_t2v.sample_videos import render_clip, sample_clip_specs
+    from machining_t2v.data.synthetic_videos import render_clip, sample_clip_specs
 
     spec = sample_clip_specs(num_clips=1, seed=7, width=640, height=480, fps=30, min_seconds=num_frames / 30,
                              max_seconds=num_frames / 30, webm_fraction=0.0)[0]
@@ -215,7 +215,7 @@ def _write_long_h264(path: Path, num_frames: int) -> Path:
 
 def pipeline_indices(video: VideoFile, params: dict[str, Any]) -> list[int]:
     """The frames ``extract_frames_and_clips`` decodes from ``video`` (same arithmetic, same order)."""
-    from machining_t2v.video_io import (
+    from machining_t2v.data.video_io import (
         clip_frame_indices,
         clip_start_indices,
         still_frame_indices,
@@ -246,8 +246,8 @@ def _check_manifest(manifest, videos: list[VideoFile], wanted: dict[Path, list[i
 
 def _node_with_pattern(pattern: str | None):
     """The frames node run to completion (all chunks in memory), its access pattern forced when given."""
+    from machining_t2v.data.video_io import OpenVideo
     from machining_t2v.pipelines.frames.nodes import extract_frames_and_clips, merge_chunks
-    from machining_t2v.video_io import OpenVideo
 
     def node(raw, params):
         if pattern is None:
@@ -263,8 +263,8 @@ def _node_with_pattern(pattern: str | None):
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    from machining_t2v.datasets import VideoFolderDataset
-    from machining_t2v.video_io import SEQUENTIAL, SPARSE, OpenVideo, probe_video, read_frames
+    from machining_t2v.data.video_io import SEQUENTIAL, SPARSE, OpenVideo, probe_video, read_frames
+    from machining_t2v.kedro_glue.datasets import VideoFolderDataset
 
     extract_frames_and_clips = _node_with_pattern(None)
 

@@ -33,7 +33,7 @@ def _starter_tools() -> None:
 
 
 def _evaluator(clips: np.ndarray, labels: list[dict[str, str]]):
-    from machining_t2v.inworld import InWorldEvaluator
+    from machining_t2v.evaluation.inworld import InWorldEvaluator
     from machining_t2v_starter.evaluator_training import train_evaluator
 
     committed = PROJECT_ROOT / "models" / "starter" / "inworld_evaluator"
@@ -44,7 +44,7 @@ def _evaluator(clips: np.ndarray, labels: list[dict[str, str]]):
 
 def run(ctx: Context) -> dict[str, Any]:
     _starter_tools()
-    from machining_t2v.inworld import motion_features
+    from machining_t2v.evaluation.inworld import motion_features
     from machining_t2v_starter import world as starter_world
 
     count = 11 if ctx.quick else 44  # every shape motion, once or four times

@@ -23,14 +23,14 @@ PROMPT = "mtv slot milling along X on a milling machine, aluminium workpiece"
 def _pipeline(ctx: Context, with_lora: bool):
     import torch
 
-    from machining_t2v.lora import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
-    from machining_t2v.models import (
+    from machining_t2v.diffusion.sampling import video_pipeline
+    from machining_t2v.lora.injection import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
+    from machining_t2v.models.loading import (
         TINY_MODEL,
         build_motion_unet,
         load_base_model,
         load_motion_adapter,
     )
-    from machining_t2v.sampling import video_pipeline
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     base = load_base_model(TINY_MODEL, ctx.tiny_model_dir())
@@ -53,7 +53,7 @@ def _pipeline(ctx: Context, with_lora: bool):
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    from machining_t2v.sampling import sample_videos
+    from machining_t2v.diffusion.sampling import sample_videos
 
     steps = 2 if ctx.quick else 10
     guidance = float(load_params("motion_ft")["validation"]["guidance_scale"])

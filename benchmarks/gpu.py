@@ -108,8 +108,8 @@ def build_model(kind: str, model: str, device: str, dtype, rank: int):
     """
     import torch
 
-    from machining_t2v.lora import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
-    from machining_t2v.models import build_motion_unet
+    from machining_t2v.lora.injection import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
+    from machining_t2v.models.loading import build_motion_unet
 
     parts = ("unet",) if kind == "image" else ("unet", "motion_adapter")
     if model == "sd15":
@@ -117,7 +117,7 @@ def build_model(kind: str, model: str, device: str, dtype, rank: int):
 
         components = build_sd15_random_components(seed=SEED, device=device, dtype=dtype, parts=parts)
     elif model == "tiny":
-        from machining_t2v.models import _tiny_components
+        from machining_t2v.models.loading import _tiny_components
 
         with torch.device(device):
             components = {k: v.to(dtype=dtype).requires_grad_(False) for k, v in _tiny_components(SEED).items()
@@ -140,7 +140,7 @@ def build_model(kind: str, model: str, device: str, dtype, rank: int):
 
 def noise_scheduler(kind: str):
     """SD1.5's training schedule for stills; AnimateDiff's linear betas for clips (what its sampler uses)."""
-    from machining_t2v.models import sd15_noise_scheduler
+    from machining_t2v.models.loading import sd15_noise_scheduler
 
     return sd15_noise_scheduler("scaled_linear" if kind == "image" else "linear")
 
@@ -149,7 +149,7 @@ def random_cache(unet, case: Case, count: int):
     """A training cache of random latents and text embeddings shaped like the case's samples."""
     import torch
 
-    from machining_t2v.diffusion import TrainingCache
+    from machining_t2v.diffusion.loss import TrainingCache
 
     generator = torch.Generator().manual_seed(SEED)
     side = case.resolution // 8  # the VAE's factor: SD1.5 and the tiny model both downsample 8x
@@ -163,7 +163,7 @@ def random_cache(unet, case: Case, count: int):
 
 def _loss_fn(scheduler, cache, device: str):
     """The loss ``finetune.fit_lora`` trains with: noise prediction on cached latents."""
-    from machining_t2v.diffusion import LossConfig, noise_prediction_loss
+    from machining_t2v.diffusion.loss import LossConfig, noise_prediction_loss
 
     config = LossConfig()
 
@@ -193,7 +193,7 @@ def count_step_flops(case: Case, model: str, rank: int) -> int:
 
 
 def _enable_gradient_checkpointing(unet) -> None:
-    from machining_t2v.finetune import enable_gradient_checkpointing
+    from machining_t2v.training.finetune import enable_gradient_checkpointing
 
     # The product's switch: diffusers' blocks plus the motion modules, which diffusers' own skips.
     enable_gradient_checkpointing(unet)
@@ -218,8 +218,8 @@ def run_case(case: Case, *, model: str, device: str, dtype, warmup: int, timed: 
     """Build the case's model, train ``warmup + timed`` steps through ``training.train``, measure."""
     import torch
 
-    from machining_t2v.memory import estimate_training_memory
     from machining_t2v.training import TrainingConfig, train
+    from machining_t2v.training.memory import estimate_training_memory
 
     result: dict[str, Any] = {**asdict(case), "model": model, "lora_rank": rank, "warmup_steps": warmup,
                               "timed_steps": timed}

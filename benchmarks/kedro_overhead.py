@@ -102,7 +102,7 @@ def run(ctx: Context) -> dict[str, Any]:
                                                                         imports["kedro_cli"].runs, strict=True)])
 
     # The node itself, in this process, on the same folder (the pipeline adds saving the outputs).
-    from machining_t2v.datasets import VideoFolderDataset
+    from machining_t2v.kedro_glue.datasets import VideoFolderDataset
     from machining_t2v.pipelines.frames.nodes import extract_frames_and_clips, merge_chunks
 
     params = load_params("frames")

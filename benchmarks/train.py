@@ -69,7 +69,7 @@ class Setup:
 
 def _samples(kind: str, count: int, resolution: int, num_frames: int, stride: int) -> tuple[np.ndarray, list[str]]:
     """Stills (middle frames) or clips of the built-in sample videos, rendered at ``resolution``."""
-    from machining_t2v.sample_videos import render_clip, sample_clip_specs
+    from machining_t2v.data.synthetic_videos import render_clip, sample_clip_specs
 
     span = (num_frames - 1) * stride + 1
     specs = sample_clip_specs(num_clips=count, seed=3, width=resolution, height=resolution, fps=12,
@@ -85,15 +85,15 @@ def _samples(kind: str, count: int, resolution: int, num_frames: int, stride: in
 def _setup(ctx: Context, kind: str, device: str) -> Setup:
     import torch
 
-    from machining_t2v.diffusion import LossConfig, build_cache
-    from machining_t2v.finetune import seeded_lora_init, training_config_from_params
-    from machining_t2v.lora import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
-    from machining_t2v.models import (
+    from machining_t2v.diffusion.loss import LossConfig, build_cache
+    from machining_t2v.lora.injection import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
+    from machining_t2v.models.loading import (
         TINY_MODEL,
         build_motion_unet,
         load_base_model,
         load_motion_adapter,
     )
+    from machining_t2v.training.finetune import seeded_lora_init, training_config_from_params
 
     params = load_params("image_ft" if kind == "image" else "motion_ft")
     frames_params = load_params("frames")
@@ -121,7 +121,7 @@ def _setup(ctx: Context, kind: str, device: str) -> Setup:
 
 
 def _cached_loss(setup: Setup, device: str):
-    from machining_t2v.diffusion import noise_prediction_loss
+    from machining_t2v.diffusion.loss import noise_prediction_loss
 
     cache = setup.cache
 
@@ -137,7 +137,7 @@ def _uncached_loss(setup: Setup, device: str):
     """The same loss, but every step encodes its batch through the VAE and the text encoder."""
     import torch
 
-    from machining_t2v.diffusion import encode_frames, encode_text, noise_prediction_loss
+    from machining_t2v.diffusion.loss import encode_frames, encode_text, noise_prediction_loss
 
     base = setup.base
 
@@ -359,9 +359,9 @@ def sd15_unet_benchmark(quick: bool, *, device: str = "cuda", unet_config: dict 
     from diffusers.models.attention_processor import AttnProcessor2_0
     from torch.utils.flop_counter import FlopCounterMode
 
-    from machining_t2v.diffusion import LossConfig, noise_prediction_loss
+    from machining_t2v.diffusion.loss import LossConfig, noise_prediction_loss
     from machining_t2v.fixtures.sd15_random import SD15_UNET_CONFIG
-    from machining_t2v.lora import IMAGE_LORA_TARGETS, add_lora
+    from machining_t2v.lora.injection import IMAGE_LORA_TARGETS, add_lora
     from machining_t2v.training import LossRandomness
 
     config = {**SD15_UNET_CONFIG, **(unet_config or {})}

@@ -42,7 +42,7 @@ def moving_square_frames(num_frames: int, width: int, height: int, seed: int = 0
 def write_test_video(path: Path, num_frames: int = 30, width: int = 96, height: int = 64, fps: int = 12,
                      seed: int = 0, static: bool = False) -> Path:
     """Write a real video file (codec by extension) of a moving square."""
-    from machining_t2v.video_io import write_video
+    from machining_t2v.data.video_io import write_video
 
     return write_video(path, moving_square_frames(num_frames, width, height, seed, static), fps)
 

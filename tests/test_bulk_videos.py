@@ -113,9 +113,9 @@ def test_bulk_folder_through_the_frames_pipeline(bulk_folder, project):
 _MEASURE = textwrap.dedent(
     """
     import gc, json, logging, sys
-    from machining_t2v.datasets import VideoFolderDataset
+    from machining_t2v.kedro_glue.datasets import VideoFolderDataset
     from machining_t2v.pipelines.frames.nodes import extract_frames_and_clips, merge_chunks
-    from machining_t2v.video_io import probe_video, read_frames
+    from machining_t2v.data.video_io import probe_video, read_frames
 
     def status(field):  # VmRSS / VmHWM of this process in bytes
         with open("/proc/self/status") as handle:

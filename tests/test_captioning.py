@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from machining_t2v.captioning import caption_images
-from machining_t2v.datasets import VideoFolderDataset
+from machining_t2v.data.captioning import caption_images
+from machining_t2v.kedro_glue.datasets import VideoFolderDataset
 from machining_t2v.pipelines.captions.nodes import build_captions
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "bar", "on", "lathe", "end", "mill",

@@ -16,9 +16,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from machining_t2v import cli, generation
-from machining_t2v.models import build_tiny_model
-from machining_t2v.video_io import probe_video, read_frames
+from machining_t2v import cli
+from machining_t2v.data.video_io import probe_video, read_frames
+from machining_t2v.generation import generator
+from machining_t2v.models.loading import build_tiny_model
 from tests.conftest import PROJECT_ROOT
 from tests.test_generation import make_loras
 
@@ -38,7 +39,7 @@ def outside_loras(tiny_dir, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def one_cpu_thread():
-    with generation.cpu_threads(1):
+    with generator.cpu_threads(1):
         yield
 
 
@@ -142,7 +143,7 @@ def test_bad_inputs_fail_with_clear_messages(tiny_dir, tmp_path, capsys, caplog)
     assert not list(tmp_path.glob("x.*"))
 
     # A prompt longer than the tokenizer's 77 tokens is generated truncated, with a warning.
-    with caplog.at_level(logging.WARNING, logger="machining_t2v.generation"):
+    with caplog.at_level(logging.WARNING, logger="machining_t2v.generation.generator"):
         assert run_main(["mtv " + "turn the bar slowly " * 30, "--out", str(tmp_path / "long.mp4")], tiny_dir) == 0
     assert any("it is truncated" in record.getMessage() for record in caplog.records)
     assert probe_video(tmp_path / "long.mp4").num_frames == 2

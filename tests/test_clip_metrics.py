@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import CLIPModel
 
-from machining_t2v.clip_metrics import (
+from machining_t2v.evaluation.clip_metrics import (
     STANDIN_CLIP,
     ClipScorer,
     build_standin_clip,
@@ -186,7 +186,7 @@ def test_clip_f(scorer, frames):
 
 def test_metric_modules_do_not_import_kedro():
     code = (
-        "import sys, machining_t2v.metrics, machining_t2v.clip_metrics; "
+        "import sys, machining_t2v.evaluation.metrics, machining_t2v.evaluation.clip_metrics; "
         "sys.exit('kedro' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -6,8 +6,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from machining_t2v.diffusion import schedule_info, video_noise_scheduler
-from machining_t2v.models import sd15_noise_scheduler
+from machining_t2v.diffusion.loss import schedule_info, video_noise_scheduler
+from machining_t2v.models.loading import sd15_noise_scheduler
 
 
 def _snr(scheduler: DDPMScheduler, t: int) -> float:
@@ -43,8 +43,8 @@ def test_video_schedule_turns_off_clip_sample_from_a_config_without_the_key():
 
 
 def test_image_and_video_samplers_never_clip_the_sample(tmp_path):
-    from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
-    from machining_t2v.sampling import image_pipeline, video_pipeline
+    from machining_t2v.diffusion.sampling import image_pipeline, video_pipeline
+    from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
 
     base = load_base_model("builtin:tiny", tmp_path / "tiny")
     base.noise_scheduler = DDPMScheduler.from_config({"beta_schedule": "scaled_linear"})  # clip_sample: True

@@ -6,7 +6,7 @@ the processes over gloo); this module is also the worker (``python -m tests.test
 The toy loss adds input noise drawn per sample from the loop's ``LossRandomness``, which
 depends on the sample's position in the global batch, not on the process: one and two
 processes must end with equal weights up to float rounding. The last tests run the real
-launcher, ``machining_t2v.launch image_ft``, on one and two processes: the diffusion loss
+launcher, ``machining_t2v.training.launch image_ft``, on one and two processes: the diffusion loss
 (noise, timesteps, caption dropout) gives the same image LoRA up to float rounding too.
 """
 
@@ -275,7 +275,7 @@ def prepare_project_template(tmp_path_factory) -> Path:
     Built once per session and shared with test_faults.py; tests work on copies
     (:func:`copy_project`).
     """
-    from machining_t2v.models import build_tiny_model
+    from machining_t2v.models.loading import build_tiny_model
     from tests.conftest import run_in_new_project
 
     root = tmp_path_factory.getbasetemp() / "prepared_project"
@@ -311,8 +311,8 @@ LORA_FILE = "data/06_models/image_lora/pytorch_lora_weights.safetensors"
 
 
 def launch_image_ft(root: Path, num_processes: int, *options: str) -> subprocess.CompletedProcess:
-    """``machining_t2v.launch image_ft`` (training only) on 1 process (plain python) or N (accelerate)."""
-    args = ["machining_t2v.launch", "image_ft", "--project-path", str(root), "--train-only",
+    """``machining_t2v.training.launch image_ft`` (training only) on 1 process (plain python) or N (accelerate)."""
+    args = ["machining_t2v.training.launch", "image_ft", "--project-path", str(root), "--train-only",
             "--params", LAUNCH_PARAMS, *options]  # fmt: skip
     command = accelerate_launch(num_processes, args) if num_processes > 1 else [sys.executable, "-m", *args]
     return subprocess.run(command, cwd=root, env=subprocess_env(), capture_output=True, text=True, timeout=500)
@@ -331,7 +331,7 @@ def two_process_image_lora(prepared_project_template, tmp_path_factory) -> Path:
 def test_launcher_trains_the_image_lora_on_two_processes(two_process_image_lora):
     import mlflow
 
-    from machining_t2v.datasets import LoraFolderDataset
+    from machining_t2v.kedro_glue.datasets import LoraFolderDataset
 
     root = two_process_image_lora
     lora = LoraFolderDataset(path=str(root / "data/06_models/image_lora"), kind="image").load()
@@ -384,7 +384,7 @@ def test_two_processes_train_the_image_lora_one_process_trains(two_process_image
 
 
 def test_launcher_params_parse_like_kedro_run():
-    from machining_t2v.launch import parse_params
+    from machining_t2v.training.launch import parse_params
 
     assert parse_params(["a.b=1,a.c=x", "d=[1, 2],e=null"]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2], "e": None}
     with pytest.raises(ValueError, match="key=value"):

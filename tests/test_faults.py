@@ -31,8 +31,8 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-from machining_t2v import tracking
-from machining_t2v.hooks import ProjectLock
+from machining_t2v.kedro_glue import tracking
+from machining_t2v.kedro_glue.hooks import ProjectLock
 from machining_t2v.training import (
     CheckpointWriteError,
     TrainingConfig,
@@ -149,7 +149,7 @@ LAUNCH_PARAMS = ("image_ft.training.max_steps=12,image_ft.training.batch_size=4,
 
 def launch_image_ft(project: Path, *extra_params: str, mlflow: bool = True) -> list[str]:
     params = ",".join((LAUNCH_PARAMS, *extra_params))
-    return [sys.executable, "-m", "machining_t2v.launch", "image_ft", "--project-path", str(project), "--train-only",
+    return [sys.executable, "-m", "machining_t2v.training.launch", "image_ft", "--project-path", str(project), "--train-only",
             "--params", params, *([] if mlflow else ["--no-mlflow"])]  # fmt: skip
 
 
@@ -350,13 +350,13 @@ def test_store_failing_mid_run_is_reported_once_then_skipped(monkeypatch):
     monkeypatch.setattr(mlflow, "log_metrics", dead_store)
     monkeypatch.setattr(mlflow, "set_tags", dead_store)
     records = Records()
-    logging.getLogger("machining_t2v.tracking").addHandler(records)
+    logging.getLogger("machining_t2v.kedro_glue.tracking").addHandler(records)
     try:
         for step in range(1, 50):
             tracking.log_metrics({"loss": 1.0 / step}, step=step)
         tracking.set_tags({"a": "b"})
     finally:
-        logging.getLogger("machining_t2v.tracking").removeHandler(records)
+        logging.getLogger("machining_t2v.kedro_glue.tracking").removeHandler(records)
         tracking.reset()
     assert len(calls) == 1, "a dead store must not be called (and waited on) at every step"
     assert len(records.messages) == 1 and "nothing more of this run is logged" in records.messages[0]

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from machining_t2v.finetune import enable_gradient_checkpointing, place_frozen, trainable_in_fp32
-from machining_t2v.lora import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
-from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
+from machining_t2v.lora.injection import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
+from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
 from machining_t2v.training import TrainingConfig
+from machining_t2v.training.finetune import (
+    enable_gradient_checkpointing,
+    place_frozen,
+    trainable_in_fp32,
+)
 
 
 def _motion_unet(folder):

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from machining_t2v.flow import DIRECTION_VECTORS, DIRECTIONS, direction_sums, farneback_flow
-from machining_t2v.inworld import _FEATURE_DIRECTIONS, _FLOW_PARAMS, _direction_histogram, _flows
-from machining_t2v.metrics import FARNEBACK_PARAMS
+from machining_t2v.evaluation.flow import (
+    DIRECTION_VECTORS,
+    DIRECTIONS,
+    direction_sums,
+    farneback_flow,
+)
+from machining_t2v.evaluation.inworld import (
+    _FEATURE_DIRECTIONS,
+    _FLOW_PARAMS,
+    _direction_histogram,
+    _flows,
+)
+from machining_t2v.evaluation.metrics import FARNEBACK_PARAMS
 
 
 def test_each_direction_vector_falls_in_its_own_bin():

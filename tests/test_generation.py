@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from machining_t2v import generation
-from machining_t2v.lora import (
+from machining_t2v.data.video_io import probe_video, read_frames
+from machining_t2v.generation import generator as generation
+from machining_t2v.lora.injection import (
     IMAGE_LORA_TARGETS,
     MOTION_LORA_TARGETS,
     add_lora,
@@ -19,13 +20,12 @@ from machining_t2v.lora import (
     to_animatediff_motion_lora,
     to_kohya,
 )
-from machining_t2v.models import (
+from machining_t2v.models.loading import (
     build_motion_unet,
     build_tiny_model,
     load_base_model,
     load_motion_adapter,
 )
-from machining_t2v.video_io import probe_video, read_frames
 
 FAST = {"num_frames": 4, "num_inference_steps": 2, "guidance_scale": 4.0, "size": 64}
 
@@ -176,7 +176,7 @@ def test_prompt_frames_and_size_checks(generator, caplog):
         render(generator, size=60)
 
     long_prompt = "mtv slot milling " + " ".join(f"pass{i} with coolant" for i in range(40))
-    with caplog.at_level(logging.WARNING, logger="machining_t2v.generation"):
+    with caplog.at_level(logging.WARNING, logger="machining_t2v.generation.generator"):
         clip = render(generator, prompt=long_prompt, num_frames=2, num_inference_steps=1)
     assert clip.shape[0] == 2
     warning = next(r.getMessage() for r in caplog.records if "truncated" in r.getMessage())
@@ -197,7 +197,7 @@ def test_generation_report_and_cli_modules_do_not_import_kedro():
     import subprocess
     import sys
 
-    code = ("import sys, machining_t2v.generation, machining_t2v.report, machining_t2v.cli; "
+    code = ("import sys, machining_t2v.generation.generator, machining_t2v.evaluation.report, machining_t2v.cli; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kedro', 'kedro_datasets')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -19,14 +19,14 @@ import cv2
 import numpy as np
 import pytest
 
-from machining_t2v.inworld import (
+from machining_t2v.data.synthetic_videos import render_clip, sample_clip_specs
+from machining_t2v.evaluation.inworld import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     InWorldEvaluator,
     accuracy,
     motion_features,
 )
-from machining_t2v.sample_videos import render_clip, sample_clip_specs
 from machining_t2v_starter.evaluator_training import MOTIONS, SCENES, STYLES, train_evaluator
 
 FRAMES = 8

@@ -1,4 +1,4 @@
-"""Tests for machining_t2v.lora on the real tiny model and SD1.5-shaped meta models."""
+"""Tests for machining_t2v.lora.injection on the real tiny model and SD1.5-shaped meta models."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from diffusers import (
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from machining_t2v.lora import (
+from machining_t2v.lora.injection import (
     DIFFUSERS_LORA_FILENAME,
     IMAGE_LORA_TARGETS,
     MOTION_LORA_TARGETS,
@@ -31,7 +31,7 @@ from machining_t2v.lora import (
     to_animatediff_motion_lora,
     to_kohya,
 )
-from machining_t2v.models import (
+from machining_t2v.models.loading import (
     TINY_MODEL,
     build_motion_unet,
     build_tiny_model,

@@ -7,16 +7,16 @@ import logging
 import pytest
 import torch
 
-from machining_t2v.finetune import enable_gradient_checkpointing
-from machining_t2v.lora import MOTION_LORA_TARGETS, add_lora
-from machining_t2v.memory import (
+from machining_t2v.lora.injection import MOTION_LORA_TARGETS, add_lora
+from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
+from machining_t2v.training.finetune import enable_gradient_checkpointing
+from machining_t2v.training.memory import (
     GIB,
     MemoryEstimate,
     activation_bytes,
     estimate_training_memory,
     report_memory,
 )
-from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
 
 
 def _motion_unet(folder, checkpointing=False):
@@ -86,7 +86,7 @@ def test_estimate_adds_weights_and_training_state(tmp_path):
 
 def test_a_run_that_will_not_fit_is_warned_about_naming_both_figures(caplog):
     estimate = MemoryEstimate(weights=5 * GIB, training_state=GIB // 10, activations=20 * GIB)
-    with caplog.at_level(logging.INFO, logger="machining_t2v.memory"):
+    with caplog.at_level(logging.INFO, logger="machining_t2v.training.memory"):
         assert report_memory(estimate, available=80 * GIB, what="motion LoRA training")
         assert "expected peak GPU memory" in caplog.text
         assert not report_memory(estimate, available=24 * GIB, what="motion LoRA training")

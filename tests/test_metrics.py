@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from machining_t2v.metrics import (
+from machining_t2v.evaluation.metrics import (
     DEFAULT_MAGNITUDE_BINS,
     DIRECTION_NAMES_8,
     FlowStatistics,

@@ -1,4 +1,4 @@
-"""Tests for machining_t2v.models on the real tiny model (no mocks)."""
+"""Tests for machining_t2v.models.loading on the real tiny model (no mocks)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from diffusers import (
 )
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from machining_t2v import models
-from machining_t2v.models import (
+from machining_t2v.models import loading
+from machining_t2v.models.loading import (
     TINY_MODEL,
     build_motion_unet,
     build_tiny_model,
@@ -80,7 +80,7 @@ def test_build_is_deterministic(tmp_path, base):
 
 def test_stale_tiny_model_is_rebuilt(tmp_path):
     folder = build_tiny_model(tmp_path / "tiny")
-    marker = folder / models._TINY_MARKER
+    marker = folder / loading._TINY_MARKER
     marker.write_text(json.dumps({"builder_version": -1, "seed": 0}))
     assert not tiny_model_exists(folder)
     build_tiny_model(folder)
@@ -223,7 +223,7 @@ def test_loader_reuses_a_tiny_model_built_with_another_seed(tmp_path):
     load_base_model(TINY_MODEL, folder)
     load_motion_adapter(TINY_MODEL, folder)
     assert weights.stat().st_mtime_ns == before
-    assert json.loads((folder / models._TINY_MARKER).read_text())["seed"] == 7
+    assert json.loads((folder / loading._TINY_MARKER).read_text())["seed"] == 7
     assert oct(folder.stat().st_mode & 0o777) == oct(0o755)
 
 
@@ -276,13 +276,13 @@ def test_training_under_half_the_native_resolution_warns_naming_both_numbers(cap
     # SD1.5's configs: a 64-latent UNet and a VAE with four blocks (three 2x downsamplings).
     unet_config = {"sample_size": 64}
     vae_config = {"block_out_channels": [128, 256, 512, 512]}
-    assert models.native_resolution(unet_config, vae_config) == 512
-    with caplog.at_level("WARNING", logger="machining_t2v.models"):
+    assert loading.native_resolution(unet_config, vae_config) == 512
+    with caplog.at_level("WARNING", logger="machining_t2v.models.loading"):
         assert warn_if_low_resolution(unet_config, vae_config, 128, "motion LoRA training")
     message = caplog.records[-1].getMessage()
     assert "motion LoRA training runs at 128 px, under half the base model's native 512 px" in message
     caplog.clear()
-    with caplog.at_level("WARNING", logger="machining_t2v.models"):
+    with caplog.at_level("WARNING", logger="machining_t2v.models.loading"):
         assert not warn_if_low_resolution(unet_config, vae_config, 256, "motion LoRA training")
         assert not warn_if_low_resolution(unet_config, vae_config, 512, "image LoRA training")
     assert not caplog.records
@@ -313,7 +313,7 @@ def test_a_broken_base_model_fails_the_run_before_any_data_is_prepared(project, 
     import subprocess
     import sys
 
-    from machining_t2v.hooks import lock_path
+    from machining_t2v.kedro_glue.hooks import lock_path
 
     grab = ("import fcntl, sys; f = open(sys.argv[1], 'a'); "
             "fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)")

@@ -160,8 +160,9 @@ def test_every_problem_is_reported_at_once_and_numbers_pass_as_text(base_paramet
 def test_the_choices_agree_with_the_code_that_uses_them():
     import typing
 
-    from machining_t2v import generation, training
-    from machining_t2v.diffusion import LossConfig
+    from machining_t2v import training
+    from machining_t2v.diffusion.loss import LossConfig
+    from machining_t2v.generation import generator
     from machining_t2v.parameters import models as parameters
     from machining_t2v.pipelines.evaluation.nodes import SPLITS, VARIANT_ADAPTERS
     from machining_t2v.pipelines.motion_ft.nodes import MODES
@@ -170,7 +171,7 @@ def test_the_choices_agree_with_the_code_that_uses_them():
     assert typing.get_args(parameters.LrScheduler) == training_config.LR_SCHEDULERS
     assert typing.get_args(parameters.MixedPrecision) == ("auto", *training_config.MIXED_PRECISIONS)
     assert typing.get_args(parameters.Optimizer) == training_config.OPTIMIZERS
-    assert typing.get_args(parameters.Sampler) == generation.SCHEDULERS
+    assert typing.get_args(parameters.Sampler) == generator.SCHEDULERS
     assert typing.get_args(parameters.MotionMode) == MODES
     assert typing.get_args(parameters.Variant) == tuple(VARIANT_ADAPTERS)
     assert typing.get_args(parameters.Split) == SPLITS
@@ -215,7 +216,7 @@ def test_a_run_with_an_unknown_parameter_fails_before_its_first_node(project, tm
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     assert client.search_runs([experiment.experiment_id for experiment in client.search_experiments()]) == []
-    from machining_t2v.hooks import ProjectLock
+    from machining_t2v.kedro_glue.hooks import ProjectLock
 
     lock = ProjectLock(project, timeout=0)
     grab = ("import fcntl, sys; f = open(sys.argv[1], 'a'); "
@@ -242,7 +243,7 @@ def test_the_training_launcher_refuses_an_unknown_params_key(tmp_path):
     from tests.conftest import make_project
 
     project = make_project(tmp_path / "project")
-    result = subprocess.run([sys.executable, "-m", "machining_t2v.launch", "image_ft", "--project-path", str(project),
+    result = subprocess.run([sys.executable, "-m", "machining_t2v.training.launch", "image_ft", "--project-path", str(project),
                              "--no-mlflow", "--params", "image_ft.trainig.max_steps=5"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0

@@ -1,4 +1,4 @@
-"""Tests for the synthetic machining clip generator (``machining_t2v.sample_videos``)."""
+"""Tests for the synthetic machining clip generator (``machining_t2v.data.synthetic_videos``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from machining_t2v.sample_videos import (
+from machining_t2v.data.synthetic_videos import (
     MATERIAL_COLOURS,
     MILLING_DIRECTION_VECTORS,
     TURNING_DIRECTIONS,

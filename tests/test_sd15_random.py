@@ -15,8 +15,8 @@ from machining_t2v.fixtures.sd15_random import (
     build_sd15_random_components,
     build_sd15_random_folder,
 )
-from machining_t2v.lora import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
-from machining_t2v.models import build_motion_unet
+from machining_t2v.lora.injection import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
+from machining_t2v.models.loading import build_motion_unet
 
 
 def _lora_layers(model, adapter: str) -> list[str]:

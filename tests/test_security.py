@@ -219,7 +219,7 @@ def _hostile_raw_folder(raw: Path, outside: Path) -> dict[str, str]:
 
 
 def test_metadata_rows_naming_outside_files_match_no_video(tmp_path):
-    from machining_t2v.datasets import VideoFolderDataset
+    from machining_t2v.kedro_glue.datasets import VideoFolderDataset
 
     raw = tmp_path / "data" / "videos"
     expected = _hostile_raw_folder(raw, tmp_path / "outside")
@@ -258,7 +258,7 @@ def test_sample_ids_are_plain_file_names_that_stay_in_their_folder(tmp_path):
 
 def test_distinct_videos_never_share_a_sample_id(tmp_path):
     """Two videos must never write the same still/clip/sidecar file."""
-    from machining_t2v.datasets import VideoFolderDataset
+    from machining_t2v.kedro_glue.datasets import VideoFolderDataset
     from machining_t2v.pipelines.frames.nodes import extract_frames_and_clips, merge_chunks
 
     raw = tmp_path / "videos"
@@ -278,7 +278,7 @@ def test_video_folder_save_never_writes_outside_its_folder(tmp_path):
     import numpy as np
     from kedro.io import DatasetError
 
-    from machining_t2v.datasets import SampleVideo, VideoFolderDataset
+    from machining_t2v.kedro_glue.datasets import SampleVideo, VideoFolderDataset
 
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -300,7 +300,7 @@ def test_sample_video_names_cannot_be_paths(tmp_path):
     import numpy as np
     from kedro.io import DatasetError
 
-    from machining_t2v.datasets import VideoSamplesDataset
+    from machining_t2v.kedro_glue.datasets import VideoSamplesDataset
 
     frames = np.zeros((2, 16, 16, 3), np.uint8)
     for name in ["../escape", "/tmp/escape", "sub/escape", ".hidden", ".."]:
@@ -311,7 +311,7 @@ def test_sample_video_names_cannot_be_paths(tmp_path):
 
 def test_lora_folder_touches_only_its_own_folder(tmp_path):
     """Saving "no LoRA" clears stale LoRA files in the folder itself, never beside or below it."""
-    from machining_t2v.datasets import LoraFolderDataset, TrainedLora
+    from machining_t2v.kedro_glue.datasets import LoraFolderDataset, TrainedLora
 
     models = tmp_path / "06_models"
     folder = models / "motion_ft_spatial_lora"

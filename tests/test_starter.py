@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
-from machining_t2v import sample_videos
+from machining_t2v.data import synthetic_videos
 from machining_t2v.training import LossRandomness
 from machining_t2v_starter import stages as starter
 from machining_t2v_starter import world as starter_world
@@ -75,7 +75,7 @@ def test_neutral_machine_scenes_hide_what_the_loras_must_learn():
 
 
 def test_shop_clips_keep_the_sample_captions_and_their_labels():
-    specs = sample_videos.sample_clip_specs(12, seed=5, width=128, height=128)
+    specs = synthetic_videos.sample_clip_specs(12, seed=5, width=128, height=128)
     clips = starter_world.render_machine_clips(12, seed=5, shop=True)
     for spec, clip in zip(specs, clips, strict=True):
         assert clip.caption == spec.caption
@@ -95,14 +95,14 @@ def test_shop_clips_are_cut_with_the_frames_pipeline_defaults():
 
 
 def test_sample_video_clips_are_cut_from_sample_videos_as_the_frames_pipeline_cuts_them():
-    from machining_t2v.video_io import clip_frame_indices, clip_start_indices
+    from machining_t2v.data.video_io import clip_frame_indices, clip_start_indices
 
-    specs = sample_videos.sample_clip_specs(4, seed=3)
+    specs = synthetic_videos.sample_clip_specs(4, seed=3)
     clips = starter_world.render_sample_video_clips(4, seed=3)
     for spec, clip in zip(specs, clips, strict=True):
         assert clip.caption == spec.caption and clip.style == "shop"
         assert clip.motion == starter_world.DIRECTION_MOTIONS[spec.direction]
-        video = sample_videos.render_clip(spec)
+        video = synthetic_videos.render_clip(spec)
         cuts = [np.stack([cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA)
                           for f in video[clip_frame_indices(start, 8, stride=2)]])
                 for start in clip_start_indices(len(video), 8, stride=2, max_clips=3)]
@@ -110,8 +110,8 @@ def test_sample_video_clips_are_cut_from_sample_videos_as_the_frames_pipeline_cu
     # The sample videos last 2 to 4 s: per frame the milling tool travels less than in the
     # world's 16-frame renders of the same job (measured: 0.6 as far for this 26-frame video).
     milling = next(spec for spec in specs if spec.process == "milling")
-    long_path = sample_videos.milling_tool_path(milling)
-    short_path = sample_videos.milling_tool_path(dataclasses.replace(milling, num_frames=16))
+    long_path = synthetic_videos.milling_tool_path(milling)
+    short_path = synthetic_videos.milling_tool_path(dataclasses.replace(milling, num_frames=16))
     step = [np.linalg.norm(np.diff(path, axis=0), axis=1).mean() for path in (long_path, short_path)]
     assert len(long_path) >= 24 and step[0] < 0.7 * step[1]
 
@@ -242,7 +242,7 @@ def test_vae_stage_lowers_reconstruction_error(tmp_path):
 
 
 def test_shimmer_makes_a_still_clip_shimmer_without_travel():
-    from machining_t2v.inworld import _flows
+    from machining_t2v.evaluation.inworld import _flows
 
     still = np.repeat(starter_world.render_machine_clips(2, seed=0, shop=True)[0].frames[:1], 8, axis=0)
     vae = starter.starter_components(0)["vae"].eval()
@@ -349,7 +349,7 @@ def test_zero_terminal_snr_schedule_leaves_nothing_of_the_clip_at_the_top_timest
 
 
 def test_top_timestep_share_draws_that_share_from_the_noisiest_timesteps():
-    from machining_t2v.diffusion import LossConfig, draw_timesteps
+    from machining_t2v.diffusion.loss import LossConfig, draw_timesteps
 
     def draws(share: float) -> torch.Tensor:
         return draw_timesteps(LossRandomness(0, 1, 0, range(512)), 1000, LossConfig(top_timestep_share=share))
@@ -469,7 +469,7 @@ def v_prediction_starter(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("sampler", ["ddim", "euler", "dpm++"])
 def test_v_prediction_starter_trains_and_samples_from_pure_noise(v_prediction_starter, sampler):
-    from machining_t2v.generation import generate_video, load_generator
+    from machining_t2v.generation.generator import generate_video, load_generator
 
     folder = v_prediction_starter
     generator = load_generator(str(folder), str(folder / "motion_adapter"), tiny_model_dir=folder, scheduler=sampler)
@@ -650,8 +650,8 @@ def test_starter_pipeline_end_to_end_with_a_tiny_budget(starter_project):
 def _assert_loads_like_any_diffusers_folder(folder: Path) -> None:
     from diffusers import StableDiffusionPipeline
 
-    from machining_t2v.inworld import InWorldEvaluator
-    from machining_t2v.models import load_base_model, load_motion_adapter
+    from machining_t2v.evaluation.inworld import InWorldEvaluator
+    from machining_t2v.models.loading import load_base_model, load_motion_adapter
 
     base = load_base_model(str(folder), tiny_model_dir=folder / "unused")
     adapter = load_motion_adapter(str(folder / "motion_adapter"), tiny_model_dir=folder / "unused")
@@ -666,8 +666,8 @@ def _assert_loads_like_any_diffusers_folder(folder: Path) -> None:
 
 @pytest.mark.skipif(not COMMITTED_STARTER.is_dir(), reason="no starter model committed in models/starter")
 def test_committed_starter_loads_and_draws():
-    from machining_t2v.models import load_base_model
-    from machining_t2v.sampling import image_pipeline, sample_images
+    from machining_t2v.diffusion.sampling import image_pipeline, sample_images
+    from machining_t2v.models.loading import load_base_model
 
     _assert_loads_like_any_diffusers_folder(COMMITTED_STARTER)
     assert starter.folder_size_mb(COMMITTED_STARTER) <= 30
@@ -731,7 +731,7 @@ def test_describe_published_starter_reads_the_folder_marker_or_names_the_empty_f
 
 @pytest.mark.skipif(not COMMITTED_STARTER.is_dir(), reason="no starter model committed in models/starter")
 def test_committed_evaluator_carries_the_world_vocabulary_the_product_reads():
-    from machining_t2v.inworld import InWorldEvaluator
+    from machining_t2v.evaluation.inworld import InWorldEvaluator
 
     evaluator = InWorldEvaluator.load(COMMITTED_STARTER / "inworld_evaluator")
     # The product reads the label names from the evaluator's files; the world defines them once.
@@ -743,7 +743,7 @@ def test_committed_evaluator_carries_the_world_vocabulary_the_product_reads():
 def test_committed_evaluator_reads_renders_after_a_round_trip_through_the_starter_vae():
     from diffusers import AutoencoderKL
 
-    from machining_t2v.inworld import InWorldEvaluator, accuracy
+    from machining_t2v.evaluation.inworld import InWorldEvaluator, accuracy
 
     # Held-out renders (seeds the evaluator never saw) in the look generated clips have:
     # encoded and decoded by the committed VAE.
@@ -763,7 +763,7 @@ def test_committed_evaluator_reads_renders_after_a_round_trip_through_the_starte
 def test_committed_evaluator_reads_still_scenes_as_static_even_when_they_shimmer():
     from diffusers import AutoencoderKL
 
-    from machining_t2v.inworld import InWorldEvaluator
+    from machining_t2v.evaluation.inworld import InWorldEvaluator
 
     clips = starter_world.render_machine_clips(8, 9103, shop=True) + starter_world.render_shape_clips(8, 9104)
     still = np.repeat(starter_world.stack_clips(clips)[0][:, :1], starter_world.NUM_FRAMES, axis=1)
@@ -781,7 +781,7 @@ def test_committed_evaluator_reads_still_scenes_as_static_even_when_they_shimmer
 def test_committed_evaluator_reads_the_motion_of_clips_cut_like_the_shop_videos():
     from diffusers import AutoencoderKL
 
-    from machining_t2v.inworld import InWorldEvaluator, accuracy
+    from machining_t2v.evaluation.inworld import InWorldEvaluator, accuracy
 
     frames, _, labels = starter_world.stack_clips(starter_world.render_sample_video_clips(32, 9105))
     vae = AutoencoderKL.from_pretrained(COMMITTED_STARTER / "vae", torch_dtype=torch.float32).eval()
@@ -809,7 +809,7 @@ def generated_clips_labelled_by_eye() -> tuple[np.ndarray, list[dict[str, str]]]
 
 
 def test_committed_evaluator_reads_generated_clips_as_a_person_does():
-    from machining_t2v.inworld import InWorldEvaluator
+    from machining_t2v.evaluation.inworld import InWorldEvaluator
 
     clips, seen = generated_clips_labelled_by_eye()
     assert clips.shape == (28, 8, 64, 64, 3)
@@ -885,14 +885,14 @@ def test_readme_animatediff_example_runs_on_the_committed_starter(tmp_path, monk
     """The README's diffusers snippet, with the starter's folders for the hub ids and a short run."""
     import re
 
-    from machining_t2v.lora import (
+    from machining_t2v.lora.injection import (
         IMAGE_LORA_TARGETS,
         MOTION_LORA_TARGETS,
         add_lora,
         lora_state_dict,
         save_diffusers_lora,
     )
-    from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
+    from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
 
     readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
     snippet = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S)

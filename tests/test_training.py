@@ -514,16 +514,16 @@ def test_unknown_mixed_precision_is_refused():
 
 
 def test_auto_precision_on_this_cpu_is_logged_with_its_reason(caplog):
-    from machining_t2v.finetune import training_config_from_params
+    from machining_t2v.training.finetune import training_config_from_params
 
-    with caplog.at_level("INFO", logger="machining_t2v.finetune"):
+    with caplog.at_level("INFO", logger="machining_t2v.training.finetune"):
         config = training_config_from_params({"mixed_precision": "auto", "max_steps": 1}, num_samples=4)
     assert config.mixed_precision == "no"
     assert "Mixed precision: no (no CUDA GPU" in caplog.text
 
 
 def test_8bit_adamw_on_a_cpu_is_refused_before_training():
-    from machining_t2v.finetune import training_config_from_params
+    from machining_t2v.training.finetune import training_config_from_params
 
     with pytest.raises(ValueError, match="adamw8bit.*CUDA"):
         training_config_from_params({"optimizer": "adamw8bit", "max_steps": 1}, num_samples=4)
@@ -535,9 +535,9 @@ def test_unknown_optimizer_is_refused():
 
 
 def test_a_precision_fall_back_is_a_warning(caplog):
-    from machining_t2v.finetune import training_config_from_params
+    from machining_t2v.training.finetune import training_config_from_params
 
-    with caplog.at_level("INFO", logger="machining_t2v.finetune"):
+    with caplog.at_level("INFO", logger="machining_t2v.training.finetune"):
         config = training_config_from_params({"mixed_precision": "fp16", "max_steps": 1}, num_samples=4)
     assert config.mixed_precision == "no"
     assert [r.levelname for r in caplog.records if "Mixed precision" in r.getMessage()] == ["WARNING"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from machining_t2v.video_io import (
+from machining_t2v.data.video_io import (
     VideoReadError,
     center_crop,
     clip_frame_indices,

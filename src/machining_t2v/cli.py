@@ -8,7 +8,7 @@ writes ``clip.mp4`` (H.264, plays in browsers) and ``clip.gif`` beside it. Frame
 default to the base model's: 8 and 4.0 for the starter model, 16 and 7.5 for SD1.5. LoRAs are
 loaded by path from anywhere (a ``.safetensors`` file or a folder holding
 ``pytorch_lora_weights.safetensors``; diffusers, kohya and AnimateDiff MotionLoRA layouts).
-Everything runs through :mod:`machining_t2v.generation`, the code the ``generate`` and
+Everything runs through :mod:`machining_t2v.generation.generator`, the code the ``generate`` and
 ``evaluation`` pipelines use.
 No Kedro project is needed.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import click
 
 PROG = "machining-t2v"
-SCHEDULERS = ("ddim", "euler", "dpm++")  # = machining_t2v.generation.SCHEDULERS, kept here so --help and
+SCHEDULERS = ("ddim", "euler", "dpm++")  # = machining_t2v.generation.generator.SCHEDULERS, kept here so --help and
 # command-line errors answer without importing torch and diffusers
 DEFAULT_REAL_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-3"
 PROJECT_TINY_DIR = Path("data/06_models/tiny-sd")
@@ -170,7 +170,7 @@ def generate_command(args: argparse.Namespace) -> int:
     for flag, path in (("--image-lora", args.image_lora), ("--motion-lora", args.motion_lora)):
         if path is not None and not Path(path).expanduser().exists():
             raise FileNotFoundError(f"{flag}: LoRA not found: {path}")
-    from machining_t2v import generation
+    from machining_t2v.generation import generator as generation
 
     generation.require_text(args.prompt)  # an empty prompt fails before any model loads
     out = Path(args.out) if args.out else Path(generation.prompt_slug(args.prompt))
@@ -180,7 +180,7 @@ def generate_command(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace, out: Path) -> int:
-    from machining_t2v import generation
+    from machining_t2v.generation import generator as generation
 
     log = logging.getLogger("machining_t2v.cli")
     base = args.base or default_base()

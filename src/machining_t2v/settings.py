@@ -2,7 +2,7 @@
 
 from kedro.config import OmegaConfigLoader
 
-from machining_t2v.hooks import (
+from machining_t2v.kedro_glue.hooks import (
     MlflowArtifactHooks,
     ModelSourceCheck,
     ParameterCheck,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from machining_t2v.datasets import VideoFolderDataset
+from machining_t2v.kedro_glue.datasets import VideoFolderDataset
 from machining_t2v.pipelines.captions.nodes import build_captions
 from tests.conftest import run_pipeline, write_test_video
 

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from machining_t2v.generation import cpu_threads
-from machining_t2v.inworld import InWorldEvaluator, accuracy
+from machining_t2v.data.video_io import probe_video
+from machining_t2v.evaluation.inworld import InWorldEvaluator, accuracy
+from machining_t2v.generation.generator import cpu_threads
 from machining_t2v.pipelines.evaluation.nodes import (
     INWORLD_COLUMNS,
     INWORLD_FOLDER,
@@ -25,7 +26,6 @@ from machining_t2v.pipelines.evaluation.nodes import (
     process_of,
     score_in_world,
 )
-from machining_t2v.video_io import probe_video
 from machining_t2v_starter import world as starter_world
 from machining_t2v_starter.evaluator_training import train_evaluator
 from tests.conftest import make_project, run_pipeline

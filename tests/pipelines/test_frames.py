@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from machining_t2v.datasets import ClipStripDataset, VideoFolderDataset
+from machining_t2v.kedro_glue.datasets import ClipStripDataset, VideoFolderDataset
 from machining_t2v.pipelines.frames.nodes import (
     extract_frames_and_clips,
     merge_chunks,

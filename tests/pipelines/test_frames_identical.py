@@ -11,18 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from machining_t2v.datasets import VideoFolderDataset
-from machining_t2v.pipelines.frames import nodes as frames_nodes
-from machining_t2v.pipelines.frames.nodes import (
-    MANIFEST_COLUMNS,
-    SKIPPED_COLUMNS,
-    extract_frames_and_clips,
-    frame_resolutions,
-    merge_chunks,
-    unique_sample_id_prefixes,
-)
-from machining_t2v.pipelines.sample_data.nodes import render_sample_videos
-from machining_t2v.video_io import (
+from machining_t2v.data.video_io import (
     SEQUENTIAL,
     SPARSE,
     OpenVideo,
@@ -33,6 +22,17 @@ from machining_t2v.video_io import (
     still_frame_indices,
     stride_for_fps,
 )
+from machining_t2v.kedro_glue.datasets import VideoFolderDataset
+from machining_t2v.pipelines.frames import nodes as frames_nodes
+from machining_t2v.pipelines.frames.nodes import (
+    MANIFEST_COLUMNS,
+    SKIPPED_COLUMNS,
+    extract_frames_and_clips,
+    frame_resolutions,
+    merge_chunks,
+    unique_sample_id_prefixes,
+)
+from machining_t2v.pipelines.sample_data.nodes import render_sample_videos
 from tests.conftest import (
     PROJECT_ROOT,
     add_audio_track,

@@ -13,11 +13,11 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from machining_t2v.datasets import LoraFolderDataset
-from machining_t2v.diffusion import build_cache, encode_frames
-from machining_t2v.finetune import collect_captioned_stills
-from machining_t2v.models import build_tiny_model, load_base_model
+from machining_t2v.diffusion.loss import build_cache, encode_frames
+from machining_t2v.kedro_glue.datasets import LoraFolderDataset
+from machining_t2v.models.loading import build_tiny_model, load_base_model
 from machining_t2v.pipelines.image_ft.nodes import train_image_lora
+from machining_t2v.training.finetune import collect_captioned_stills
 from tests.conftest import run_in_new_project
 
 SMALL_RUN = {

@@ -12,12 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from machining_t2v.datasets import ClipStripDataset
-from machining_t2v.diffusion import appearance_debiased, build_cache, images_to_tensor
-from machining_t2v.finetune import collect_captioned_clips
-from machining_t2v.lora import from_animatediff_motion_lora, lora_scale
-from machining_t2v.models import build_tiny_model, load_base_model
+from machining_t2v.diffusion.loss import appearance_debiased, build_cache, images_to_tensor
+from machining_t2v.kedro_glue.datasets import ClipStripDataset
+from machining_t2v.lora.injection import from_animatediff_motion_lora, lora_scale
+from machining_t2v.models.loading import build_tiny_model, load_base_model
 from machining_t2v.pipelines.motion_ft.nodes import train_motion_lora
+from machining_t2v.training.finetune import collect_captioned_clips
 from tests.conftest import run_in_new_project
 
 SMALL_DATA = {"sample_data": {"num_clips": 4, "width": 64, "height": 64, "min_seconds": 3.0, "max_seconds": 3.0},
@@ -77,7 +77,7 @@ def test_training_loss_falls_and_videos_are_written(motion_ft_run):
     assert summary["image_lora_merged"] is False  # no image_ft ran in this project
     samples = sorted(p.name for p in (motion_ft_run / "data/08_reporting/motion_ft_samples").iterdir())
     assert "step_000030_prompt0.gif" in samples and "step_000030_prompt0.mp4" in samples
-    from machining_t2v.video_io import probe_video
+    from machining_t2v.data.video_io import probe_video
 
     info = probe_video(motion_ft_run / "data/08_reporting/motion_ft_samples/step_000030_prompt0.mp4")
     assert info.num_frames == 6 and info.width > info.height  # base and LoRA side by side
@@ -120,7 +120,7 @@ def _inputs(root):
     from kedro_datasets.partitions import PartitionedDataset
 
     clips = PartitionedDataset(path=str(root / "data/05_model_input/clips"),
-                               dataset="machining_t2v.datasets.ClipStripDataset", filename_suffix=".png").load()
+                               dataset="machining_t2v.kedro_glue.datasets.ClipStripDataset", filename_suffix=".png").load()
     stills = PartitionedDataset(path=str(root / "data/05_model_input/stills"), dataset="pillow.ImageDataset",
                                 filename_suffix=".png").load()
     return clips, stills, pd.read_csv(root / "data/05_model_input/captions.csv")
@@ -172,9 +172,14 @@ def test_dual_path_trains_spatial_and_temporal_loras(motion_ft_run, tmp_path):
 
 def test_dual_path_with_image_lora_merged(motion_ft_run, tmp_path):
     """The image LoRA of image_ft is merged at its scale: the motion UNet output changes."""
-    from machining_t2v.datasets import TrainedLora
-    from machining_t2v.lora import IMAGE_LORA_TARGETS, add_lora, lora_state_dict, merge_lora
-    from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
+    from machining_t2v.kedro_glue.datasets import TrainedLora
+    from machining_t2v.lora.injection import (
+        IMAGE_LORA_TARGETS,
+        add_lora,
+        lora_state_dict,
+        merge_lora,
+    )
+    from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
 
     base = load_base_model("builtin:tiny", motion_ft_run / "data/06_models/tiny-sd")
     config = add_lora(base.unet, rank=4, alpha=8, target_modules=IMAGE_LORA_TARGETS, init_lora_weights=False)
@@ -202,9 +207,9 @@ def test_dual_path_clip_loss_keeps_the_configured_loss_options(motion_ft_run):
     timesteps, the clips (not only the stills) are noised only there."""
     from diffusers import DDPMScheduler
 
-    from machining_t2v.diffusion import LossConfig, TrainingCache
-    from machining_t2v.lora import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
-    from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
+    from machining_t2v.diffusion.loss import LossConfig, TrainingCache
+    from machining_t2v.lora.injection import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
+    from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
     from machining_t2v.pipelines.motion_ft.nodes import _adapter_parameters, dual_path_loss
     from machining_t2v.training import LossRandomness
 
@@ -240,11 +245,11 @@ def test_dual_path_clip_loss_keeps_the_configured_loss_options(motion_ft_run):
 
 def _dual_setup(root, checkpointing=False):
     """A tiny motion UNet with a motion and a spatial LoRA (non-zero, so both change the output) and caches."""
-    from machining_t2v.diffusion import TrainingCache
-    from machining_t2v.finetune import enable_gradient_checkpointing, seeded_lora_init
-    from machining_t2v.lora import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
-    from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
+    from machining_t2v.diffusion.loss import TrainingCache
+    from machining_t2v.lora.injection import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
+    from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
     from machining_t2v.pipelines.motion_ft.nodes import _adapter_parameters
+    from machining_t2v.training.finetune import enable_gradient_checkpointing, seeded_lora_init
 
     tiny = root / "data/06_models/tiny-sd"
     unet = build_motion_unet(load_base_model("builtin:tiny", tiny).unet, load_motion_adapter("builtin:tiny", tiny))
@@ -273,7 +278,7 @@ def _dual_gradients(root, spatial_dropout, checkpointing=False, only=None):
     """Gradients of one dual step; ``only`` = "spatial" | "temporal" keeps just that path's backward."""
     from diffusers import DDPMScheduler
 
-    from machining_t2v.diffusion import LossConfig
+    from machining_t2v.diffusion.loss import LossConfig
     from machining_t2v.pipelines.motion_ft.nodes import dual_path_loss
     from machining_t2v.training import LossRandomness
 
@@ -340,8 +345,8 @@ def test_motion_lora_trains_under_the_video_samplers_schedule(motion_ft_run, tmp
 
 
 def test_lora_scale_switches_an_adapter_off_and_restores_it(motion_ft_run):
-    from machining_t2v.lora import MOTION_LORA_TARGETS, add_lora
-    from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
+    from machining_t2v.lora.injection import MOTION_LORA_TARGETS, add_lora
+    from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
 
     tiny = motion_ft_run / "data/06_models/tiny-sd"
     unet = build_motion_unet(load_base_model("builtin:tiny", tiny).unet, load_motion_adapter("builtin:tiny", tiny))

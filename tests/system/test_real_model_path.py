@@ -118,8 +118,8 @@ def _tail(path: str, lines: int = 60) -> str:
 
 def _write_videos(folder: Path) -> None:
     """Two short synthetic videos (one milling, one turning), 2 s at 12 fps, with caption sidecars."""
-    from machining_t2v.sample_videos import render_clip, sample_clip_specs
-    from machining_t2v.video_io import write_video
+    from machining_t2v.data.synthetic_videos import render_clip, sample_clip_specs
+    from machining_t2v.data.video_io import write_video
 
     folder.mkdir(parents=True, exist_ok=True)
     for spec in sample_clip_specs(num_clips=2, seed=0, width=160, height=128, fps=12, min_seconds=2.0,
@@ -253,7 +253,12 @@ def test_loras_record_their_noise_schedule(trained_project):
 
 @pytest.mark.slow
 def test_loras_reload_into_animatediff_pipeline(trained_project, sd15_folder):
-    from machining_t2v.generation import generate_video, load_generator, load_lora, set_lora_scales
+    from machining_t2v.generation.generator import (
+        generate_video,
+        load_generator,
+        load_lora,
+        set_lora_scales,
+    )
 
     root, _ = trained_project
     models = root / "data" / "06_models"

@@ -14,8 +14,8 @@ and refuses
 - a value outside a fixed set of choices (``motion_ft.mode``, schedulers, mixed precision...).
 
 The check only reads: nodes still receive the parameters as plain dictionaries, exactly as
-written in conf/. The hook :class:`machining_t2v.hooks.ParameterCheck` runs it before the first
-node of every ``kedro run``; ``python -m machining_t2v.launch`` runs it too.
+written in conf/. The hook :class:`machining_t2v.kedro_glue.hooks.ParameterCheck` runs it before the first
+node of every ``kedro run``; ``python -m machining_t2v.training.launch`` runs it too.
 
 This package imports pydantic only (no torch, no Kedro), so it is cheap to import anywhere.
 """

@@ -72,7 +72,7 @@ class TrainingParams(Params):
 
 
 class LossParams(Params):
-    """``<pipeline>.loss``: how the noise-prediction loss is formed (``machining_t2v.diffusion.LossConfig``).
+    """``<pipeline>.loss``: how the noise-prediction loss is formed (``machining_t2v.diffusion.loss.LossConfig``).
 
     The field defaults are ``LossConfig``'s; each pipeline's default instance carries its conf/base values.
     """

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from machining_t2v.datasets import RawVideo, RawVideoFolder
+from machining_t2v.kedro_glue.datasets import RawVideo, RawVideoFolder
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def build_captions(
     captions = pd.DataFrame(rows, columns=CAPTION_COLUMNS)
 
     if params.get("model"):
-        from machining_t2v.captioning import caption_images
+        from machining_t2v.data.captioning import caption_images
 
         images = []
         for sample in captions.itertuples(index=False):

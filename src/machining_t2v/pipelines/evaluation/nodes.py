@@ -15,11 +15,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from machining_t2v import tracking
-from machining_t2v.datasets import TrainedLora
-from machining_t2v.inworld_prompts import apply_world_rules, expected_labels
-from machining_t2v.metrics import FlowStatistics, flow_statistics, motion_fidelity, video_metrics
-from machining_t2v.report import (
+from machining_t2v.evaluation.inworld_prompts import apply_world_rules, expected_labels
+from machining_t2v.evaluation.metrics import (
+    FlowStatistics,
+    flow_statistics,
+    motion_fidelity,
+    video_metrics,
+)
+from machining_t2v.evaluation.report import (
     Block,
     BulletList,
     Callout,
@@ -32,6 +35,8 @@ from machining_t2v.report import (
     to_html,
     to_markdown,
 )
+from machining_t2v.kedro_glue import tracking
+from machining_t2v.kedro_glue.datasets import TrainedLora
 
 # clip_metrics, generation, inworld and sampling (torch, diffusers, transformers) are imported inside the
 # functions that use them: registering the pipelines must not pay for them.
@@ -199,7 +204,7 @@ def generate_evaluation_clips(
     """Generate every prompt with every variant whose LoRAs exist, with the same seeds.
 
     The LoRAs are loaded from their folders with diffusers' ``pipe.load_lora_weights`` and
-    switched per variant with ``pipe.set_adapters`` (through :mod:`machining_t2v.generation`),
+    switched per variant with ``pipe.set_adapters`` (through :mod:`machining_t2v.generation.generator`),
     exactly as a user of the console script or of diffusers would apply them.
 
     Returns:
@@ -210,7 +215,7 @@ def generate_evaluation_clips(
     unknown = [v for v in params["variants"] if v not in VARIANT_ADAPTERS]
     if unknown:
         raise ValueError(f"evaluation.variants: unknown {unknown}; choose from {list(VARIANT_ADAPTERS)}")
-    from machining_t2v.generation import cpu_threads
+    from machining_t2v.generation.generator import cpu_threads
 
     with cpu_threads(params.get("cpu_threads")):
         return _generate_variants(prompts, image_lora, motion_lora, base_model, params, scales)
@@ -219,7 +224,12 @@ def generate_evaluation_clips(
 def _generate_variants(prompts: pd.DataFrame, image_lora: TrainedLora | None, motion_lora: TrainedLora | None,
                        base_model: dict[str, Any], params: dict[str, Any],
                        scales: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    from machining_t2v.generation import generate_video, load_generator, load_lora, set_lora_scales
+    from machining_t2v.generation.generator import (
+        generate_video,
+        load_generator,
+        load_lora,
+        set_lora_scales,
+    )
 
     sampling = params["sampling"]
     started = time.perf_counter()
@@ -290,7 +300,7 @@ def score_clips(
         long table (variant, prompt_id, prompt, process, split, seed, metric, value) and a
         record of the CLIP model used (``source``, ``is_standin``, ``label``).
     """
-    from machining_t2v.generation import cpu_threads
+    from machining_t2v.generation.generator import cpu_threads
 
     with cpu_threads(params.get("cpu_threads")):
         return _score(generated, prompts, reference_clips, reference_table, params)
@@ -298,7 +308,7 @@ def score_clips(
 
 def _score(generated: dict[str, np.ndarray], prompts: pd.DataFrame, reference_clips: dict[str, np.ndarray],
            reference_table: pd.DataFrame, params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
-    from machining_t2v.clip_metrics import STANDIN_NOTE, clip_f, clip_t, load_clip_scorer
+    from machining_t2v.evaluation.clip_metrics import STANDIN_NOTE, clip_f, clip_t, load_clip_scorer
 
     scorer = load_clip_scorer(params["clip_model"], params.get("clip_standin_dir"))
     reference_stats = {sample_id: flow_statistics(frames) for sample_id, frames in reference_clips.items()}
@@ -382,8 +392,8 @@ def score_in_world(
     Only a base model pretrained in the starter world (the starter model) carries an
     evaluator, in its ``inworld_evaluator/`` subfolder; for any other base model both tables
     are empty. A generated clip is expected to show what its prompt asks for and a reference
-    clip what its caption says (:func:`machining_t2v.inworld_prompts.expected_labels`); a clip
-    read as plain shapes is never shop style (:func:`machining_t2v.inworld_prompts.apply_world_rules`).
+    clip what its caption says (:func:`machining_t2v.evaluation.inworld_prompts.expected_labels`); a clip
+    read as plain shapes is never shop style (:func:`machining_t2v.evaluation.inworld_prompts.apply_world_rules`).
     Accuracy is the share of clips whose predicted label is the expected one, over the clips
     whose prompt states that label (NaN if none does). Logged to MLflow as
     ``eval.<variant>.inworld.<key>_accuracy`` and ``eval.<variant>.<split>.inworld.<key>_accuracy``.
@@ -398,7 +408,7 @@ def score_in_world(
         logger.info("No in-world metrics: base model %s has no %s/ folder (only the starter model carries one)",
                     generation_record["base_model_source"], INWORLD_FOLDER)
         return pd.DataFrame(columns=INWORLD_COLUMNS), pd.DataFrame(columns=INWORLD_PREDICTION_COLUMNS)
-    from machining_t2v.inworld import InWorldEvaluator
+    from machining_t2v.evaluation.inworld import InWorldEvaluator
 
     # A folder that is there but unreadable raises: a stale or broken starter must not pass unnoticed.
     evaluator = InWorldEvaluator.load(folder)
@@ -437,7 +447,7 @@ def _labels(frame: pd.DataFrame, prefix: str) -> list[dict[str, str | None]]:
 
 def _in_world_accuracies(predictions: pd.DataFrame) -> pd.DataFrame:
     """Accuracy per (variant, split), grouped like :func:`summarise_metrics`."""
-    from machining_t2v.inworld import accuracy
+    from machining_t2v.evaluation.inworld import accuracy
 
     rows = []
     for variant, split, group in _variant_split_groups(predictions):
@@ -477,7 +487,7 @@ def make_frame_strips(generated: dict[str, np.ndarray], params: dict[str, Any]) 
 
 def make_comparison_videos(generated: dict[str, np.ndarray], generation_record: dict[str, Any]) -> dict[str, np.ndarray]:
     """Per prompt and seed, the variants' clips side by side (in the order base, image, motion, both)."""
-    from machining_t2v.sampling import side_by_side
+    from machining_t2v.diffusion.sampling import side_by_side
 
     videos = {}
     variants = generation_record["variants"]

@@ -17,8 +17,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from machining_t2v.datasets import RawVideo, RawVideoFolder
-from machining_t2v.video_io import (
+from machining_t2v.data.video_io import (
     OpenVideo,
     VideoReadError,
     clip_frame_indices,
@@ -27,6 +26,7 @@ from machining_t2v.video_io import (
     still_frame_indices,
     stride_for_fps,
 )
+from machining_t2v.kedro_glue.datasets import RawVideo, RawVideoFolder
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def extract_frames_and_clips(raw_videos: RawVideoFolder, params: dict[str, Any])
     """Decode every raw video once and cut it into still frames and training clips.
 
     Each video is read at the sampled indices only, with the faster access pattern for the file
-    (see :meth:`machining_t2v.video_io.OpenVideo.access_pattern`; ``VIDEOS_AT_ONCE`` videos side by
+    (see :meth:`machining_t2v.data.video_io.OpenVideo.access_pattern`; ``VIDEOS_AT_ONCE`` videos side by
     side, the outputs in the folder's order), resized so its shorter side is
     the target size and centre-cropped: stills to ``still_resolution``, clips to
     ``clip_resolution`` (either one null or missing = ``resolution``, so both share one size by

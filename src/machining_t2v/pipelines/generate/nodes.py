@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from machining_t2v import tracking
-from machining_t2v.datasets import TrainedLora
+from machining_t2v.kedro_glue import tracking
+from machining_t2v.kedro_glue.datasets import TrainedLora
 
-# machining_t2v.generation (torch, diffusers) is imported where it is used: registering the pipelines
+# machining_t2v.generation.generator (torch, diffusers) is imported where it is used: registering the pipelines
 # must not pay for it.
 
 logger = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 def with_trigger(prompt: str, trigger: str | None) -> str:
     """``prompt`` with the trigger word in front, unless it is empty or already in the prompt."""
-    from machining_t2v.generation import require_text
+    from machining_t2v.generation.generator import require_text
 
     prompt = require_text(prompt)
     if not trigger or re.search(rf"(^|\W){re.escape(trigger)}(\W|$)", prompt):
@@ -57,7 +57,7 @@ def generate_clip(
         ``{name: frames}`` for the video dataset (GIF + H.264) and a record of the prompt,
         settings and models.
     """
-    from machining_t2v.generation import cpu_threads
+    from machining_t2v.generation.generator import cpu_threads
 
     prompt = with_trigger(params["prompt"], trigger if params.get("prepend_trigger", True) else None)
     with cpu_threads(params.get("cpu_threads")):
@@ -66,7 +66,7 @@ def generate_clip(
 
 def _generate(prompt: str, image_lora: TrainedLora | None, motion_lora: TrainedLora | None,
               base_model: dict[str, Any], params: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    from machining_t2v.generation import (
+    from machining_t2v.generation.generator import (
         generate_video,
         load_generator,
         load_lora,

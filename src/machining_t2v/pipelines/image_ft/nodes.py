@@ -9,8 +9,8 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from machining_t2v import tracking
-from machining_t2v.datasets import TrainedLora
+from machining_t2v.kedro_glue import tracking
+from machining_t2v.kedro_glue.datasets import TrainedLora
 
 # torch, diffusers, transformers and peft are imported inside the node: registering the pipelines
 # (every `kedro run`, `kedro registry list`, `kedro viz`) must not pay for them.
@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 
 def _lora_targets(spec: Any) -> str | list[str]:
-    from machining_t2v.lora import IMAGE_LORA_TARGETS
+    from machining_t2v.lora.injection import IMAGE_LORA_TARGETS
 
     return IMAGE_LORA_TARGETS if spec in (None, "default") else spec
 
@@ -36,8 +36,11 @@ def train_image_lora(
         the trained LoRA, validation grids (base vs LoRA, same seeds) per validation step,
         and a summary of the run (losses, speed, memory, which models were used).
     """
-    from machining_t2v.diffusion import LossConfig, build_cache, schedule_info
-    from machining_t2v.finetune import (
+    from machining_t2v.diffusion.loss import LossConfig, build_cache, schedule_info
+    from machining_t2v.diffusion.sampling import comparison_grid, image_pipeline, sample_images
+    from machining_t2v.lora.injection import add_lora, lora_state_dict
+    from machining_t2v.models.loading import load_base_model, warn_if_low_resolution
+    from machining_t2v.training.finetune import (
         collect_captioned_stills,
         enable_gradient_checkpointing,
         fit_lora,
@@ -49,10 +52,7 @@ def train_image_lora(
         training_config_from_params,
         training_device,
     )
-    from machining_t2v.lora import add_lora, lora_state_dict
-    from machining_t2v.memory import check_training_memory
-    from machining_t2v.models import load_base_model, warn_if_low_resolution
-    from machining_t2v.sampling import comparison_grid, image_pipeline, sample_images
+    from machining_t2v.training.memory import check_training_memory
 
     # The training settings are checked (and the precision chosen) before any model is loaded.
     config = training_config_from_params(params["training"], num_samples=len(stills))

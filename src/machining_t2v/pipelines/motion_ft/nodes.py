@@ -12,15 +12,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from machining_t2v import tracking
-from machining_t2v.datasets import TrainedLora
+from machining_t2v.kedro_glue import tracking
+from machining_t2v.kedro_glue.datasets import TrainedLora
 
 # torch, diffusers, transformers and peft are imported inside the functions that use them: registering
 # the pipelines (every `kedro run`, `kedro registry list`, `kedro viz`) must not pay for them.
 if TYPE_CHECKING:
     import torch
 
-    from machining_t2v.diffusion import LossConfig
+    from machining_t2v.diffusion.loss import LossConfig
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +46,27 @@ def train_motion_lora(
         the motion LoRA, the spatial LoRA (no weights in temporal mode), validation videos
         (base and LoRA side by side, same seed) and a run summary.
     """
-    from machining_t2v.diffusion import (
+    from machining_t2v.diffusion.loss import (
         LossConfig,
         build_cache,
         schedule_info,
         video_noise_scheduler,
     )
-    from machining_t2v.finetune import (
+    from machining_t2v.diffusion.sampling import sample_videos, side_by_side, video_pipeline
+    from machining_t2v.lora.injection import (
+        IMAGE_LORA_TARGETS,
+        MOTION_LORA_TARGETS,
+        add_lora,
+        lora_state_dict,
+        merge_lora,
+    )
+    from machining_t2v.models.loading import (
+        build_motion_unet,
+        load_base_model,
+        load_motion_adapter,
+        warn_if_low_resolution,
+    )
+    from machining_t2v.training.finetune import (
         collect_captioned_clips,
         collect_captioned_stills,
         enable_gradient_checkpointing,
@@ -65,21 +79,7 @@ def train_motion_lora(
         training_config_from_params,
         training_device,
     )
-    from machining_t2v.lora import (
-        IMAGE_LORA_TARGETS,
-        MOTION_LORA_TARGETS,
-        add_lora,
-        lora_state_dict,
-        merge_lora,
-    )
-    from machining_t2v.memory import check_training_memory
-    from machining_t2v.models import (
-        build_motion_unet,
-        load_base_model,
-        load_motion_adapter,
-        warn_if_low_resolution,
-    )
-    from machining_t2v.sampling import sample_videos, side_by_side, video_pipeline
+    from machining_t2v.training.memory import check_training_memory
 
     mode = params.get("mode", "temporal")
     if mode not in MODES:
@@ -235,8 +235,8 @@ def dual_path_loss(clip_cache, still_cache, noise_scheduler, loss_config: LossCo
     """
     import torch
 
-    from machining_t2v.diffusion import noise_prediction_loss
-    from machining_t2v.lora import lora_scale
+    from machining_t2v.diffusion.loss import noise_prediction_loss
+    from machining_t2v.lora.injection import lora_scale
 
     # Every loss option of motion_ft.loss applies to the clips too; only the debias is the dual mode's own.
     temporal_config = dataclasses.replace(loss_config, appearance_debias=debias)

@@ -1,7 +1,7 @@
 """Training the in-world evaluator (maintainers only): fit the scene/style CNN and the motion
-MLP of :class:`machining_t2v.inworld.InWorldEvaluator` on renders with known labels.
+MLP of :class:`machining_t2v.evaluation.inworld.InWorldEvaluator` on renders with known labels.
 
-The product only runs the committed evaluator (:mod:`machining_t2v.inworld`); the label
+The product only runs the committed evaluator (:mod:`machining_t2v.evaluation.inworld`); the label
 vocabulary trained here (:data:`SCENES`, :data:`STYLES`, :data:`MOTIONS`, the starter world's)
 travels with the evaluator in its JSON config. Training runs on CPU in seconds to a minute and is
 deterministic from its seed. No Kedro import.
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from machining_t2v.inworld import (
+from machining_t2v.evaluation.inworld import (
     _PREDICT_BATCH,
     InWorldEvaluator,
     _check_clips,

@@ -7,7 +7,7 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from machining_t2v.hooks import MlflowArtifactHooks, ProjectRunLock, ResilientMlflowHook
+from machining_t2v.kedro_glue.hooks import MlflowArtifactHooks, ProjectRunLock, ResilientMlflowHook
 from machining_t2v.settings import (
     CONFIG_LOADER_ARGS,
     CONFIG_LOADER_CLASS,

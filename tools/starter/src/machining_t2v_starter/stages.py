@@ -1,6 +1,6 @@
 """The starter model: a small SD1.5-shaped stack with a motion adapter, pretrained from scratch.
 
-The built-in tiny model (:func:`machining_t2v.models.build_tiny_model`) is random, so on a
+The built-in tiny model (:func:`machining_t2v.models.loading.build_tiny_model`) is random, so on a
 machine without real weights every sample is noise. The starter model is pretrained on the
 generic world of :mod:`machining_t2v_starter.world` (grey machine scenes, moving plain
 shapes), on a CPU, in three stages that all run on the project's one training core
@@ -19,11 +19,11 @@ shapes), on a CPU, in three stages that all run on the project's one training co
    train on 8-frame clips, like AnimateDiff; on request the UNet's cross-attention (see
    :func:`motion_unet_for_training`) and the text encoder (see
    :class:`DenoiserWithTextEncoder`) train with them, and a share of the samples trains at the
-   noisiest timesteps only (:func:`machining_t2v.diffusion.draw_timesteps`).
+   noisiest timesteps only (:func:`machining_t2v.diffusion.loss.draw_timesteps`).
 
 The result is an ordinary diffusers pipeline folder (safetensors, fp16) plus
 ``motion_adapter/`` and ``inworld_evaluator/`` subfolders, loaded by
-:func:`machining_t2v.models.load_base_model` like any checkpoint. No Kedro import.
+:func:`machining_t2v.models.loading.load_base_model` like any checkpoint. No Kedro import.
 """
 
 from __future__ import annotations
@@ -46,14 +46,14 @@ from diffusers import (
 )
 from tqdm.auto import tqdm
 
-from machining_t2v.diffusion import (
+from machining_t2v.diffusion.loss import (
     LossConfig,
     TrainingCache,
     encode_text,
     images_to_tensor,
     noise_prediction_loss,
 )
-from machining_t2v.models import (
+from machining_t2v.models.loading import (
     DOMAIN_WORDS,
     build_motion_unet,
     build_tiny_tokenizer,
@@ -328,7 +328,7 @@ def train_denoiser(model: torch.nn.Module, noise_scheduler, latents: torch.Tenso
     then computed every step); without it the encoder stays frozen and the states of the
     captions are computed once.
     ``top_timestep_share`` of the samples train at the 100 noisiest timesteps
-    (:func:`~machining_t2v.diffusion.draw_timesteps`). ``stop_at``: end this part of the run
+    (:func:`~machining_t2v.diffusion.loss.draw_timesteps`). ``stop_at``: end this part of the run
     there (:func:`~machining_t2v.training.train`).
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -425,7 +425,11 @@ def save_starter(folder: str | Path, parts: dict[str, Any], marker: dict[str, An
     replaced), never anything else: a folder with files but no starter marker is refused, not
     deleted.
     """
-    from machining_t2v.builtin_folders import publish_folder, read_marker, refuse_foreign_folder
+    from machining_t2v.models.published_folders import (
+        publish_folder,
+        read_marker,
+        refuse_foreign_folder,
+    )
 
     out = Path(folder)
     refuse_foreign_folder(out, STARTER_MARKER, "starter model", "starter.output_dir")

@@ -5,7 +5,7 @@ before any fine-tuning, so that the image and motion LoRAs have something to ada
 their effect can be measured. This module renders that generic world as 64 px clips:
 
 * **neutral machine scenes** -- the milling and turning scenes of
-  :mod:`machining_t2v.sample_videos` in grey: no workpiece materials, no machine colours,
+  :mod:`machining_t2v.data.synthetic_videos` in grey: no workpiece materials, no machine colours,
   and captions that name the process but neither the material nor the tool-path
   direction. The tool does move, in a random direction, so the motion adapter learns that
   tools travel, not which way a shop's job goes;
@@ -16,13 +16,13 @@ their effect can be measured. This module renders that generic world as 64 px cl
 
 What is deliberately left out is the shop: its colours and materials (the image LoRA's job)
 and its tool-path directions (the motion LoRA's). :func:`render_shop_clip` renders that look
-from :mod:`machining_t2v.sample_videos` for the in-world evaluator, which must know both.
+from :mod:`machining_t2v.data.synthetic_videos` for the in-world evaluator, which must know both.
 
 Every clip carries labels in the evaluator's vocabulary: ``scene`` (:data:`SCENES`),
 ``style`` (:data:`STYLES`) and ``motion`` (:data:`MOTIONS`); it is defined here, trained into
 the evaluator and saved with it, and the product reads it from the evaluator's files. What a
 prompt or caption asks for (:func:`expected_labels`) and the world's rule for the evaluator's
-labels (:func:`apply_world_rules`) are the product's (:mod:`machining_t2v.inworld_prompts`),
+labels (:func:`apply_world_rules`) are the product's (:mod:`machining_t2v.evaluation.inworld_prompts`),
 because the evaluation uses them; so are the caption phrases of a direction
 (:data:`DIRECTION_WORDINGS`), which they read. Everything is a pure function of the seed.
 """
@@ -36,9 +36,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from machining_t2v import sample_videos, video_io
-from machining_t2v.flow import DIRECTION_VECTORS
-from machining_t2v.inworld_prompts import (  # noqa: F401  (apply_world_rules, expected_labels: the world's, re-exported)
+from machining_t2v.data import synthetic_videos, video_io
+from machining_t2v.evaluation.flow import DIRECTION_VECTORS
+from machining_t2v.evaluation.inworld_prompts import (  # noqa: F401  (apply_world_rules, expected_labels: the world's, re-exported)
     DIRECTION_WORDINGS,
     apply_world_rules,
     expected_labels,
@@ -104,9 +104,9 @@ class WorldClip:
 # --------------------------------------------------------------------------- machine scenes
 
 
-def _machine_specs(count: int, seed: int, render_size: int) -> list[sample_videos.ClipSpec]:
+def _machine_specs(count: int, seed: int, render_size: int) -> list[synthetic_videos.ClipSpec]:
     """Specs with every milling/turning job, 2 * NUM_FRAMES source frames each."""
-    specs = sample_videos.sample_clip_specs(
+    specs = synthetic_videos.sample_clip_specs(
         count, seed=seed, width=render_size, height=render_size,
         min_seconds=2 * NUM_FRAMES / 12, max_seconds=2 * NUM_FRAMES / 12,
     )
@@ -143,7 +143,7 @@ def render_machine_clips(count: int, seed: int, *, shop: bool, render_size: int 
     """
     clips = []
     for spec in _machine_specs(count, seed, render_size):
-        frames = _to_world_frames(sample_videos.render_clip(spec))
+        frames = _to_world_frames(synthetic_videos.render_clip(spec))
         if shop:
             caption, style = spec.caption, "shop"
         else:
@@ -152,9 +152,9 @@ def render_machine_clips(count: int, seed: int, *, shop: bool, render_size: int 
     return clips
 
 
-def render_shop_clip(spec: sample_videos.ClipSpec) -> np.ndarray:
+def render_shop_clip(spec: synthetic_videos.ClipSpec) -> np.ndarray:
     """A sample-video spec rendered as a 64 px, 8-frame clip in the shop's look."""
-    return _to_world_frames(sample_videos.render_clip(spec))
+    return _to_world_frames(synthetic_videos.render_clip(spec))
 
 
 def render_sample_video_clips(count: int, seed: int) -> list[WorldClip]:
@@ -168,8 +168,8 @@ def render_sample_video_clips(count: int, seed: int) -> list[WorldClip]:
     """
     rng = np.random.default_rng(seed)
     clips = []
-    for spec in sample_videos.sample_clip_specs(count, seed=seed):
-        video = sample_videos.render_clip(spec)
+    for spec in synthetic_videos.sample_clip_specs(count, seed=seed):
+        video = synthetic_videos.render_clip(spec)
         starts = video_io.clip_start_indices(len(video), NUM_FRAMES, stride=FRAME_STRIDE, max_clips=CLIPS_PER_VIDEO)
         picked = video[video_io.clip_frame_indices(int(rng.choice(starts)), NUM_FRAMES, stride=FRAME_STRIDE)]
         clips.append(WorldClip(_area_downsample(picked), spec.caption, spec.process, "shop", DIRECTION_MOTIONS[spec.direction]))

@@ -14,12 +14,17 @@ from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel
 
-from machining_t2v.builtin_folders import read_marker
-from machining_t2v.finetune import training_config_from_params
-from machining_t2v.inworld import InWorldEvaluator, accuracy
-from machining_t2v.models import build_motion_unet, load_base_model, load_motion_adapter
-from machining_t2v.sampling import image_pipeline, sample_images, sample_videos, video_pipeline
+from machining_t2v.diffusion.sampling import (
+    image_pipeline,
+    sample_images,
+    sample_videos,
+    video_pipeline,
+)
+from machining_t2v.evaluation.inworld import InWorldEvaluator, accuracy
+from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
+from machining_t2v.models.published_folders import read_marker
 from machining_t2v.training import TrainingConfig, checkpoint_step, latest_checkpoint
+from machining_t2v.training.finetune import training_config_from_params
 from machining_t2v_starter import stages as starter
 from machining_t2v_starter import world as starter_world
 from machining_t2v_starter.evaluator_training import train_evaluator

@@ -29,7 +29,11 @@ from transformers import (
     CLIPTokenizer,
 )
 
-from machining_t2v.builtin_folders import publish_folder, read_marker, refuse_foreign_folder
+from machining_t2v.models.published_folders import (
+    publish_folder,
+    read_marker,
+    refuse_foreign_folder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +160,7 @@ def build_standin_clip(out_dir: str | Path, seed: int = 0) -> Path:
 
     Architecture: ``CLIPModel`` with a 2-layer text transformer and a 2-layer ViT (hidden 32,
     4 heads, MLP 64), 64x64 images in 8x8 patches, projection dim 32; weights drawn from
-    ``torch.manual_seed(seed)``. Tokenizer: :func:`machining_t2v.models.build_tiny_tokenizer`
+    ``torch.manual_seed(seed)``. Tokenizer: :func:`machining_t2v.models.loading.build_tiny_tokenizer`
     (offline byte-level BPE with domain words). Image processor: ``CLIPImageProcessorPil`` with
     CLIP's mean/std, resize shortest edge to 64 + centre crop 64. Saved with safetensors,
     plus a ``standin_clip.json`` marker.
@@ -171,7 +175,7 @@ def build_standin_clip(out_dir: str | Path, seed: int = 0) -> Path:
         return out
     refuse_foreign_folder(out, _STANDIN_MARKER, "stand-in CLIP", "folder")
     # Imported here: models pulls in diffusers, which only the builder needs.
-    from machining_t2v.models import build_tiny_tokenizer
+    from machining_t2v.models.loading import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     bos = tokenizer.convert_tokens_to_ids("<|startoftext|>")

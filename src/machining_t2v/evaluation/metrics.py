@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from machining_t2v.flow import DIRECTIONS, direction_sums, farneback_flow
+from machining_t2v.evaluation.flow import DIRECTIONS, direction_sums, farneback_flow
 
 FARNEBACK_PARAMS: dict[str, float | int] = {
     "pyr_scale": 0.5,

@@ -36,7 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from machining_t2v.flow import DIRECTIONS, direction_sums, farneback_flow
+from machining_t2v.evaluation.flow import DIRECTIONS, direction_sums, farneback_flow
 
 __all__ = [
     "CONFIG_FILE",
@@ -71,7 +71,7 @@ _FLOW_PARAMS: dict[str, float] = {
 _MOVE_THRESHOLD = 0.25
 _DIRECTION_BINS = len(DIRECTIONS)
 #: The direction histograms among the motion features run clockwise on screen from "right"
-#: (right, down-right, down, ...): :data:`~machining_t2v.flow.DIRECTIONS` reversed after "right",
+#: (right, down-right, down, ...): :data:`~machining_t2v.evaluation.flow.DIRECTIONS` reversed after "right",
 #: the order the committed evaluator was trained with.
 _FEATURE_ORDER = (-np.arange(_DIRECTION_BINS)) % _DIRECTION_BINS
 _FEATURE_DIRECTIONS: tuple[str, ...] = tuple(DIRECTIONS[k] for k in _FEATURE_ORDER)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from machining_t2v.finetune import enable_gradient_checkpointing
+from machining_t2v.training.finetune import enable_gradient_checkpointing
 
 logger = logging.getLogger(__name__)
 

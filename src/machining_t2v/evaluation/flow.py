@@ -3,7 +3,7 @@ evaluator share.
 
 * :func:`farneback_flow` is OpenCV's Farneback flow between consecutive grey frames. Each caller
   passes its own parameters: the user-facing metrics use OpenCV's tutorial values
-  (:data:`machining_t2v.metrics.FARNEBACK_PARAMS`), the in-world evaluator the values it was
+  (:data:`machining_t2v.evaluation.metrics.FARNEBACK_PARAMS`), the in-world evaluator the values it was
   trained with (recorded in its ``inworld_evaluator.json``).
 * :data:`DIRECTIONS` names the eight on-screen directions, and :func:`direction_sums` bins flow
   vectors into them. A direction histogram anywhere in the product (the metrics'

@@ -1,6 +1,6 @@
 """What a prompt asks the in-world evaluator to see, in the evaluator's label words.
 
-The committed starter's in-world evaluator (:mod:`machining_t2v.inworld`) labels clips with a
+The committed starter's in-world evaluator (:mod:`machining_t2v.evaluation.inworld`) labels clips with a
 scene, a style and a motion. To score a generated clip, the evaluation reads what its prompt
 asks for (:func:`expected_labels`) from the words the starter world's captions use: process
 words for the scene, a workpiece material for the shop's style, and the direction phrases of
@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from machining_t2v import sample_videos
+from machining_t2v.data import synthetic_videos
 
 __all__ = ["DIRECTION_WORDINGS", "apply_world_rules", "expected_labels", "longest_first"]
 
@@ -84,6 +84,6 @@ def expected_labels(prompt: str) -> dict[str, str | None]:
     else:
         scene = None
     motion = next((label for phrase, label in _DIRECTION_PHRASES if phrase in text), None)
-    materials = list(sample_videos.MATERIAL_COLOURS) + ["titanium", "cast iron"]
+    materials = list(synthetic_videos.MATERIAL_COLOURS) + ["titanium", "cast iron"]
     style = "shop" if scene in ("milling", "turning") and any(m in text for m in materials) else None
     return {"scene": scene, "style": style, "motion": motion}

@@ -1,10 +1,10 @@
 """Run a fine-tuning pipeline's training outside Kedro's runner: one process or data parallel.
 
     # N processes (GPUs, or CPU processes over gloo on a machine without CUDA)
-    accelerate launch --multi_gpu --num_processes 2 -m machining_t2v.launch image_ft
-    torchrun --nproc_per_node 2 -m machining_t2v.launch motion_ft --params motion_ft.training.max_steps=400
+    accelerate launch --multi_gpu --num_processes 2 -m machining_t2v.training.launch image_ft
+    torchrun --nproc_per_node 2 -m machining_t2v.training.launch motion_ft --params motion_ft.training.max_steps=400
     # one process: the same as the pipeline's training node under `kedro run`
-    python -m machining_t2v.launch image_ft
+    python -m machining_t2v.training.launch image_ft
 
 What every process does: read ``conf/`` (base + the run env, plus ``--params`` overrides, with
 Kedro's ``OmegaConfigLoader`` and the project's settings), build the catalog, load the
@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-logger = logging.getLogger("machining_t2v.launch")
+logger = logging.getLogger("machining_t2v.training.launch")
 
 TRAINING_PIPELINES = ("image_ft", "motion_ft")
 # Nodes that train through ``training.train`` and so run on every process; every other node
@@ -144,8 +144,11 @@ class _MlflowRun:
 
     def __init__(self, mlflow_conf: dict[str, Any], project_path: Path, pipeline_name: str, num_processes: int,
                  enabled: bool):
-        from machining_t2v import tracking
-        from machining_t2v.hooks import configured_tracking_uri, unreachable_store_warning
+        from machining_t2v.kedro_glue import tracking
+        from machining_t2v.kedro_glue.hooks import (
+            configured_tracking_uri,
+            unreachable_store_warning,
+        )
 
         self.active = False
         tracking.reset()
@@ -176,7 +179,7 @@ class _MlflowRun:
                 experiment_id = found.experiment_id
             run_name = ((mlflow_conf.get("tracking") or {}).get("run") or {}).get("name") or pipeline_name
             mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
-            mlflow.set_tags({"launcher": "machining_t2v.launch", "num_processes": str(num_processes),
+            mlflow.set_tags({"launcher": "machining_t2v.training.launch", "num_processes": str(num_processes),
                              "command": " ".join(sys.argv)[:500]})
             self.active = True
             logger.info("MLflow run %r started in %s", run_name, self.uri)
@@ -189,7 +192,7 @@ class _MlflowRun:
     def log_params(self, node, inputs: dict[str, Any]) -> None:
         if not self.active:
             return
-        from machining_t2v import tracking
+        from machining_t2v.kedro_glue import tracking
 
         params = {name[len("params:"):]: value for name, value in inputs.items() if name.startswith("params:")}
         tracking.log_params(_flatten(params))
@@ -197,7 +200,7 @@ class _MlflowRun:
     def end(self, failed: bool) -> None:
         if not self.active:
             return
-        from machining_t2v import tracking
+        from machining_t2v.kedro_glue import tracking
 
         if tracking.store_down():
             tracking.drop_active_runs()
@@ -214,7 +217,7 @@ def _ensure_builtin_models(parameters: dict[str, Any]) -> None:
     transformers 5 writes a model's config.json on rank 0 only once torch.distributed is up,
     so a tiny model built by another process would lack it.
     """
-    from machining_t2v.models import TINY_MODEL, build_tiny_model, tiny_model_exists
+    from machining_t2v.models.loading import TINY_MODEL, build_tiny_model, tiny_model_exists
 
     base = parameters.get("base_model") or {}
     if TINY_MODEL in (base.get("pretrained"), base.get("motion_adapter")) and base.get("tiny_model_dir"):
@@ -232,7 +235,7 @@ def _configure_logging(is_main: bool, rank: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m machining_t2v.launch",
+        prog="python -m machining_t2v.training.launch",
         description="Train a LoRA with the project's data and parameters, on one process or under "
                     "`accelerate launch` / `torchrun` (data parallel).")  # fmt: skip
     parser.add_argument("pipeline", choices=TRAINING_PIPELINES)
@@ -271,7 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     check_parameters(parameters)  # an unknown key or a wrong type fails here, as `kedro run` does
     from kedro.io import DataCatalog
 
-    from machining_t2v.hooks import MlflowArtifactHooks, ProjectLock, lock_timeout_from_env
+    from machining_t2v.kedro_glue.hooks import (
+        MlflowArtifactHooks,
+        ProjectLock,
+        lock_timeout_from_env,
+    )
 
     catalog = DataCatalog.from_config(catalog_conf, credentials)
     nodes = training_nodes(args.pipeline)
@@ -280,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lock = ProjectLock(project_path, timeout=lock_timeout_from_env())
     if state.is_main_process:
-        lock.acquire(f"machining_t2v.launch {args.pipeline} ({state.num_processes} processes)")
+        lock.acquire(f"machining_t2v.training.launch {args.pipeline} ({state.num_processes} processes)")
     state.wait_for_everyone()
     mlflow_run = None
     failed = True

@@ -13,7 +13,7 @@ One code path serves the ``generate`` pipeline, the ``machining-t2v`` console sc
 LoRAs load from a ``.safetensors`` file or a folder holding ``pytorch_lora_weights.safetensors``,
 in the diffusers/peft layout (what this project writes), the kohya/A1111 layout (diffusers
 converts it) or the original AnimateDiff MotionLoRA layout (converted here by
-:func:`machining_t2v.lora.from_animatediff_motion_lora`, then handed to diffusers as a dict).
+:func:`machining_t2v.lora.injection.from_animatediff_motion_lora`, then handed to diffusers as a dict).
 Pickled ``.bin``/``.pt`` files are read only if ``torch.load(weights_only=True)`` accepts them.
 Before anything is loaded, every LoRA layer is checked against the base model's modules and
 sizes, so a LoRA made for another base fails with one message naming both.
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from machining_t2v.lora import DIFFUSERS_LORA_FILENAME, from_animatediff_motion_lora
-from machining_t2v.models import (
+from machining_t2v.lora.injection import DIFFUSERS_LORA_FILENAME, from_animatediff_motion_lora
+from machining_t2v.models.loading import (
     TINY_MODEL,
     build_motion_unet,
     load_base_model,
@@ -201,7 +201,7 @@ def resolve_dtype(name: str | None, device: str) -> torch.dtype:
 def make_scheduler(name: str, ddim_scheduler: Any) -> Any:
     """The sampler ``name`` (``ddim``, ``euler`` or ``dpm++``), configured like ``ddim_scheduler``.
 
-    The DDIM scheduler comes from :func:`machining_t2v.sampling.video_pipeline` (AnimateDiff's
+    The DDIM scheduler comes from :func:`machining_t2v.diffusion.sampling.video_pipeline` (AnimateDiff's
     settings: linear betas, linspace timesteps); the others reuse its config.
     """
     from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
@@ -227,7 +227,7 @@ def load_generator(
     device: str | None = None,
     dtype: str | None = "auto",
 ) -> VideoGenerator:
-    """Load the base model and motion adapter (through :mod:`machining_t2v.models`) into an
+    """Load the base model and motion adapter (through :mod:`machining_t2v.models.loading`) into an
     ``AnimateDiffPipeline`` with the motion UNet.
 
     Args:
@@ -239,7 +239,7 @@ def load_generator(
         device: ``cuda``/``cpu``; default CUDA when available.
         dtype: ``auto`` (float16 on CUDA, float32 on CPU), ``float32``, ``float16``, ``bfloat16``.
     """
-    from machining_t2v.sampling import video_pipeline
+    from machining_t2v.diffusion.sampling import video_pipeline
 
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
@@ -680,7 +680,7 @@ def save_video(frames: np.ndarray, out: str | Path, fps: float = DEFAULT_FPS) ->
     Raises:
         ValueError: ``out`` has an extension other than ``.mp4`` (none gets ``.mp4``).
     """
-    from machining_t2v.video_io import write_gif, write_h264
+    from machining_t2v.data.video_io import write_gif, write_h264
 
     out = Path(out).expanduser()
     if out.suffix == "":

@@ -14,7 +14,7 @@ whole-folder MLflow artifacts.
 
 ``ResilientMlflowHook``
     kedro-mlflow's own hook, registered in its place (``settings.py`` disables the plugin's
-    copy), that first checks the tracking store (:func:`machining_t2v.tracking.probe_store`,
+    copy), that first checks the tracking store (:func:`machining_t2v.kedro_glue.tracking.probe_store`,
     a few seconds at most). When the store is unreachable, locked or not writable it logs a
     warning naming the store and the run goes on without MLflow, instead of kedro-mlflow
     failing the run in ``after_context_created``; a store that dies mid-run is given up on the
@@ -31,7 +31,7 @@ whole-folder MLflow artifacts.
 ``ModelSourceCheck``
     Before a pipeline that loads the base model (a node taking ``params:base_model``) runs its
     first node, checks that the base model and the motion adapter can be found
-    (:func:`machining_t2v.models.check_model_sources`: a folder's layout, or one small file of a
+    (:func:`machining_t2v.models.loading.check_model_sources`: a folder's layout, or one small file of a
     hub id; no weights are loaded), and likewise the evaluation's CLIP when the pipeline scores
     (``params:evaluation``). A wrong id or a broken folder then fails the run in seconds with
     the loaders' own error, before any frames or captions are prepared.
@@ -60,8 +60,8 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 
-from machining_t2v import tracking
-from machining_t2v.tracking import log_artifact
+from machining_t2v.kedro_glue import tracking
+from machining_t2v.kedro_glue.tracking import log_artifact
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def lock_timeout_from_env() -> float | None:
 
 
 class ProjectLock:
-    """An exclusive lock on one project, shared by ``kedro run`` and ``machining_t2v.launch``.
+    """An exclusive lock on one project, shared by ``kedro run`` and ``machining_t2v.training.launch``.
 
     Re-entrant within a process (a second acquire by the same process only counts); between
     processes the second one waits up to ``timeout`` seconds (None: as long as it takes).
@@ -400,12 +400,12 @@ class ModelSourceCheck:
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         inputs = {name for node in pipeline.nodes for name in node.inputs}
         if "params:base_model" in inputs:
-            from machining_t2v.models import check_model_sources
+            from machining_t2v.models.loading import check_model_sources
 
             for line in check_model_sources(catalog.load("params:base_model")):
                 logger.info("Found %s", line)
         if "params:evaluation" in inputs:
-            from machining_t2v.clip_metrics import check_clip_source
+            from machining_t2v.evaluation.clip_metrics import check_clip_source
 
             evaluation = catalog.load("params:evaluation") or {}
             if evaluation.get("clip_model"):

@@ -23,7 +23,7 @@ import numpy as np
 from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets.partitions import PartitionedDataset
 
-from machining_t2v.video_io import VIDEO_EXTENSIONS, write_video
+from machining_t2v.data.video_io import VIDEO_EXTENSIONS, write_video
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class LoraFolderDataset(AbstractDataset[TrainedLora, TrainedLora | None]):
     def _save(self, data: TrainedLora) -> None:
         import json
 
-        from machining_t2v import lora
+        from machining_t2v.lora import injection
 
         if not data.state_dict:
             stale = [self._path / name for name in LORA_FILES if (self._path / name).is_file()]
@@ -252,16 +252,16 @@ class LoraFolderDataset(AbstractDataset[TrainedLora, TrainedLora | None]):
         from peft import LoraConfig
 
         config = LoraConfig(**{k: v for k, v in data.lora_config.items() if k in LoraConfig.__dataclass_fields__})
-        lora.save_diffusers_lora(data.state_dict, config, self._path, kind=self._kind)
+        injection.save_diffusers_lora(data.state_dict, config, self._path, kind=self._kind)
         alpha = float(data.lora_config["lora_alpha"])
         if self._kind == "image":
-            lora.save_safetensors_atomic(
-                lora.to_kohya(data.state_dict, alpha), self._path / "image_lora_kohya.safetensors",
-                metadata=lora.kohya_metadata(rank=int(data.lora_config["r"]), alpha=alpha),
+            injection.save_safetensors_atomic(
+                injection.to_kohya(data.state_dict, alpha), self._path / "image_lora_kohya.safetensors",
+                metadata=injection.kohya_metadata(rank=int(data.lora_config["r"]), alpha=alpha),
             )  # fmt: skip
         else:
-            lora.save_safetensors_atomic(
-                lora.to_animatediff_motion_lora(data.state_dict, alpha),
+            injection.save_safetensors_atomic(
+                injection.to_animatediff_motion_lora(data.state_dict, alpha),
                 self._path / "motion_lora_animatediff.safetensors",
             )
         config_dict = {k: sorted(v) if isinstance(v, set) else v for k, v in config.to_dict().items()}
@@ -275,7 +275,7 @@ class LoraFolderDataset(AbstractDataset[TrainedLora, TrainedLora | None]):
 
         from safetensors.torch import load_file
 
-        from machining_t2v.lora import DIFFUSERS_LORA_FILENAME
+        from machining_t2v.lora.injection import DIFFUSERS_LORA_FILENAME
 
         weights = self._path / DIFFUSERS_LORA_FILENAME
         info_path = self._path / "lora_info.json"
@@ -309,7 +309,7 @@ class VideoSamplesDataset(AbstractDataset[dict[str, np.ndarray], dict[str, Path]
         self.metadata = metadata
 
     def _save(self, data: dict[str, np.ndarray]) -> None:
-        from machining_t2v.video_io import write_gif, write_h264
+        from machining_t2v.data.video_io import write_gif, write_h264
 
         self._path.mkdir(parents=True, exist_ok=True)
         for old in [*self._path.glob("*.gif"), *self._path.glob("*.mp4")]:

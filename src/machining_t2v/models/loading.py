@@ -29,7 +29,11 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from machining_t2v.builtin_folders import publish_folder, read_marker, refuse_foreign_folder
+from machining_t2v.models.published_folders import (
+    publish_folder,
+    read_marker,
+    refuse_foreign_folder,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Reading the shop's videos, captioning frames, and the synthetic sample videos."""

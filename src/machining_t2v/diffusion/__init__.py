@@ -1,0 +1,1 @@
+"""The diffusion side of training: noise schedules, latent and text caches, the loss, validation sampling."""

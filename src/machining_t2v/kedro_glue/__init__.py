@@ -1,0 +1,1 @@
+"""Kedro glue: the project's datasets, hooks and MLflow tracking helpers."""
