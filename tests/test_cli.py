@@ -21,7 +21,7 @@ from machining_t2v.data.video_io import probe_video, read_frames
 from machining_t2v.generation import generator
 from machining_t2v.models.loading import build_tiny_model
 from tests.conftest import PROJECT_ROOT
-from tests.test_generation import make_loras
+from tests.generation.test_generator import make_loras
 
 SCRIPT = Path(sys.executable).with_name("machining-t2v")
 

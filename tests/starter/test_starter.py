@@ -19,7 +19,7 @@ from machining_t2v.training import LossRandomness
 from machining_t2v_starter import stages as starter
 from machining_t2v_starter import world as starter_world
 
-from .conftest import PROJECT_ROOT, STARTER_PROJECT, make_starter_project, run_pipeline
+from ..conftest import PROJECT_ROOT, STARTER_PROJECT, make_starter_project, run_pipeline
 
 COMMITTED_STARTER = PROJECT_ROOT / "models" / "starter"
 
@@ -793,12 +793,12 @@ def test_committed_evaluator_reads_the_motion_of_clips_cut_like_the_shop_videos(
 
 
 def generated_clips_labelled_by_eye() -> tuple[np.ndarray, list[dict[str, str]]]:
-    """The clips of tests/data/generated_by_eye (see its README) and the scene a person saw in each."""
+    """The clips of tests/starter/generated_by_eye (see its README) and the scene a person saw in each."""
     import csv
 
     from PIL import Image
 
-    folder = PROJECT_ROOT / "tests/data/generated_by_eye"
+    folder = PROJECT_ROOT / "tests/starter/generated_by_eye"
     with (folder / "labels.csv").open(newline="") as file:
         rows = list(csv.DictReader(file))
     clips = []

@@ -125,7 +125,7 @@ def test_sd15_figures_in_the_readme_match_the_estimate():
     estimate = estimate_training_memory(unet, [parts["vae"], parts["text_encoder"]], batch_size=1,
                                         latent_size=256 // 8, num_frames=16, dtype=torch.bfloat16,
                                         checkpointing=True)
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     row = re.search(r"\| motion LoRA, 16 frames at 256 px \| ([\d.]+) GiB", readme)
     assert row, "the README's memory table has no 256 px motion LoRA row"
     assert estimate.total / GIB == pytest.approx(float(row.group(1)), abs=0.05)

@@ -40,7 +40,7 @@ from machining_t2v.training import (
     list_checkpoints,
     train,
 )
-from tests.test_distributed import (
+from tests.system.test_distributed import (
     NUM_SAMPLES,
     PROJECT_ROOT,
     TOY_CONFIG,
@@ -117,7 +117,7 @@ def test_sigkill_at_random_moments_never_leaves_a_partial_checkpoint(tmp_path):
     checkpoints = out / "checkpoints"
     rng = random.Random(0)
     mid_write = 0
-    command = [sys.executable, "-m", "tests.test_distributed", "--out", str(out), "--options",
+    command = [sys.executable, "-m", "tests.system.test_distributed", "--out", str(out), "--options",
                json.dumps({**options, "config": {**config, "resume": "latest"}})]  # fmt: skip
     for _ in range(5):
         before = latest_checkpoint(checkpoints)

@@ -2,7 +2,7 @@
 
 The toy runs go through ``training.train`` in worker processes started with
 ``accelerate launch --multi_gpu --num_processes 2`` (on a machine without CUDA the core joins
-the processes over gloo); this module is also the worker (``python -m tests.test_distributed``).
+the processes over gloo); this module is also the worker (``python -m tests.system.test_distributed``).
 The toy loss adds input noise drawn per sample from the loop's ``LossRandomness``, which
 depends on the sample's position in the global batch, not on the process: one and two
 processes must end with equal weights up to float rounding. The last tests run the real
@@ -36,7 +36,7 @@ from machining_t2v.training import (
     train,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 NUM_SAMPLES = 32
 _GEN = torch.Generator().manual_seed(1234)
@@ -107,7 +107,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 def run_toy_worker(num_processes: int, out: Path, timeout: float = 240, **options) -> subprocess.CompletedProcess:
     """Run the toy training (this module as the worker) on 1 or N processes; see ``_worker``."""
-    args = ["tests.test_distributed", "--out", str(out), "--options", json.dumps(options)]
+    args = ["tests.system.test_distributed", "--out", str(out), "--options", json.dumps(options)]
     command = accelerate_launch(num_processes, args) if num_processes > 1 else [sys.executable, "-m", *args]
     return subprocess.run(command, cwd=PROJECT_ROOT, env=subprocess_env(), capture_output=True, text=True,
                           timeout=timeout)  # fmt: skip

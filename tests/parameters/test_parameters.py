@@ -14,7 +14,7 @@ import pytest
 
 from machining_t2v.parameters import PIPELINE_PARAMETERS, ParameterError, Params, check_parameters
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_parameters(env: str | None, conf_source: Path = PROJECT_ROOT / "conf") -> dict:

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from .conftest import PROJECT_ROOT, STARTER_PROJECT
+from ..conftest import PROJECT_ROOT, STARTER_PROJECT
 
 PRODUCT_PIPELINES = ("frames", "captions", "image_ft", "motion_ft", "evaluation", "generate")
 STARTER_MODULES = ("machining_t2v_starter", "machining_t2v.starter", "machining_t2v.pipelines.starter")
