@@ -44,7 +44,7 @@ def _evaluator(clips: np.ndarray, labels: list[dict[str, str]]):
 
 def run(ctx: Context) -> dict[str, Any]:
     _starter_tools()
-    from machining_t2v.evaluation.inworld import motion_features
+    from machining_t2v.evaluation.inworld_features import motion_features
     from machining_t2v_starter import world as starter_world
 
     count = 11 if ctx.quick else 44  # every shape motion, once or four times

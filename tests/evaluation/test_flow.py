@@ -7,16 +7,16 @@ import numpy as np
 from machining_t2v.evaluation.flow import (
     DIRECTION_VECTORS,
     DIRECTIONS,
+    EVALUATOR_FARNEBACK_PARAMS,
+    METRICS_FARNEBACK_PARAMS,
     direction_sums,
     farneback_flow,
 )
-from machining_t2v.evaluation.inworld import (
+from machining_t2v.evaluation.inworld_features import (
     _FEATURE_DIRECTIONS,
-    _FLOW_PARAMS,
     _direction_histogram,
-    _flows,
+    clip_flows,
 )
-from machining_t2v.evaluation.metrics import FARNEBACK_PARAMS
 
 
 def test_each_direction_vector_falls_in_its_own_bin():
@@ -31,16 +31,16 @@ def test_each_direction_vector_falls_in_its_own_bin():
 
 def test_identical_frames_get_zero_flow_unless_farneback_is_asked():
     clip = np.random.default_rng(0).integers(0, 255, (1, 32, 32, 3), dtype=np.uint8).repeat(3, axis=0)
-    assert not farneback_flow(clip, FARNEBACK_PARAMS).any()
-    raw = farneback_flow(clip, _FLOW_PARAMS, zero_when_identical=False)
+    assert not farneback_flow(clip, METRICS_FARNEBACK_PARAMS).any()
+    raw = farneback_flow(clip, EVALUATOR_FARNEBACK_PARAMS, zero_when_identical=False)
     assert raw.shape == (2, 32, 32, 2) and raw.dtype == np.float32
-    assert np.array_equal(raw, _flows(clip))
+    assert np.array_equal(raw, clip_flows(clip))
 
 
 def test_evaluator_direction_histogram_is_the_one_it_was_trained_with():
     """The committed evaluator was trained on a clockwise histogram computed as below."""
     rng = np.random.default_rng(3)
-    flow = _flows(rng.integers(0, 255, (6, 64, 64, 3), dtype=np.uint8)).astype(np.float64)
+    flow = clip_flows(rng.integers(0, 255, (6, 64, 64, 3), dtype=np.uint8)).astype(np.float64)
     u, v = flow[..., 0], flow[..., 1]
     mag = np.hypot(u, v)
     width = 2 * np.pi / 8

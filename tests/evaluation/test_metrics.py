@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
+from machining_t2v.evaluation.flow import DIRECTIONS
 from machining_t2v.evaluation.metrics import (
     DEFAULT_MAGNITUDE_BINS,
-    DIRECTION_NAMES_8,
     FlowStatistics,
     dynamic_degree,
     flow_statistics,
@@ -133,7 +133,7 @@ def test_direction_histogram_dominant_bin(vx, vy, expected):
     stats = flow_statistics(square_clip(vx, vy))
     assert stats.direction_histogram.shape == (8,)
     assert stats.direction_histogram.sum() == pytest.approx(1.0)
-    assert DIRECTION_NAMES_8[int(np.argmax(stats.direction_histogram))] == expected
+    assert DIRECTIONS[int(np.argmax(stats.direction_histogram))] == expected
     assert stats.direction_histogram.max() > 0.8
     score, dynamic = dynamic_degree(square_clip(vx, vy))
     assert dynamic and score > 6.0

@@ -162,9 +162,9 @@ def test_the_choices_agree_with_the_code_that_uses_them():
 
     from machining_t2v import training
     from machining_t2v.diffusion.loss import LossConfig
+    from machining_t2v.evaluation.variants import SPLITS, VARIANT_ADAPTERS
     from machining_t2v.generation import generator
     from machining_t2v.parameters import models as parameters
-    from machining_t2v.pipelines.evaluation.nodes import SPLITS, VARIANT_ADAPTERS
     from machining_t2v.pipelines.motion_ft.nodes import MODES
     from machining_t2v.training import config as training_config
 

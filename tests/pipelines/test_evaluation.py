@@ -14,16 +14,14 @@ from PIL import Image
 
 from machining_t2v.data.video_io import probe_video
 from machining_t2v.evaluation.inworld import InWorldEvaluator, accuracy
+from machining_t2v.evaluation.inworld_scoring import INWORLD_COLUMNS, INWORLD_FOLDER
+from machining_t2v.evaluation.scoring import METRICS
+from machining_t2v.evaluation.variants import clip_key
 from machining_t2v.generation.generator import cpu_threads
 from machining_t2v.pipelines.evaluation.nodes import (
-    INWORLD_COLUMNS,
-    INWORLD_FOLDER,
-    METRICS,
     build_prompt_table,
     build_report,
-    clip_key,
     generate_evaluation_clips,
-    process_of,
     score_in_world,
 )
 from machining_t2v_starter import world as starter_world
@@ -160,20 +158,6 @@ def test_evaluation_without_loras_runs_the_base_only(project):
     assert not np.array_equal(clips["base__turn__seed3"], clips["base__turn__seed4"])
     assert record["variants"] == ["base"] and set(record["skipped_variants"]) == {"image", "motion", "both"}
     assert record["skipped_variants"]["both"] == "no trained image and motion LoRA"
-
-
-def test_prompt_table_and_process_recognition():
-    processes = {"milling": ["mill", "milling", "end mill"], "turning": ["lathe", "turning", "chuck"]}
-    assert process_of("mtv slot milling on a milling machine, spinning end mill", processes) == "milling"
-    assert process_of("turn the bar on a lathe, bar spinning in the chuck", processes) == "turning"
-    assert process_of("a video of a workshop", processes) is None
-    good = {"id": "a", "text": "mtv milling", "process": "milling", "split": "seen"}
-    for bad, message in (({"split": "train"}, "split must be one of"), ({"process": "drilling"}, "process must be"),
-                         ({"text": " "}, "text is empty"), ({"id": "a/b"}, "id must be")):
-        with pytest.raises(ValueError, match=message):
-            build_prompt_table({"prompts": [{**good, **bad}], "processes": processes})
-    with pytest.raises(ValueError, match="duplicate ids"):
-        build_prompt_table({"prompts": [good, good], "processes": processes})
 
 
 # --------------------------------------------------------------------------- in-world metrics

@@ -242,7 +242,7 @@ def test_vae_stage_lowers_reconstruction_error(tmp_path):
 
 
 def test_shimmer_makes_a_still_clip_shimmer_without_travel():
-    from machining_t2v.evaluation.inworld import _flows
+    from machining_t2v.evaluation.inworld_features import clip_flows
 
     still = np.repeat(starter_world.render_machine_clips(2, seed=0, shop=True)[0].frames[:1], 8, axis=0)
     vae = starter.starter_components(0)["vae"].eval()
@@ -254,7 +254,7 @@ def test_shimmer_makes_a_still_clip_shimmer_without_travel():
     assert np.array_equal(shimmering, again)  # same seed, same shimmer
     frame_change = np.abs(np.diff(shimmering.astype(float), axis=0)).mean()
     assert frame_change > 1.0
-    flow = _flows(shimmering)
+    flow = clip_flows(shimmering)
     # It shimmers in place: the net flow is small against how much the pixels move.
     assert np.linalg.norm(flow.reshape(-1, 2).mean(axis=0)) < 0.2 * np.hypot(flow[..., 0], flow[..., 1]).mean()
 

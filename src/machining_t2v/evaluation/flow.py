@@ -1,10 +1,10 @@
 """Optical flow and on-screen directions: the one implementation the metrics and the in-world
 evaluator share.
 
-* :func:`farneback_flow` is OpenCV's Farneback flow between consecutive grey frames. Each caller
-  passes its own parameters: the user-facing metrics use OpenCV's tutorial values
-  (:data:`machining_t2v.evaluation.metrics.FARNEBACK_PARAMS`), the in-world evaluator the values it was
-  trained with (recorded in its ``inworld_evaluator.json``).
+* :func:`farneback_flow` is OpenCV's Farneback flow between consecutive grey frames, with one of
+  the two parameter sets defined here: the user-facing metrics use OpenCV's tutorial values
+  (:data:`METRICS_FARNEBACK_PARAMS`), the in-world evaluator's motion features the values it was
+  trained with (:data:`EVALUATOR_FARNEBACK_PARAMS`, recorded in its ``inworld_evaluator.json``).
 * :data:`DIRECTIONS` names the eight on-screen directions, and :func:`direction_sums` bins flow
   vectors into them. A direction histogram anywhere in the product (the metrics'
   ``direction_histogram``, the evaluator's motion features) is made by this function; only the
@@ -22,7 +22,34 @@ from collections.abc import Mapping
 import cv2
 import numpy as np
 
-__all__ = ["DIRECTIONS", "DIRECTION_VECTORS", "direction_sums", "farneback_flow"]
+__all__ = [
+    "DIRECTIONS",
+    "DIRECTION_VECTORS",
+    "EVALUATOR_FARNEBACK_PARAMS",
+    "METRICS_FARNEBACK_PARAMS",
+    "direction_sums",
+    "farneback_flow",
+]
+
+METRICS_FARNEBACK_PARAMS: dict[str, float | int] = {
+    "pyr_scale": 0.5,
+    "levels": 3,
+    "winsize": 15,
+    "iterations": 3,
+    "poly_n": 5,
+    "poly_sigma": 1.2,
+    "flags": 0,
+}
+"""Farneback parameters of the video metrics (:mod:`machining_t2v.evaluation.metrics`): OpenCV's
+tutorial values."""
+
+# Three pyramid levels reach ~8 px/frame of motion at 64x64, enough for strided clips. No "flags"
+# key: the evaluator's config records these exactly as it was trained with them.
+EVALUATOR_FARNEBACK_PARAMS: dict[str, float | int] = {
+    "pyr_scale": 0.5, "levels": 3, "winsize": 9, "iterations": 3, "poly_n": 5, "poly_sigma": 1.1,
+}
+"""Farneback parameters of the in-world evaluator's motion features
+(:mod:`machining_t2v.evaluation.inworld_features`): the values the committed evaluator was trained with."""
 
 DIRECTIONS: tuple[str, ...] = (
     "right",

@@ -9,10 +9,11 @@ clip's shorter side were 256 pixels (raw flow magnitude x 256 / min(H, W)). This
 VBench's dynamic-degree threshold is defined at, and it lets a 64-px generated clip be compared
 with a 480-px reference clip on the same fixed histogram bins.
 
-Optical flow is OpenCV's Farneback on grey frames with fixed parameters (:data:`FARNEBACK_PARAMS`,
-the values of OpenCV's own tutorial), so results are deterministic and need no model. Clips whose
-shorter side exceeds :data:`WORKING_SHORT_SIDE` are first downscaled to it (INTER_AREA) for the
-flow-based metrics: VBench-like resolution, and bounded cost for large reference videos.
+Optical flow is OpenCV's Farneback on grey frames with fixed parameters
+(:data:`~machining_t2v.evaluation.flow.METRICS_FARNEBACK_PARAMS`, the values of OpenCV's own
+tutorial), so results are deterministic and need no model. Clips whose shorter side exceeds
+:data:`WORKING_SHORT_SIDE` are first downscaled to it (INTER_AREA) for the flow-based metrics:
+VBench-like resolution, and bounded cost for large reference videos.
 
 This module must not import Kedro: it also runs in notebooks and evaluation scripts.
 """
@@ -24,18 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from machining_t2v.evaluation.flow import DIRECTIONS, direction_sums, farneback_flow
-
-FARNEBACK_PARAMS: dict[str, float | int] = {
-    "pyr_scale": 0.5,
-    "levels": 3,
-    "winsize": 15,
-    "iterations": 3,
-    "poly_n": 5,
-    "poly_sigma": 1.2,
-    "flags": 0,
-}
-"""Parameters of ``cv2.calcOpticalFlowFarneback`` used by :func:`optical_flow`."""
+from machining_t2v.evaluation.flow import METRICS_FARNEBACK_PARAMS, direction_sums, farneback_flow
 
 WORKING_SHORT_SIDE = 256
 """Flow-based metrics downscale clips whose shorter side is larger than this."""
@@ -54,10 +44,6 @@ DEFAULT_MAGNITUDE_BINS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0,
 
 MOVING_THRESHOLD = 1.0
 """A pixel "moves" when its flow magnitude exceeds this many px256 (0.25 px on a 64-px clip)."""
-
-DIRECTION_NAMES_8: tuple[str, ...] = DIRECTIONS
-"""On-screen meaning of the bins of an 8-bin direction histogram."""
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -107,7 +93,8 @@ def optical_flow(frames: np.ndarray, max_short_side: int | None = None) -> np.nd
     """Dense optical flow between consecutive grey frames, shape ``(T-1, H, W, 2)``, float32.
 
     Channel 0 is dx (rightwards), channel 1 is dy (downwards, image coordinates), in pixels per
-    frame. Computed with ``cv2.calcOpticalFlowFarneback`` and :data:`FARNEBACK_PARAMS`
+    frame. Computed with ``cv2.calcOpticalFlowFarneback`` and
+    :data:`~machining_t2v.evaluation.flow.METRICS_FARNEBACK_PARAMS`
     (pyr_scale 0.5, 3 levels, window 15, 3 iterations, poly_n 5, poly_sigma 1.2), grey frames
     from ``cv2.COLOR_RGB2GRAY``. Deterministic. A pair of identical (grey) frames gets exactly
     zero flow without running Farneback.
@@ -117,7 +104,7 @@ def optical_flow(frames: np.ndarray, max_short_side: int | None = None) -> np.nd
         max_short_side: if given and the shorter side is larger, frames are first downscaled
             (INTER_AREA) so that it equals this; the flow is then at (and in pixels of) that size.
     """
-    return farneback_flow(_check_clip(frames), FARNEBACK_PARAMS, max_short_side=max_short_side)
+    return farneback_flow(_check_clip(frames), METRICS_FARNEBACK_PARAMS, max_short_side=max_short_side)
 
 
 def dynamic_degree(frames: np.ndarray, threshold: float = DYNAMIC_THRESHOLD) -> tuple[float, bool]:
@@ -193,7 +180,7 @@ def flow_statistics(
       ``direction_bins`` equal sectors with bin 0 *centred* on +x (rightwards); weighted by
       magnitude, normalised to sum 1 (all zeros if nothing moves). With 8 bins:
       0 right, 1 up-right, 2 up, 3 up-left, 4 left, 5 down-left, 6 down, 7 down-right
-      (:data:`DIRECTION_NAMES_8`).
+      (:data:`~machining_t2v.evaluation.flow.DIRECTIONS`).
     - **rotation ratio**: per pair, take the moving pixels, their magnitude-weighted centroid
       ``c``, and for each pixel at distance >= 1 px from ``c`` the component of its flow along
       the counter-clockwise tangent around ``c``. With ``n`` moving pixels, ``T`` the mean

@@ -21,14 +21,16 @@ from tqdm.auto import tqdm
 from machining_t2v.evaluation.inworld import (
     _PREDICT_BATCH,
     InWorldEvaluator,
-    _check_clips,
-    _fit_frames,
-    _flow_features,
-    _flows,
     _FrameNet,
     _MotionNet,
     _to_tensor,
     accuracy,
+)
+from machining_t2v.evaluation.inworld_features import (
+    check_clips,
+    clip_flows,
+    fit_frames,
+    flow_features,
 )
 from machining_t2v_starter.world import MOTIONS, SCENES, STYLES
 
@@ -222,7 +224,7 @@ def train_evaluator(
         ValueError: bad shapes, unknown label values (naming the value and the allowed
             ones), or a head with no labelled clip at all.
     """
-    clips = _check_clips(clips)
+    clips = check_clips(clips)
     if len(labels) != len(clips):
         raise ValueError(f"got {len(clips)} clips but {len(labels)} labels")
     if epochs < 1:
@@ -235,9 +237,9 @@ def train_evaluator(
     scene, style, motion = (targets[key] for key in LABEL_KEYS)
 
     started = time.perf_counter()
-    frames = np.stack([_fit_frames(c) for c in clips])
+    frames = np.stack([fit_frames(c) for c in clips])
     features = np.stack([
-        _flow_features(_flows(c))
+        flow_features(clip_flows(c))
         for c in tqdm(frames, desc="in-world motion features", unit="clip", disable=not progress)
     ])
     labelled = features[motion >= 0]

@@ -1,0 +1,113 @@
+"""Scoring the generated clips and the reference clips: every metric per clip, and the mean per
+variant and split.
+
+Generated clips are scored against their prompt and the reference clips of their process; each
+reference clip against its caption and the *other* references of its process, so the ceiling is
+not trivially 1. No Kedro import; torch only inside :func:`score_every_clip` (through the CLIP scorer).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from machining_t2v.evaluation.metrics import (
+    FlowStatistics,
+    flow_statistics,
+    motion_fidelity,
+    video_metrics,
+)
+from machining_t2v.evaluation.variants import REFERENCE, parse_clip_key, variant_split_groups
+
+if TYPE_CHECKING:
+    from machining_t2v.evaluation.clip_metrics import ClipScorer
+
+__all__ = ["CLIP_METRICS", "METRICS", "SCORE_COLUMNS", "metric_means", "score_every_clip"]
+
+METRICS = ("clip_t", "clip_f", "flicker", "dynamic_degree", "dynamic", "mean_flow_magnitude", "rotation_ratio",
+           "motion_fidelity")
+CLIP_METRICS = ("clip_t", "clip_f")
+"""The metrics that come from the CLIP model (they measure nothing with the stand-in CLIP)."""
+SCORE_COLUMNS = ["variant", "prompt_id", "prompt", "process", "split", "seed", "metric", "value"]
+
+
+def _fidelity(stats: FlowStatistics, references: list[FlowStatistics]) -> float:
+    """Motion fidelity of one clip's flow statistics to ``references``; NaN without references."""
+    if not references:
+        return float("nan")
+    return float(motion_fidelity([stats], references)["motion_fidelity"])
+
+
+def score_every_clip(
+    scorer: ClipScorer,
+    generated: dict[str, np.ndarray],
+    prompts: pd.DataFrame,
+    reference_clips: dict[str, np.ndarray],
+    reference_table: pd.DataFrame,
+) -> pd.DataFrame:
+    """Every metric of :data:`METRICS` for every generated clip and every reference clip.
+
+    Per clip: CLIP-T (against its prompt; a reference clip against its caption), CLIP-F,
+    flicker, dynamic degree, dynamic, mean flow magnitude, rotation ratio and motion fidelity
+    to the reference clips of the same process (a reference clip against the *other* references
+    of its process).
+
+    Args:
+        scorer: the CLIP model of CLIP-T and CLIP-F.
+        generated: the clips named by :func:`~machining_t2v.evaluation.variants.clip_key`.
+        prompts: the prompt table (:func:`~machining_t2v.evaluation.prompt_table.prompt_table`).
+        reference_clips, reference_table: from
+            :func:`~machining_t2v.evaluation.reference_clips.choose_reference_clips`.
+
+    Returns:
+        long table with :data:`SCORE_COLUMNS` (reference clips: variant and split ``reference``, seed -1).
+    """
+    # CLIP-T and CLIP-F run the CLIP model: torch is imported only when clips are scored.
+    from machining_t2v.evaluation.clip_metrics import clip_f, clip_t
+
+    reference_stats = {sample_id: flow_statistics(frames) for sample_id, frames in reference_clips.items()}
+    process_refs: dict[str, list[str]] = {}
+    for row in reference_table.itertuples(index=False):
+        process_refs.setdefault(row.process, []).append(row.sample_id)
+    prompt_of = prompts.set_index("prompt_id")
+    rows: list[dict[str, Any]] = []
+
+    def add(base: dict[str, Any], frames: np.ndarray, text: str, stats: FlowStatistics, refs: list[str]) -> None:
+        values = {"clip_t": clip_t(scorer, frames, text), "clip_f": clip_f(scorer, frames), **video_metrics(frames),
+                  "motion_fidelity": _fidelity(stats, [reference_stats[r] for r in refs])}
+        rows.extend({**base, "metric": metric, "value": float(values[metric])} for metric in METRICS)
+
+    for key in sorted(generated):
+        variant, prompt_id, seed = parse_clip_key(key)
+        prompt = prompt_of.loc[prompt_id]
+        frames = generated[key]
+        add({"variant": variant, "prompt_id": prompt_id, "prompt": prompt["prompt"], "process": prompt["process"],
+             "split": prompt["split"], "seed": seed}, frames, prompt["prompt"], flow_statistics(frames),
+            process_refs.get(prompt["process"], []))
+    for row in reference_table.itertuples(index=False):
+        others = [r for r in process_refs.get(row.process, []) if r != row.sample_id]
+        add({"variant": REFERENCE, "prompt_id": row.sample_id, "prompt": row.caption, "process": row.process,
+             "split": REFERENCE, "seed": -1}, reference_clips[row.sample_id], row.caption or row.process,
+            reference_stats[row.sample_id], others)
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+
+
+def metric_means(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Mean of every metric per variant, overall (``split`` = ``all``) and per split, plus the
+    reference ceiling (see :func:`~machining_t2v.evaluation.variants.variant_split_groups`).
+
+    Args:
+        metrics: the long table of :func:`score_every_clip`.
+
+    Returns:
+        one row per (variant, split) with ``n_clips`` and one column per metric.
+    """
+    rows = []
+    for variant, split, group in variant_split_groups(metrics):
+        means = group.groupby("metric")["value"].mean()
+        n_clips = len(group.drop_duplicates(["prompt_id", "seed"]))
+        rows.append({"variant": variant, "split": split, "n_clips": n_clips,
+                     **{metric: float(means.get(metric, np.nan)) for metric in METRICS}})
+    return pd.DataFrame(rows, columns=["variant", "split", "n_clips", *METRICS])

@@ -1,0 +1,66 @@
+"""What an evaluation compares: the variants (base, +image LoRA, +motion LoRA, both), the reference
+clips that give the ceiling, the prompt splits, and the names of the clips generated for them.
+
+No Kedro import, no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pandas as pd
+
+__all__ = [
+    "REFERENCE",
+    "SPLITS",
+    "VARIANT_ADAPTERS",
+    "VARIANT_LABELS",
+    "clip_key",
+    "parse_clip_key",
+    "strip_name",
+    "variant_split_groups",
+]
+
+VARIANT_ADAPTERS: dict[str, tuple[str, ...]] = {
+    "base": (),
+    "image": ("image",),
+    "motion": ("motion",),
+    "both": ("image", "motion"),
+}
+"""Which LoRA adapters each variant switches on."""
+
+VARIANT_LABELS = {"base": "base", "image": "+image LoRA", "motion": "+motion LoRA", "both": "+image +motion LoRA",
+                  "reference": "reference clips (ceiling)"}
+REFERENCE = "reference"
+"""The variant (and split) name of the reference clips in every table."""
+SPLITS = ("seen", "held_out")
+_CLIP_KEY_SEP = "__"
+
+
+def clip_key(variant: str, prompt_id: str, seed: int) -> str:
+    """Name of one generated clip, e.g. ``both__mill_x__seed0``."""
+    return _CLIP_KEY_SEP.join((variant, prompt_id, f"seed{seed}"))
+
+
+def parse_clip_key(key: str) -> tuple[str, str, int]:
+    """Inverse of :func:`clip_key`."""
+    variant, prompt_id, seed = key.split(_CLIP_KEY_SEP)
+    return variant, prompt_id, int(seed.removeprefix("seed"))
+
+
+def strip_name(prompt_id: str, variant: str, seed: int) -> str:
+    """Name of the frame strip of one generated clip, e.g. ``mill_x__both__seed0``: prompt first,
+    so a folder listing groups a prompt's variants."""
+    return _CLIP_KEY_SEP.join((prompt_id, variant, f"seed{seed}"))
+
+
+def variant_split_groups(table: pd.DataFrame) -> Iterator[tuple[str, str, pd.DataFrame]]:
+    """(variant, split, rows) per variant in report order: ``all`` and each split present;
+    the reference clips only as ``all``."""
+    for variant in [v for v in [*VARIANT_ADAPTERS, REFERENCE] if v in set(table["variant"])]:
+        subset = table[table["variant"] == variant]
+        yield variant, "all", subset
+        if variant != REFERENCE:
+            for split in SPLITS:
+                if (subset["split"] == split).any():
+                    yield variant, split, subset[subset["split"] == split]
