@@ -201,7 +201,7 @@ def _write_long_h264(path: Path, num_frames: int) -> Path:
     """A 640x480 30 fps H.264 file of the milling scene, written by imageio-ffmpeg's ffmpeg."""
     import imageio_ffmpeg
 
-    from machining_t2v.data.synthetic_videos import render_clip, sample_clip_specs
+    from machining_t2v.data.synthetic_videos.clips import render_clip, sample_clip_specs
 
     spec = sample_clip_specs(num_clips=1, seed=7, width=640, height=480, fps=30, min_seconds=num_frames / 30,
                              max_seconds=num_frames / 30, webm_fraction=0.0)[0]

@@ -69,7 +69,7 @@ class Setup:
 
 def _samples(kind: str, count: int, resolution: int, num_frames: int, stride: int) -> tuple[np.ndarray, list[str]]:
     """Stills (middle frames) or clips of the built-in sample videos, rendered at ``resolution``."""
-    from machining_t2v.data.synthetic_videos import render_clip, sample_clip_specs
+    from machining_t2v.data.synthetic_videos.clips import render_clip, sample_clip_specs
 
     span = (num_frames - 1) * stride + 1
     specs = sample_clip_specs(num_clips=count, seed=3, width=resolution, height=resolution, fps=12,

@@ -7,17 +7,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from machining_t2v.data.synthetic_videos import (
+from machining_t2v.data.synthetic_videos.clips import ClipSpec, render_clip, sample_clip_specs
+from machining_t2v.data.synthetic_videos.milling import milling_tool_path
+from machining_t2v.data.synthetic_videos.turning import turning_bar_box, turning_tool_path
+from machining_t2v.data.synthetic_videos.vocabulary import (
     MATERIAL_COLOURS,
     MILLING_DIRECTION_VECTORS,
     TURNING_DIRECTIONS,
-    ClipSpec,
     make_caption,
-    milling_tool_path,
-    render_clip,
-    sample_clip_specs,
-    turning_bar_box,
-    turning_tool_path,
 )
 
 # A pixel counts as "changed" between two frames when its mean channel difference

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from machining_t2v.data.synthetic_videos import render_clip, sample_clip_specs
+from machining_t2v.data.synthetic_videos.clips import render_clip, sample_clip_specs
 from machining_t2v.evaluation.inworld import (
     CONFIG_FILE,
     WEIGHTS_FILE,

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPTextModel
 
-from machining_t2v.data import synthetic_videos
+from machining_t2v.data.synthetic_videos.clips import render_clip, sample_clip_specs
+from machining_t2v.data.synthetic_videos.milling import milling_tool_path
 from machining_t2v.training import LossRandomness
 from machining_t2v_starter import stages as starter
 from machining_t2v_starter import world as starter_world
@@ -75,7 +76,7 @@ def test_neutral_machine_scenes_hide_what_the_loras_must_learn():
 
 
 def test_shop_clips_keep_the_sample_captions_and_their_labels():
-    specs = synthetic_videos.sample_clip_specs(12, seed=5, width=128, height=128)
+    specs = sample_clip_specs(12, seed=5, width=128, height=128)
     clips = starter_world.render_machine_clips(12, seed=5, shop=True)
     for spec, clip in zip(specs, clips, strict=True):
         assert clip.caption == spec.caption
@@ -97,12 +98,12 @@ def test_shop_clips_are_cut_with_the_frames_pipeline_defaults():
 def test_sample_video_clips_are_cut_from_sample_videos_as_the_frames_pipeline_cuts_them():
     from machining_t2v.data.video_io import clip_frame_indices, clip_start_indices
 
-    specs = synthetic_videos.sample_clip_specs(4, seed=3)
+    specs = sample_clip_specs(4, seed=3)
     clips = starter_world.render_sample_video_clips(4, seed=3)
     for spec, clip in zip(specs, clips, strict=True):
         assert clip.caption == spec.caption and clip.style == "shop"
         assert clip.motion == starter_world.DIRECTION_MOTIONS[spec.direction]
-        video = synthetic_videos.render_clip(spec)
+        video = render_clip(spec)
         cuts = [np.stack([cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA)
                           for f in video[clip_frame_indices(start, 8, stride=2)]])
                 for start in clip_start_indices(len(video), 8, stride=2, max_clips=3)]
@@ -110,8 +111,8 @@ def test_sample_video_clips_are_cut_from_sample_videos_as_the_frames_pipeline_cu
     # The sample videos last 2 to 4 s: per frame the milling tool travels less than in the
     # world's 16-frame renders of the same job (measured: 0.6 as far for this 26-frame video).
     milling = next(spec for spec in specs if spec.process == "milling")
-    long_path = synthetic_videos.milling_tool_path(milling)
-    short_path = synthetic_videos.milling_tool_path(dataclasses.replace(milling, num_frames=16))
+    long_path = milling_tool_path(milling)
+    short_path = milling_tool_path(dataclasses.replace(milling, num_frames=16))
     step = [np.linalg.norm(np.diff(path, axis=0), axis=1).mean() for path in (long_path, short_path)]
     assert len(long_path) >= 24 and step[0] < 0.7 * step[1]
 

@@ -118,7 +118,7 @@ def _tail(path: str, lines: int = 60) -> str:
 
 def _write_videos(folder: Path) -> None:
     """Two short synthetic videos (one milling, one turning), 2 s at 12 fps, with caption sidecars."""
-    from machining_t2v.data.synthetic_videos import render_clip, sample_clip_specs
+    from machining_t2v.data.synthetic_videos.clips import render_clip, sample_clip_specs
     from machining_t2v.data.video_io import write_video
 
     folder.mkdir(parents=True, exist_ok=True)

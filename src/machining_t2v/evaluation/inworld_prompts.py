@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from machining_t2v.data import synthetic_videos
+from machining_t2v.data.synthetic_videos.vocabulary import MATERIAL_COLOURS
 
 __all__ = ["DIRECTION_WORDINGS", "apply_world_rules", "expected_labels", "longest_first"]
 
@@ -84,6 +84,6 @@ def expected_labels(prompt: str) -> dict[str, str | None]:
     else:
         scene = None
     motion = next((label for phrase, label in _DIRECTION_PHRASES if phrase in text), None)
-    materials = list(synthetic_videos.MATERIAL_COLOURS) + ["titanium", "cast iron"]
+    materials = list(MATERIAL_COLOURS) + ["titanium", "cast iron"]
     style = "shop" if scene in ("milling", "turning") and any(m in text for m in materials) else None
     return {"scene": scene, "style": style, "motion": motion}

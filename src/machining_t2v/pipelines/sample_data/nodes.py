@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from machining_t2v.data.synthetic_videos import ClipSpec, render_clip, sample_clip_specs
+from machining_t2v.data.synthetic_videos.clips import ClipSpec, render_clip, sample_clip_specs
 from machining_t2v.kedro_glue.datasets import SampleVideo
 
 logger = logging.getLogger(__name__)

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from machining_t2v.data import synthetic_videos, video_io
+from machining_t2v.data import video_io
+from machining_t2v.data.synthetic_videos.clips import ClipSpec, render_clip, sample_clip_specs
 from machining_t2v.evaluation.flow import DIRECTION_VECTORS
 from machining_t2v.evaluation.inworld_prompts import (  # noqa: F401  (apply_world_rules, expected_labels: the world's, re-exported)
     DIRECTION_WORDINGS,
@@ -104,9 +105,9 @@ class WorldClip:
 # --------------------------------------------------------------------------- machine scenes
 
 
-def _machine_specs(count: int, seed: int, render_size: int) -> list[synthetic_videos.ClipSpec]:
+def _machine_specs(count: int, seed: int, render_size: int) -> list[ClipSpec]:
     """Specs with every milling/turning job, 2 * NUM_FRAMES source frames each."""
-    specs = synthetic_videos.sample_clip_specs(
+    specs = sample_clip_specs(
         count, seed=seed, width=render_size, height=render_size,
         min_seconds=2 * NUM_FRAMES / 12, max_seconds=2 * NUM_FRAMES / 12,
     )
@@ -143,7 +144,7 @@ def render_machine_clips(count: int, seed: int, *, shop: bool, render_size: int 
     """
     clips = []
     for spec in _machine_specs(count, seed, render_size):
-        frames = _to_world_frames(synthetic_videos.render_clip(spec))
+        frames = _to_world_frames(render_clip(spec))
         if shop:
             caption, style = spec.caption, "shop"
         else:
@@ -152,9 +153,9 @@ def render_machine_clips(count: int, seed: int, *, shop: bool, render_size: int 
     return clips
 
 
-def render_shop_clip(spec: synthetic_videos.ClipSpec) -> np.ndarray:
+def render_shop_clip(spec: ClipSpec) -> np.ndarray:
     """A sample-video spec rendered as a 64 px, 8-frame clip in the shop's look."""
-    return _to_world_frames(synthetic_videos.render_clip(spec))
+    return _to_world_frames(render_clip(spec))
 
 
 def render_sample_video_clips(count: int, seed: int) -> list[WorldClip]:
@@ -168,8 +169,8 @@ def render_sample_video_clips(count: int, seed: int) -> list[WorldClip]:
     """
     rng = np.random.default_rng(seed)
     clips = []
-    for spec in synthetic_videos.sample_clip_specs(count, seed=seed):
-        video = synthetic_videos.render_clip(spec)
+    for spec in sample_clip_specs(count, seed=seed):
+        video = render_clip(spec)
         starts = video_io.clip_start_indices(len(video), NUM_FRAMES, stride=FRAME_STRIDE, max_clips=CLIPS_PER_VIDEO)
         picked = video[video_io.clip_frame_indices(int(rng.choice(starts)), NUM_FRAMES, stride=FRAME_STRIDE)]
         clips.append(WorldClip(_area_downsample(picked), spec.caption, spec.process, "shop", DIRECTION_MOTIONS[spec.direction]))
