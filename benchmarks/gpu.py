@@ -149,7 +149,7 @@ def random_cache(unet, case: Case, count: int):
     """A training cache of random latents and text embeddings shaped like the case's samples."""
     import torch
 
-    from machining_t2v.diffusion.loss import TrainingCache
+    from machining_t2v.diffusion.caches import TrainingCache
 
     generator = torch.Generator().manual_seed(SEED)
     side = case.resolution // 8  # the VAE's factor: SD1.5 and the tiny model both downsample 8x

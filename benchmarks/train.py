@@ -85,7 +85,8 @@ def _samples(kind: str, count: int, resolution: int, num_frames: int, stride: in
 def _setup(ctx: Context, kind: str, device: str) -> Setup:
     import torch
 
-    from machining_t2v.diffusion.loss import LossConfig, build_cache
+    from machining_t2v.diffusion.caches import build_cache
+    from machining_t2v.diffusion.loss import LossConfig
     from machining_t2v.lora.injection import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
     from machining_t2v.models.loading import (
         TINY_MODEL,
@@ -137,7 +138,8 @@ def _uncached_loss(setup: Setup, device: str):
     """The same loss, but every step encodes its batch through the VAE and the text encoder."""
     import torch
 
-    from machining_t2v.diffusion.loss import encode_frames, encode_text, noise_prediction_loss
+    from machining_t2v.diffusion.caches import encode_frames, encode_text
+    from machining_t2v.diffusion.loss import noise_prediction_loss
 
     base = setup.base
 

@@ -1,55 +1,38 @@
-"""The video sampler's noise schedule, which the motion LoRA trains under, and the image sampler's settings."""
+"""The noise-prediction loss's pieces: the timesteps it draws and MotionDirector's appearance debiasing."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import DDPMScheduler
 
-from machining_t2v.diffusion.loss import schedule_info, video_noise_scheduler
-from machining_t2v.models.loading import sd15_noise_scheduler
-
-
-def _snr(scheduler: DDPMScheduler, t: int) -> float:
-    alpha_bar = scheduler.alphas_cumprod[t]
-    return float(alpha_bar / (1 - alpha_bar))
+from machining_t2v.diffusion.loss import LossConfig, appearance_debiased, draw_timesteps
+from machining_t2v.training import LossRandomness
 
 
-def test_video_schedule_is_animatediffs_linear_betas_on_sd15():
-    sd15 = sd15_noise_scheduler("scaled_linear")
-    video = video_noise_scheduler(sd15)
-    assert video.config.beta_schedule == "linear" and video.config.clip_sample is False
-    # AnimateDiff's betas: linear from 0.00085 to 0.012 over 1,000 steps.
-    torch.testing.assert_close(video.betas, torch.linspace(0.00085, 0.012, 1000, dtype=torch.float32))
-    # At equal timesteps SD1.5's own schedule keeps more signal: the gap the motion LoRA must not train under.
-    assert _snr(sd15, 100) / _snr(video, 100) == pytest.approx(1.3, abs=0.1)
-    assert _snr(sd15, 500) / _snr(video, 500) == pytest.approx(2.0, abs=0.2)
-    assert _snr(sd15, 999) / _snr(video, 999) == pytest.approx(3.0, abs=0.3)
+def test_top_timestep_share_draws_that_share_from_the_noisiest_timesteps():
+    def draws(share: float) -> torch.Tensor:
+        return draw_timesteps(LossRandomness(0, 1, 0, range(512)), 1000, LossConfig(top_timestep_share=share))
+
+    # No share draws nothing more: a run without it draws exactly what it drew before the option.
+    assert torch.equal(draws(0.0), LossRandomness(0, 1, 0, range(512)).randint(1000))
+    everything_top = draws(1.0)
+    assert int(everything_top.min()) >= 900 and int(everything_top.max()) <= 999
+    assert len(set(everything_top.tolist())) > 90  # spread over the whole window, not one timestep
+    # Half from the top 100, the other half uniform (a tenth of which lands there too): 55% expected.
+    assert 0.48 < float((draws(0.5) >= 900).float().mean()) < 0.62
+    assert 0.05 < float((draws(0.0) >= 900).float().mean()) < 0.15
+    with pytest.raises(ValueError, match="top_timestep_share"):
+        LossConfig(top_timestep_share=1.5)
 
 
-def test_video_schedule_keeps_the_base_models_prediction_and_rescaling():
-    base = DDPMScheduler(beta_schedule="linear", prediction_type="v_prediction", rescale_betas_zero_snr=True,
-                         timestep_spacing="trailing")
-    video = video_noise_scheduler(base)
-    assert schedule_info(video) == {"beta_schedule": "linear", "prediction_type": "v_prediction"}
-    torch.testing.assert_close(video.alphas_cumprod, base.alphas_cumprod)
-
-
-def test_video_schedule_turns_off_clip_sample_from_a_config_without_the_key():
-    # A checkpoint config without clip_sample gets DDPM's default, True.
-    base = DDPMScheduler.from_config({"beta_schedule": "scaled_linear", "num_train_timesteps": 1000})
-    assert base.config.clip_sample is True
-    assert video_noise_scheduler(base).config.clip_sample is False
-
-
-def test_image_and_video_samplers_never_clip_the_sample(tmp_path):
-    from machining_t2v.diffusion.sampling import image_pipeline, video_pipeline
-    from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
-
-    base = load_base_model("builtin:tiny", tmp_path / "tiny")
-    base.noise_scheduler = DDPMScheduler.from_config({"beta_schedule": "scaled_linear"})  # clip_sample: True
-    assert image_pipeline(base, base.unet).scheduler.config.clip_sample is False
-    adapter = load_motion_adapter("builtin:tiny", tmp_path / "tiny")
-    video = video_pipeline(base, build_motion_unet(base.unet, adapter), adapter).scheduler.config
-    assert video.clip_sample is False and video.beta_schedule == "linear"
-    assert video.timestep_spacing == "linspace" and video.steps_offset == 1
+def test_appearance_debiased_matches_hand_computation():
+    noise = torch.arange(2 * 1 * 3 * 1 * 2, dtype=torch.float32).reshape(2, 1, 3, 1, 2)
+    anchor = torch.tensor([0, 2])
+    out = appearance_debiased(noise, beta=1.0, anchor=anchor)
+    root2 = 2**0.5
+    # Clip 0, channel 0, frame 1: sqrt(2) * e_1 - e_0 = sqrt(2) * [2, 3] - [0, 1]
+    torch.testing.assert_close(out[0, 0, 1, 0], torch.tensor([2 * root2, 3 * root2 - 1]))
+    # Clip 1 anchors on frame 2 ([10, 11]); frame 0 is [6, 7].
+    torch.testing.assert_close(out[1, 0, 0, 0], torch.tensor([6 * root2 - 10, 7 * root2 - 11]))
+    # beta = 0 leaves the noise unchanged.
+    torch.testing.assert_close(appearance_debiased(noise, beta=0.0, anchor=anchor), noise)

@@ -9,13 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from machining_t2v.diffusion.loss import build_cache, encode_frames
+from machining_t2v.diffusion.caches import encode_frames
 from machining_t2v.kedro_glue.datasets import LoraFolderDataset
-from machining_t2v.models.loading import build_tiny_model, load_base_model
+from machining_t2v.models.loading import load_base_model
 from machining_t2v.pipelines.image_ft.nodes import train_image_lora
 from machining_t2v.training.finetune import collect_captioned_stills
 from tests.conftest import run_in_new_project
@@ -144,24 +143,6 @@ def test_missing_stills_or_captions_name_the_dataset():
         collect_captioned_stills({}, pd.DataFrame({"sample_id": ["a"], "caption": ["x"]}))
     with pytest.raises(ValueError, match="'captions' dataset is empty"):
         collect_captioned_stills({"a": lambda: None}, pd.DataFrame(columns=["sample_id", "caption"]))
-
-
-def test_stills_streamed_from_the_dataset_give_the_cache_of_the_stacked_stills(tmp_path):
-    base = load_base_model("builtin:tiny", build_tiny_model(tmp_path / "tiny-sd"))
-    rng = np.random.default_rng(0)
-    pixels = {f"s{i:02d}": rng.integers(0, 256, (16, 16, 3), np.uint8) for i in range(20)}  # two VAE batches
-    captions = pd.DataFrame({"sample_id": list(pixels), "caption": [f"mtv still {i % 3}" for i in range(20)]})
-    stills, texts = collect_captioned_stills({k: (lambda v=v: Image.fromarray(v)) for k, v in pixels.items()},
-                                             captions)
-    assert stills.shape == (20, 16, 16, 3) and len(stills) == 20
-    streamed = build_cache(base.tokenizer, base.text_encoder, base.vae, stills, texts)
-    stacked = np.stack([pixels[sample_id] for sample_id in sorted(pixels)])
-    in_memory = build_cache(base.tokenizer, base.text_encoder, base.vae, stacked, texts)
-    assert torch.equal(streamed.latents, in_memory.latents)
-    assert torch.equal(streamed.text_embeddings, in_memory.text_embeddings)
-    mixed = {"a": lambda: Image.new("RGB", (16, 16)), "b": lambda: Image.new("RGB", (32, 32))}
-    with pytest.raises(ValueError, match=r"'stills' dataset mixes frame sizes"):
-        collect_captioned_stills(mixed, pd.DataFrame({"sample_id": ["a", "b"], "caption": ["x", "y"]}))
 
 
 def test_base_model_path_errors_name_the_path(tmp_path):

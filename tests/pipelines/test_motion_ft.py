@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import weakref
 
 import mlflow
 import numpy as np
@@ -12,10 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from machining_t2v.diffusion.loss import appearance_debiased, build_cache, images_to_tensor
 from machining_t2v.kedro_glue.datasets import ClipStripDataset
 from machining_t2v.lora.injection import from_animatediff_motion_lora, lora_scale
-from machining_t2v.models.loading import build_tiny_model, load_base_model
 from machining_t2v.pipelines.motion_ft.nodes import train_motion_lora
 from machining_t2v.training.finetune import collect_captioned_clips
 from tests.conftest import run_in_new_project
@@ -207,7 +204,8 @@ def test_dual_path_clip_loss_keeps_the_configured_loss_options(motion_ft_run):
     timesteps, the clips (not only the stills) are noised only there."""
     from diffusers import DDPMScheduler
 
-    from machining_t2v.diffusion.loss import LossConfig, TrainingCache
+    from machining_t2v.diffusion.caches import TrainingCache
+    from machining_t2v.diffusion.loss import LossConfig
     from machining_t2v.lora.injection import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
     from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
     from machining_t2v.pipelines.motion_ft.nodes import _adapter_parameters, dual_path_loss
@@ -245,7 +243,7 @@ def test_dual_path_clip_loss_keeps_the_configured_loss_options(motion_ft_run):
 
 def _dual_setup(root, checkpointing=False):
     """A tiny motion UNet with a motion and a spatial LoRA (non-zero, so both change the output) and caches."""
-    from machining_t2v.diffusion.loss import TrainingCache
+    from machining_t2v.diffusion.caches import TrainingCache
     from machining_t2v.lora.injection import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
     from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
     from machining_t2v.pipelines.motion_ft.nodes import _adapter_parameters
@@ -368,19 +366,6 @@ def test_lora_scale_switches_an_adapter_off_and_restores_it(motion_ft_run):
     assert not torch.allclose(with_lora, base)
 
 
-def test_appearance_debiased_matches_hand_computation():
-    noise = torch.arange(2 * 1 * 3 * 1 * 2, dtype=torch.float32).reshape(2, 1, 3, 1, 2)
-    anchor = torch.tensor([0, 2])
-    out = appearance_debiased(noise, beta=1.0, anchor=anchor)
-    root2 = 2**0.5
-    # Clip 0, channel 0, frame 1: sqrt(2) * e_1 - e_0 = sqrt(2) * [2, 3] - [0, 1]
-    torch.testing.assert_close(out[0, 0, 1, 0], torch.tensor([2 * root2, 3 * root2 - 1]))
-    # Clip 1 anchors on frame 2 ([10, 11]); frame 0 is [6, 7].
-    torch.testing.assert_close(out[1, 0, 0, 0], torch.tensor([6 * root2 - 10, 7 * root2 - 11]))
-    # beta = 0 leaves the noise unchanged.
-    torch.testing.assert_close(appearance_debiased(noise, beta=0.0, anchor=anchor), noise)
-
-
 def test_clips_shorter_than_num_frames_are_refused(tmp_path):
     clip = np.zeros((4, 8, 8, 3), np.uint8)
     ClipStripDataset(filepath=str(tmp_path / "a.png")).save(clip)
@@ -399,56 +384,6 @@ def test_clips_of_different_frame_sizes_are_refused():
     captions = pd.DataFrame({"sample_id": ["a_clip000", "b_clip000"], "caption": ["x", "y"]})
     with pytest.raises(ValueError, match=r"'clips' dataset mixes frame sizes .*a_clip000 \(8, 8, 3\).*b_clip000"):
         collect_captioned_clips(clips, captions, num_frames=4)
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return load_base_model("builtin:tiny", build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-sd"))
-
-
-def test_clips_streamed_from_the_dataset_give_the_cache_of_the_stacked_clips(tiny_base):
-    rng = np.random.default_rng(0)
-    pixels = {f"c{i}_clip000": rng.integers(0, 256, (6 + i % 3, 16, 16, 3), np.uint8) for i in range(7)}
-    captions = pd.DataFrame({"sample_id": list(pixels), "caption": [f"mtv caption {i % 2}" for i in range(7)]})
-    clips, texts = collect_captioned_clips({k: (lambda v=v: v) for k, v in pixels.items()}, captions, 6)
-    streamed = build_cache(tiny_base.tokenizer, tiny_base.text_encoder, tiny_base.vae, clips, texts)
-    stacked = np.stack([pixels[sample_id][:6] for sample_id in sorted(pixels)])
-    in_memory = build_cache(tiny_base.tokenizer, tiny_base.text_encoder, tiny_base.vae, stacked, texts)
-    # What the cache held before clips were streamed: all frames in one array, 16 per VAE batch
-    # (so batches span clip boundaries here, as they did then).
-    vae, flat = tiny_base.vae, stacked.reshape(-1, 16, 16, 3)
-    with torch.no_grad():
-        before = torch.cat([vae.encode(images_to_tensor(flat[start : start + 16])).latent_dist.mode()
-                            * vae.config.scaling_factor for start in range(0, len(flat), 16)])
-    before = before.reshape(7, 6, *before.shape[1:]).movedim(1, 2)
-    assert streamed.latents.shape == (7, 4, 6, 2, 2)
-    assert torch.equal(streamed.latents, before) and torch.equal(in_memory.latents, before)
-    assert torch.equal(streamed.text_embeddings, in_memory.text_embeddings)
-    assert torch.equal(streamed.empty_text_embedding, in_memory.empty_text_embedding)
-
-
-def test_clips_are_never_all_in_memory_at_once(tiny_base):
-    """A large clip set trains with bounded RAM: at most two clips' pixels are alive at any time."""
-    alive: set[str] = set()
-    most_alive, loads = 0, 0
-
-    def loader(sample_id):
-        def load():
-            nonlocal most_alive, loads
-            clip = np.full((16, 16, 16, 3), len(alive), np.uint8)
-            alive.add(sample_id)
-            weakref.finalize(clip, alive.discard, sample_id)
-            most_alive, loads = max(most_alive, len(alive)), loads + 1
-            return clip
-        return load
-
-    ids = [f"c{i:03d}_clip000" for i in range(40)]
-    captions = pd.DataFrame({"sample_id": ids, "caption": ["mtv milling"] * len(ids)})
-    clips, texts = collect_captioned_clips({sample_id: loader(sample_id) for sample_id in ids}, captions, None)
-    assert clips.shape == (40, 16, 16, 16, 3) and most_alive == 1 and loads == 40
-    cache = build_cache(tiny_base.tokenizer, tiny_base.text_encoder, tiny_base.vae, clips, texts)
-    assert cache.latents.shape == (40, 4, 16, 2, 2)
-    assert most_alive <= 2 and loads == 80 and not alive
 
 
 def test_num_frames_above_the_adapter_limit_is_refused(motion_ft_run, tmp_path):

@@ -349,24 +349,6 @@ def test_zero_terminal_snr_schedule_leaves_nothing_of_the_clip_at_the_top_timest
         starter.starter_noise_scheduler("sample")
 
 
-def test_top_timestep_share_draws_that_share_from_the_noisiest_timesteps():
-    from machining_t2v.diffusion.loss import LossConfig, draw_timesteps
-
-    def draws(share: float) -> torch.Tensor:
-        return draw_timesteps(LossRandomness(0, 1, 0, range(512)), 1000, LossConfig(top_timestep_share=share))
-
-    # No share draws nothing more: a run without it draws exactly what it drew before the option.
-    assert torch.equal(draws(0.0), LossRandomness(0, 1, 0, range(512)).randint(1000))
-    everything_top = draws(1.0)
-    assert int(everything_top.min()) >= 900 and int(everything_top.max()) <= 999
-    assert len(set(everything_top.tolist())) > 90  # spread over the whole window, not one timestep
-    # Half from the top 100, the other half uniform (a tenth of which lands there too): 55% expected.
-    assert 0.48 < float((draws(0.5) >= 900).float().mean()) < 0.62
-    assert 0.05 < float((draws(0.0) >= 900).float().mean()) < 0.15
-    with pytest.raises(ValueError, match="top_timestep_share"):
-        LossConfig(top_timestep_share=1.5)
-
-
 def test_cross_attention_trains_with_the_adapter_and_returns_to_the_unet(tmp_path):
     from machining_t2v.training import TrainingConfig
 

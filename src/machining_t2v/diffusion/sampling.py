@@ -69,7 +69,7 @@ def video_pipeline(base, motion_unet, motion_adapter):
     """An ``AnimateDiffPipeline`` over loaded components (motion UNet already built), DDIM-sampled."""
     from diffusers import AnimateDiffPipeline, DDIMScheduler
 
-    from machining_t2v.diffusion.loss import video_noise_scheduler
+    from machining_t2v.diffusion.schedules import video_noise_scheduler
 
     # AnimateDiff's sampler: the motion modules' linear betas, linspace timesteps, offset 1.
     scheduler = DDIMScheduler.from_config(video_noise_scheduler(base.noise_scheduler).config,

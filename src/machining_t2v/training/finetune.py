@@ -23,12 +23,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from machining_t2v.diffusion.loss import (
-    LazySamples,
-    LossConfig,
-    TrainingCache,
-    noise_prediction_loss,
-)
+from machining_t2v.diffusion.caches import LazySamples, TrainingCache
+from machining_t2v.diffusion.loss import LossConfig, noise_prediction_loss
 from machining_t2v.training import (
     LossRandomness,
     TrainingConfig,

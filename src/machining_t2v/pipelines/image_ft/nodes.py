@@ -36,8 +36,10 @@ def train_image_lora(
         the trained LoRA, validation grids (base vs LoRA, same seeds) per validation step,
         and a summary of the run (losses, speed, memory, which models were used).
     """
-    from machining_t2v.diffusion.loss import LossConfig, build_cache, schedule_info
+    from machining_t2v.diffusion.caches import build_cache
+    from machining_t2v.diffusion.loss import LossConfig
     from machining_t2v.diffusion.sampling import comparison_grid, image_pipeline, sample_images
+    from machining_t2v.diffusion.schedules import schedule_info
     from machining_t2v.lora.injection import add_lora, lora_state_dict
     from machining_t2v.models.loading import load_base_model, warn_if_low_resolution
     from machining_t2v.training.finetune import (

@@ -46,13 +46,10 @@ def train_motion_lora(
         the motion LoRA, the spatial LoRA (no weights in temporal mode), validation videos
         (base and LoRA side by side, same seed) and a run summary.
     """
-    from machining_t2v.diffusion.loss import (
-        LossConfig,
-        build_cache,
-        schedule_info,
-        video_noise_scheduler,
-    )
+    from machining_t2v.diffusion.caches import build_cache
+    from machining_t2v.diffusion.loss import LossConfig
     from machining_t2v.diffusion.sampling import sample_videos, side_by_side, video_pipeline
+    from machining_t2v.diffusion.schedules import schedule_info, video_noise_scheduler
     from machining_t2v.lora.injection import (
         IMAGE_LORA_TARGETS,
         MOTION_LORA_TARGETS,

@@ -46,13 +46,8 @@ from diffusers import (
 )
 from tqdm.auto import tqdm
 
-from machining_t2v.diffusion.loss import (
-    LossConfig,
-    TrainingCache,
-    encode_text,
-    images_to_tensor,
-    noise_prediction_loss,
-)
+from machining_t2v.diffusion.caches import TrainingCache, encode_text, images_to_tensor
+from machining_t2v.diffusion.loss import LossConfig, noise_prediction_loss
 from machining_t2v.models.loading import (
     DOMAIN_WORDS,
     build_motion_unet,
