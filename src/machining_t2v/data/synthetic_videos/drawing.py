@@ -5,14 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
 __all__ = [
     "ONE",
     "SHIFT",
     "clip_box",
-    "draw_chip",
     "finish_background",
     "fixed_point",
     "linear_path",
@@ -32,15 +30,6 @@ Colour = Sequence[float]
 def fixed_point(x: float, y: float) -> tuple[int, int]:
     """The point ``(x, y)`` in cv2's fixed-point coordinates (``SHIFT`` fractional bits)."""
     return (round(x * ONE), round(y * ONE))
-
-
-def draw_chip(canvas: np.ndarray, x: float, y: float, radius: float, end_angle_range: tuple[float, float],
-              colours: Sequence[tuple[int, int, int]], rng: np.random.Generator) -> None:
-    """A curled chip: an arc of a random start angle, sweep end and one of two colours."""
-    axis = round(radius * ONE)
-    start, end = rng.uniform(0, 360), rng.uniform(*end_angle_range)
-    cv2.ellipse(canvas, fixed_point(x, y), (axis, axis), 0, start, end, colours[int(rng.integers(2))], 1,
-                cv2.LINE_AA, SHIFT)
 
 
 def rgb(c: Colour) -> tuple[int, int, int]:

@@ -9,17 +9,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from .drawing import (
-    ONE,
-    SHIFT,
-    clip_box,
-    finish_background,
-    fixed_point,
-    linear_path,
-    rgb,
-    scale_colour,
-    vertical_gradient,
-)
+from . import drawing
 from .vocabulary import MATERIAL_COLOURS, MILLING_DIRECTION_VECTORS
 
 if TYPE_CHECKING:  # clips.py imports this module to render
@@ -78,7 +68,7 @@ def _milling_scene(spec: ClipSpec) -> _MillingScene:
         limits.append((y1 - 1.4 * r - start[1]) / uy)
     travel = max(1.0, min(limits)) * rng.uniform(0.75, 0.95)
     end = (start[0] + travel * ux, start[1] + travel * uy)
-    path = linear_path(start, end, spec.num_frames)
+    path = drawing.linear_path(start, end, spec.num_frames)
     sx, sy = MILLING_DIRECTION_VECTORS[spec.direction]
     if sx < 0:
         path[:, 0] = (x0 + x1) - path[:, 0]
@@ -115,15 +105,17 @@ def _milling_background(spec: ClipSpec, sc: _MillingScene, rng: np.random.Genera
     """What stays still: the table with its T-slots, the vice jaws and the uncut block."""
     w, h = spec.width, spec.height
     dx, dy = spec.camera_offset
-    bg = vertical_gradient(h, w, (92, 96, 101), (58, 61, 65))
+    bg = drawing.vertical_gradient(h, w, (92, 96, 101), (58, 61, 65))
     # Machine table with T-slots.
     tx0, ty0, tx1, ty1 = 0.03 * w + dx, 0.10 * h + dy, 0.97 * w + dx, 0.92 * h + dy
-    cv2.rectangle(bg, fixed_point(tx0, ty0), fixed_point(tx1, ty1), (104, 108, 113), -1, cv2.LINE_AA, SHIFT)
+    cv2.rectangle(bg, drawing.fixed_point(tx0, ty0), drawing.fixed_point(tx1, ty1), (104, 108, 113), -1,
+                  cv2.LINE_AA, drawing.SHIFT)
     slot_h = max(2.0, 0.028 * h)
     for k in range(6):
         ys = ty0 + (k + 0.5) * (ty1 - ty0) / 6
         cv2.rectangle(
-            bg, fixed_point(tx0, ys), fixed_point(tx1, ys + slot_h), (46, 48, 52), -1, cv2.LINE_AA, SHIFT
+            bg, drawing.fixed_point(tx0, ys), drawing.fixed_point(tx1, ys + slot_h), (46, 48, 52), -1, cv2.LINE_AA,
+            drawing.SHIFT,
         )
 
     colour = np.asarray(MATERIAL_COLOURS[spec.material], np.float32)
@@ -147,36 +139,36 @@ def _milling_background(spec: ClipSpec, sc: _MillingScene, rng: np.random.Genera
         cv2.rectangle(bg, (bx0, by0), (bx1 - 1, by1 - 1), (36, 44, 66), 1)
 
     # Front face of the block, darker: sells the oblique view.
-    cv2.rectangle(bg, (x0, y1), (x1 - 1, y1 + sc.side_depth - 1), scale_colour(colour, 0.68), -1)
-    box = clip_box(x0, y0, x1, y1, w, h)
+    cv2.rectangle(bg, (x0, y1), (x1 - 1, y1 + sc.side_depth - 1), drawing.scale_colour(colour, 0.68), -1)
+    box = drawing.clip_box(x0, y0, x1, y1, w, h)
     if box is not None:
         bx0, by0, bx1, by1 = box
         # Brushed-metal streaks on the top face.
         streaks = rng.normal(0.0, 1.0, (by1 - by0, bx1 - bx0)).astype(np.float32)
         streaks = cv2.blur(streaks, (15, 1)) * 9.0
         bg[by0:by1, bx0:bx1] = colour[None, None, :] + streaks[..., None]
-    cv2.line(bg, (x0, y0), (x1 - 1, y0), scale_colour(colour, 1.12, 12), 1)
-    cv2.line(bg, (x0, y1), (x1 - 1, y1), scale_colour(colour, 0.5), 1)
-    return finish_background(bg, rng)
+    cv2.line(bg, (x0, y0), (x1 - 1, y0), drawing.scale_colour(colour, 1.12, 12), 1)
+    cv2.line(bg, (x0, y1), (x1 - 1, y1), drawing.scale_colour(colour, 0.5), 1)
+    return drawing.finish_background(bg, rng)
 
 
 def _draw_end_mill(img, centre, r: float, flutes: int, angle_deg: float, colour) -> None:
     """An end mill seen from the top: flute faces as lit sectors, cutting edges as spokes."""
-    c = fixed_point(*centre)
-    rr = round(r * ONE)
-    cv2.circle(img, c, rr, scale_colour(colour, 0.45), -1, cv2.LINE_AA, SHIFT)
+    c = drawing.fixed_point(*centre)
+    rr = round(r * drawing.ONE)
+    cv2.circle(img, c, rr, drawing.scale_colour(colour, 0.45), -1, cv2.LINE_AA, drawing.SHIFT)
     pitch = 360.0 / flutes
     edge_t = max(1, round(r / 7))
     for k in range(flutes):
         a0 = angle_deg + k * pitch
         cv2.ellipse(
-            img, c, (rr, rr), 0, a0 - 0.42 * pitch, a0, rgb(colour), -1, cv2.LINE_AA, SHIFT
+            img, c, (rr, rr), 0, a0 - 0.42 * pitch, a0, drawing.rgb(colour), -1, cv2.LINE_AA, drawing.SHIFT
         )
         ex = centre[0] + r * math.cos(math.radians(a0))
         ey = centre[1] + r * math.sin(math.radians(a0))
-        cv2.line(img, c, fixed_point(ex, ey), (238, 238, 242), edge_t, cv2.LINE_AA, SHIFT)
-    cv2.circle(img, c, rr, (30, 30, 34), 1, cv2.LINE_AA, SHIFT)
-    cv2.circle(img, c, round(max(1.0, r * 0.16) * ONE), (40, 40, 44), -1, cv2.LINE_AA, SHIFT)
+        cv2.line(img, c, drawing.fixed_point(ex, ey), (238, 238, 242), edge_t, cv2.LINE_AA, drawing.SHIFT)
+    cv2.circle(img, c, rr, (30, 30, 34), 1, cv2.LINE_AA, drawing.SHIFT)
+    cv2.circle(img, c, round(max(1.0, r * 0.16) * drawing.ONE), (40, 40, 44), -1, cv2.LINE_AA, drawing.SHIFT)
 
 
 def render_milling(spec: ClipSpec) -> np.ndarray:
@@ -186,12 +178,12 @@ def render_milling(spec: ClipSpec) -> np.ndarray:
     bg = _milling_background(spec, sc, rng)
     w, h = spec.width, spec.height
     colour = MATERIAL_COLOURS[spec.material]
-    groove = scale_colour(colour, sc.groove_shade)
-    floor = scale_colour(colour, sc.groove_shade + 0.14)
-    chip = scale_colour(colour, 1.0, 35)
+    groove = drawing.scale_colour(colour, sc.groove_shade)
+    floor = drawing.scale_colour(colour, sc.groove_shade + 0.14)
+    chip = drawing.scale_colour(colour, 1.0, 35)
     r = sc.tool_radius
     x0, y0, x1, y1 = sc.block
-    block_roi = clip_box(x0, y0, x1, y1, w, h)
+    block_roi = drawing.clip_box(x0, y0, x1, y1, w, h)
     width_px = max(2, round(2 * r))
     start = sc.path[0]
     out = np.empty((spec.num_frames, h, w, 3), np.uint8)
@@ -202,28 +194,28 @@ def render_milling(spec: ClipSpec) -> np.ndarray:
             # Draw the groove into the top-face view so cv2 clips it to the block.
             bx0, by0, bx1, by1 = block_roi
             roi = frame[by0:by1, bx0:bx1]
-            p0 = fixed_point(start[0] - bx0, start[1] - by0)
-            p1 = fixed_point(cx - bx0, cy - by0)
-            cv2.line(roi, p0, p1, groove, width_px, cv2.LINE_AA, SHIFT)
+            p0 = drawing.fixed_point(start[0] - bx0, start[1] - by0)
+            p1 = drawing.fixed_point(cx - bx0, cy - by0)
+            cv2.line(roi, p0, p1, groove, width_px, cv2.LINE_AA, drawing.SHIFT)
             # Offset floor leaves a dark wall on the side away from the light.
             off = max(1.0, 0.12 * r)
-            q0 = fixed_point(start[0] - bx0 + off, start[1] - by0 + off)
-            q1 = fixed_point(cx - bx0 + off, cy - by0 + off)
-            cv2.line(roi, q0, q1, floor, max(1, width_px - 2 * round(off)), cv2.LINE_AA, SHIFT)
+            q0 = drawing.fixed_point(start[0] - bx0 + off, start[1] - by0 + off)
+            q1 = drawing.fixed_point(cx - bx0 + off, cy - by0 + off)
+            cv2.line(roi, q0, q1, floor, max(1, width_px - 2 * round(off)), cv2.LINE_AA, drawing.SHIFT)
         # Soft contact shadow under the tool.
-        sb = clip_box(cx - 2 * r, cy - 2 * r, cx + 2 * r, cy + 2 * r, w, h)
+        sb = drawing.clip_box(cx - 2 * r, cy - 2 * r, cx + 2 * r, cy + 2 * r, w, h)
         if sb is not None:
             sx0, sy0, sx1, sy1 = sb
             roi = frame[sy0:sy1, sx0:sx1]
             shade = roi.copy()
             cv2.circle(
                 shade,
-                fixed_point(cx - sx0 + 0.25 * r, cy - sy0 + 0.3 * r),
-                round(r * 1.05 * ONE),
+                drawing.fixed_point(cx - sx0 + 0.25 * r, cy - sy0 + 0.3 * r),
+                round(r * 1.05 * drawing.ONE),
                 (0, 0, 0),
                 -1,
                 cv2.LINE_AA,
-                SHIFT,
+                drawing.SHIFT,
             )
             cv2.addWeighted(shade, 0.35, roi, 0.65, 0.0, dst=roi)
         # A few chips flung out around the cutter.
@@ -235,12 +227,12 @@ def render_milling(spec: ClipSpec) -> np.ndarray:
             b = rng.uniform(0, 2 * math.pi)
             cv2.line(
                 frame,
-                fixed_point(px, py),
-                fixed_point(px + ln * math.cos(b), py + ln * math.sin(b)),
+                drawing.fixed_point(px, py),
+                drawing.fixed_point(px + ln * math.cos(b), py + ln * math.sin(b)),
                 chip,
                 1,
                 cv2.LINE_AA,
-                SHIFT,
+                drawing.SHIFT,
             )
         _draw_end_mill(
             frame, (cx, cy), r, sc.flutes, sc.phase_deg + i * sc.omega_deg, sc.tool_colour

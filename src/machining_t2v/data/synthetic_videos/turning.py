@@ -9,18 +9,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from .drawing import (
-    ONE,
-    SHIFT,
-    clip_box,
-    draw_chip,
-    finish_background,
-    fixed_point,
-    linear_path,
-    rgb,
-    scale_colour,
-    vertical_gradient,
-)
+from . import drawing
 from .vocabulary import MATERIAL_COLOURS, TURNING_DIRECTIONS
 
 if TYPE_CHECKING:  # clips.py imports this module to render
@@ -93,7 +82,7 @@ def _turning_scene(spec: ClipSpec) -> _TurningScene:
             sx = face_x + 0.08 * w + length * rng.uniform(0.0, 0.1)
             start = (sx, yc + cut_radius)
             end = (sx + travel, yc + cut_radius)
-    tip_path = linear_path(start, end, spec.num_frames)
+    tip_path = drawing.linear_path(start, end, spec.num_frames)
 
     marks = int(rng.integers(4, 7))
     s = np.linspace(0, 2 * np.pi, _TEX_BINS, endpoint=False)[:, None]
@@ -155,7 +144,7 @@ def turning_bar_box(spec: ClipSpec) -> tuple[int, int, int, int]:
     if spec.process != "turning":
         raise ValueError("turning_bar_box needs a turning spec")
     sc = _turning_scene(spec)
-    box = clip_box(
+    box = drawing.clip_box(
         sc.chuck_face_x, sc.yc - sc.radius, sc.bar_end_x, sc.yc + sc.radius, spec.width, spec.height
     )
     if box is None:
@@ -218,48 +207,58 @@ _CHIP_COLOURS = {
 }
 
 
+def _draw_chip(canvas: np.ndarray, x: float, y: float, radius: float, end_angle_range: tuple[float, float],
+               colours: tuple[tuple[int, int, int], tuple[int, int, int]], rng: np.random.Generator) -> None:
+    """A curled chip: an arc of a random start angle, sweep end and one of two colours."""
+    axis = round(radius * drawing.ONE)
+    start, end = rng.uniform(0, 360), rng.uniform(*end_angle_range)
+    cv2.ellipse(canvas, drawing.fixed_point(x, y), (axis, axis), 0, start, end, colours[int(rng.integers(2))], 1,
+                cv2.LINE_AA, drawing.SHIFT)
+
+
 def _turning_background(spec: ClipSpec, sc: _TurningScene, rng: np.random.Generator) -> np.ndarray:
     """What stays still: the lathe bed with old chips and the headstock behind the chuck."""
     w, h = spec.width, spec.height
     dx, dy = spec.camera_offset
-    bg = vertical_gradient(h, w, (84, 88, 94), (62, 65, 70))
+    bg = drawing.vertical_gradient(h, w, (84, 88, 94), (62, 65, 70))
     # Bed with its ways and a scatter of old chips.
     bed_y = 0.80 * h + dy
-    cv2.rectangle(bg, fixed_point(-5, bed_y), fixed_point(w + 5, h + 5), (52, 56, 60), -1, cv2.LINE_AA, SHIFT)
+    cv2.rectangle(bg, drawing.fixed_point(-5, bed_y), drawing.fixed_point(w + 5, h + 5), (52, 56, 60), -1,
+                  cv2.LINE_AA, drawing.SHIFT)
     for fy in (0.03, 0.11):
         cv2.line(
             bg,
-            fixed_point(-5, bed_y + fy * h),
-            fixed_point(w + 5, bed_y + fy * h),
+            drawing.fixed_point(-5, bed_y + fy * h),
+            drawing.fixed_point(w + 5, bed_y + fy * h),
             (150, 154, 160),
             max(1, round(0.012 * h)),
             cv2.LINE_AA,
-            SHIFT,
+            drawing.SHIFT,
         )
     chip_cols = _CHIP_COLOURS[spec.material]
     for _ in range(18):
         px, py = rng.uniform(0.25 * w, 0.95 * w) + dx, rng.uniform(bed_y + 0.12 * h, h)
-        draw_chip(bg, px, py, rng.uniform(1.5, 4.0), (200, 320), chip_cols, rng)
+        _draw_chip(bg, px, py, rng.uniform(1.5, 4.0), (200, 320), chip_cols, rng)
     # Headstock housing behind the chuck.
     cv2.rectangle(
         bg,
-        fixed_point(-5, 0.14 * h + dy),
-        fixed_point(sc.chuck_x0 + 2, 0.76 * h + dy),
+        drawing.fixed_point(-5, 0.14 * h + dy),
+        drawing.fixed_point(sc.chuck_x0 + 2, 0.76 * h + dy),
         (66, 92, 108),
         -1,
         cv2.LINE_AA,
-        SHIFT,
+        drawing.SHIFT,
     )
     cv2.line(
         bg,
-        fixed_point(-5, 0.14 * h + dy),
-        fixed_point(sc.chuck_x0, 0.14 * h + dy),
+        drawing.fixed_point(-5, 0.14 * h + dy),
+        drawing.fixed_point(sc.chuck_x0, 0.14 * h + dy),
         (110, 136, 150),
         1,
         cv2.LINE_AA,
-        SHIFT,
+        drawing.SHIFT,
     )
-    return finish_background(bg, rng)
+    return drawing.finish_background(bg, rng)
 
 
 def _draw_turning_tool(img, tip, a: float, colour, mirror: bool, h: int) -> None:
@@ -278,41 +277,42 @@ def _draw_turning_tool(img, tip, a: float, colour, mirror: bool, h: int) -> None
     post = (tx + m * -0.5 * a, ty + 1.9 * a, tx + m * (hw + 0.9 * a), ty + 3.9 * a)
     cv2.rectangle(
         img,
-        fixed_point(min(post[0], post[2]), post[1]),
-        fixed_point(max(post[0], post[2]), post[3]),
+        drawing.fixed_point(min(post[0], post[2]), post[1]),
+        drawing.fixed_point(max(post[0], post[2]), post[3]),
         (84, 90, 98),
         -1,
         cv2.LINE_AA,
-        SHIFT,
+        drawing.SHIFT,
     )
     cv2.rectangle(
         img,
-        fixed_point(min(post[0], post[2]), post[1]),
-        fixed_point(max(post[0], post[2]), post[3]),
+        drawing.fixed_point(min(post[0], post[2]), post[1]),
+        drawing.fixed_point(max(post[0], post[2]), post[3]),
         (62, 66, 72),
         1,
         cv2.LINE_AA,
-        SHIFT,
+        drawing.SHIFT,
     )
     cv2.fillPoly(
-        img, [np.array([fixed_point(*p) for p in holder], np.int32)], (48, 50, 55), cv2.LINE_AA, SHIFT
+        img, [np.array([drawing.fixed_point(*p) for p in holder], np.int32)], (48, 50, 55), cv2.LINE_AA, drawing.SHIFT
     )
     cv2.polylines(
         img,
-        [np.array([fixed_point(*p) for p in holder], np.int32)],
+        [np.array([drawing.fixed_point(*p) for p in holder], np.int32)],
         True,
         (66, 69, 75),
         1,
         cv2.LINE_AA,
-        SHIFT,
+        drawing.SHIFT,
     )
-    pts = np.array([fixed_point(*p) for p in tri], np.int32)
-    cv2.fillPoly(img, [pts], rgb(colour), cv2.LINE_AA, SHIFT)
-    cv2.polylines(img, [pts], True, scale_colour(colour, 0.55), 1, cv2.LINE_AA, SHIFT)
+    pts = np.array([drawing.fixed_point(*p) for p in tri], np.int32)
+    cv2.fillPoly(img, [pts], drawing.rgb(colour), cv2.LINE_AA, drawing.SHIFT)
+    cv2.polylines(img, [pts], True, drawing.scale_colour(colour, 0.55), 1, cv2.LINE_AA, drawing.SHIFT)
     scx = (tri[0][0] + tri[1][0] + tri[2][0]) / 3
     scy = (tri[0][1] + tri[1][1] + tri[2][1]) / 3
     cv2.circle(
-        img, fixed_point(scx, scy), round(max(1.0, 0.12 * a) * ONE), (30, 30, 34), -1, cv2.LINE_AA, SHIFT
+        img, drawing.fixed_point(scx, scy), round(max(1.0, 0.12 * a) * drawing.ONE), (30, 30, 34), -1, cv2.LINE_AA,
+        drawing.SHIFT,
     )
 
 
@@ -346,12 +346,12 @@ def render_turning(spec: ClipSpec) -> np.ndarray:
         )
         cv2.line(
             frame,
-            fixed_point(face_x - 0.5, sc.yc - sc.chuck_radius + 1),
-            fixed_point(face_x - 0.5, sc.yc + sc.chuck_radius - 1),
+            drawing.fixed_point(face_x - 0.5, sc.yc - sc.chuck_radius + 1),
+            drawing.fixed_point(face_x - 0.5, sc.yc + sc.chuck_radius - 1),
             (70, 72, 76),
             1,
             cv2.LINE_AA,
-            SHIFT,
+            drawing.SHIFT,
         )
 
         # Split the bar into stock-diameter and turned sections at the tool.
@@ -383,7 +383,7 @@ def render_turning(spec: ClipSpec) -> np.ndarray:
         for _ in range(int(rng.integers(2, 6))):
             px = tx + back * rng.uniform(0.0, 1.6) * sc.insert_size
             py = ty + rng.uniform(-0.2, 1.2) * sc.insert_size
-            draw_chip(frame, px, py, rng.uniform(1.5, 0.45 * sc.insert_size + 2), (180, 330), chip_cols, rng)
+            _draw_chip(frame, px, py, rng.uniform(1.5, 0.45 * sc.insert_size + 2), (180, 330), chip_cols, rng)
         _draw_turning_tool(
             frame, (tx, ty), sc.insert_size, sc.insert_colour, mirror=spec.direction == "right", h=h
         )
