@@ -14,7 +14,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from machining_t2v.data.synthetic_videos.vocabulary import MATERIAL_COLOURS
+from machining_t2v.data.synthetic_videos.vocabulary import (
+    DIRECTION_WORDS,
+    MATERIAL_COLOURS,
+    PROCESSES,
+)
 
 __all__ = ["DIRECTION_WORDINGS", "apply_world_rules", "expected_labels", "longest_first"]
 
@@ -51,7 +55,7 @@ def longest_first(phrases: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], 
 _DIRECTION_PHRASES = longest_first(
     (phrase, motion) for words in DIRECTION_WORDINGS.values() for motion, phrase in words.items()
 ) + (
-    ("towards the chuck", "left"), ("away from the chuck", "right"),
+    (DIRECTION_WORDS["left"], "left"), (DIRECTION_WORDS["right"], "right"),  # the sample videos' turning feeds
     ("inwards", "inward"), ("rotating", "rotate"), ("growing", "scale"), ("bouncing", "bounce"),
 )
 
@@ -85,5 +89,5 @@ def expected_labels(prompt: str) -> dict[str, str | None]:
         scene = None
     motion = next((label for phrase, label in _DIRECTION_PHRASES if phrase in text), None)
     materials = list(MATERIAL_COLOURS) + ["titanium", "cast iron"]
-    style = "shop" if scene in ("milling", "turning") and any(m in text for m in materials) else None
+    style = "shop" if scene in PROCESSES and any(m in text for m in materials) else None
     return {"scene": scene, "style": style, "motion": motion}
