@@ -52,7 +52,7 @@ class Context:
     def tiny_model_dir(self) -> Path:
         """The built-in tiny model, built once per benchmark run (outside every timing)."""
         if self._tiny_model_dir is None:
-            from machining_t2v.models.loading import build_tiny_model
+            from machining_t2v.fixtures.tiny_model import build_tiny_model
 
             self._tiny_model_dir = build_tiny_model(self.work_dir / "tiny-sd")
         return self._tiny_model_dir

@@ -25,12 +25,8 @@ def _pipeline(ctx: Context, with_lora: bool):
 
     from machining_t2v.diffusion.sampling import video_pipeline
     from machining_t2v.lora.injection import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
-    from machining_t2v.models.loading import (
-        TINY_MODEL,
-        build_motion_unet,
-        load_base_model,
-        load_motion_adapter,
-    )
+    from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
+    from machining_t2v.models.sources import TINY_MODEL
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     base = load_base_model(TINY_MODEL, ctx.tiny_model_dir())

@@ -117,7 +117,7 @@ def build_model(kind: str, model: str, device: str, dtype, rank: int):
 
         components = build_sd15_random_components(seed=SEED, device=device, dtype=dtype, parts=parts)
     elif model == "tiny":
-        from machining_t2v.models.loading import _tiny_components
+        from machining_t2v.fixtures.tiny_model import _tiny_components
 
         with torch.device(device):
             components = {k: v.to(dtype=dtype).requires_grad_(False) for k, v in _tiny_components(SEED).items()
@@ -140,7 +140,7 @@ def build_model(kind: str, model: str, device: str, dtype, rank: int):
 
 def noise_scheduler(kind: str):
     """SD1.5's training schedule for stills; AnimateDiff's linear betas for clips (what its sampler uses)."""
-    from machining_t2v.models.loading import sd15_noise_scheduler
+    from machining_t2v.fixtures.tiny_model import sd15_noise_scheduler
 
     return sd15_noise_scheduler("scaled_linear" if kind == "image" else "linear")
 

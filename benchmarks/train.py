@@ -88,12 +88,8 @@ def _setup(ctx: Context, kind: str, device: str) -> Setup:
     from machining_t2v.diffusion.caches import build_cache
     from machining_t2v.diffusion.loss import LossConfig
     from machining_t2v.lora.injection import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
-    from machining_t2v.models.loading import (
-        TINY_MODEL,
-        build_motion_unet,
-        load_base_model,
-        load_motion_adapter,
-    )
+    from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
+    from machining_t2v.models.sources import TINY_MODEL
     from machining_t2v.training.finetune import seeded_lora_init, training_config_from_params
 
     params = load_params("image_ft" if kind == "image" else "motion_ft")

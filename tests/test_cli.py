@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 
 from machining_t2v import cli
 from machining_t2v.data.video_io import probe_video, read_frames
+from machining_t2v.fixtures.tiny_model import build_tiny_model
 from machining_t2v.generation import generator
-from machining_t2v.models.loading import build_tiny_model
 from tests.conftest import PROJECT_ROOT
 from tests.generation.test_generator import make_loras
 

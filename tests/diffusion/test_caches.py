@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from machining_t2v.diffusion.caches import build_cache, images_to_tensor
-from machining_t2v.models.loading import build_tiny_model, load_base_model
+from machining_t2v.fixtures.tiny_model import build_tiny_model
+from machining_t2v.models.loading import load_base_model
 from machining_t2v.training.finetune import collect_captioned_clips, collect_captioned_stills
 
 

@@ -7,7 +7,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from machining_t2v.diffusion.schedules import schedule_info, video_noise_scheduler
-from machining_t2v.models.loading import sd15_noise_scheduler
+from machining_t2v.fixtures.tiny_model import sd15_noise_scheduler
 
 
 def _snr(scheduler: DDPMScheduler, t: int) -> float:

@@ -16,13 +16,12 @@ from transformers import CLIPModel
 from machining_t2v.evaluation.clip_metrics import (
     STANDIN_CLIP,
     ClipScorer,
-    build_standin_clip,
     check_clip_source,
     clip_f,
     clip_t,
     load_clip_scorer,
-    standin_clip_exists,
 )
+from machining_t2v.fixtures.standin_clip import build_standin_clip, standin_clip_exists
 
 
 @pytest.fixture(scope="module")

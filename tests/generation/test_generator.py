@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from machining_t2v.data.video_io import probe_video, read_frames
+from machining_t2v.fixtures.tiny_model import build_tiny_model
 from machining_t2v.generation import generator as generation
 from machining_t2v.lora.injection import (
     IMAGE_LORA_TARGETS,
@@ -20,12 +21,7 @@ from machining_t2v.lora.injection import (
     to_animatediff_motion_lora,
     to_kohya,
 )
-from machining_t2v.models.loading import (
-    build_motion_unet,
-    build_tiny_model,
-    load_base_model,
-    load_motion_adapter,
-)
+from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
 
 FAST = {"num_frames": 4, "num_inference_steps": 2, "guidance_scale": 4.0, "size": 64}
 

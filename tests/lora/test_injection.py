@@ -18,6 +18,7 @@ from diffusers import (
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from machining_t2v.fixtures.tiny_model import build_tiny_model
 from machining_t2v.lora.injection import (
     DIFFUSERS_LORA_FILENAME,
     IMAGE_LORA_TARGETS,
@@ -31,13 +32,8 @@ from machining_t2v.lora.injection import (
     to_animatediff_motion_lora,
     to_kohya,
 )
-from machining_t2v.models.loading import (
-    TINY_MODEL,
-    build_motion_unet,
-    build_tiny_model,
-    load_base_model,
-    load_motion_adapter,
-)
+from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
+from machining_t2v.models.sources import TINY_MODEL
 
 RANK, ALPHA = 4, 8  # rank != alpha on purpose: a lost alpha changes the outputs
 

@@ -10,23 +10,21 @@ from diffusers import (
     AutoencoderKL,
     DDPMScheduler,
     MotionAdapter,
-    StableDiffusionPipeline,
     UNet2DConditionModel,
     UNetMotionModel,
 )
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from machining_t2v.fixtures import tiny_model
+from machining_t2v.fixtures.tiny_model import build_tiny_model
 from machining_t2v.models import loading
 from machining_t2v.models.loading import (
-    TINY_MODEL,
     build_motion_unet,
-    build_tiny_model,
-    check_model_sources,
     load_base_model,
     load_motion_adapter,
-    tiny_model_exists,
     warn_if_low_resolution,
 )
+from machining_t2v.models.sources import TINY_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -51,87 +49,6 @@ def test_tiny_model_loads_as_real_diffusers_classes(base, tiny_dir):
     assert (cfg.num_train_timesteps, cfg.prediction_type) == (1000, "epsilon")
     assert base.vae.config.scaling_factor == 0.18215
     assert base.unet.config.cross_attention_dim == base.text_encoder.config.hidden_size
-
-
-def test_tiny_folder_is_a_complete_diffusers_pipeline(tiny_dir):
-    index = json.loads((tiny_dir / "model_index.json").read_text())
-    assert index["safety_checker"] == [None, None]
-    assert index["requires_safety_checker"] is False
-    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "motion_adapter"):
-        assert (tiny_dir / sub).is_dir(), sub
-    assert list(tiny_dir.rglob("*.safetensors"))
-    assert not list(tiny_dir.rglob("*.bin"))
-    assert tiny_model_exists(tiny_dir)
-
-
-def test_second_build_and_load_do_not_rebuild(tiny_dir):
-    weights = tiny_dir / "unet" / "diffusion_pytorch_model.safetensors"
-    before = weights.stat().st_mtime_ns
-    assert build_tiny_model(tiny_dir) == tiny_dir
-    load_base_model(TINY_MODEL, tiny_dir)
-    assert weights.stat().st_mtime_ns == before
-
-
-def test_build_is_deterministic(tmp_path, base):
-    other = load_base_model(TINY_MODEL, tmp_path / "again")
-    for a, b in zip(base.unet.state_dict().values(), other.unet.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
-
-
-def test_stale_tiny_model_is_rebuilt(tmp_path):
-    folder = build_tiny_model(tmp_path / "tiny")
-    marker = folder / loading._TINY_MARKER
-    marker.write_text(json.dumps({"builder_version": -1, "seed": 0}))
-    assert not tiny_model_exists(folder)
-    build_tiny_model(folder)
-    assert tiny_model_exists(folder)
-
-
-def test_build_refuses_to_overwrite_a_foreign_folder(tmp_path):
-    (tmp_path / "precious.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="refusing to overwrite") as err:
-        build_tiny_model(tmp_path)
-    assert str(tmp_path) in str(err.value)
-    assert (tmp_path / "precious.txt").read_text() == "keep me"
-
-
-def test_stable_diffusion_pipeline_runs_from_the_folder(tiny_dir):
-    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_dir))
-    pipe.set_progress_bar_config(disable=True)
-    out = pipe(
-        "face the steel bar on the lathe",
-        num_inference_steps=2,
-        height=64,
-        width=64,
-        output_type="np",
-        generator=torch.Generator().manual_seed(0),
-    )
-    assert out.images.shape == (1, 64, 64, 3)
-
-
-def test_vae_downsamples_by_eight(base):
-    with torch.no_grad():
-        latents = base.vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
-    assert latents.shape == (1, 4, 8, 8)
-
-
-def test_tokenizer_round_trips_and_has_whole_word_tokens(base, tiny_dir):
-    reloaded = CLIPTokenizer.from_pretrained(str(tiny_dir), subfolder="tokenizer")
-    text = "face the steel bar on the lathe"
-    ids = base.tokenizer(text).input_ids
-    assert reloaded(text).input_ids == ids
-    tokens = base.tokenizer.convert_ids_to_tokens(ids)
-    words = text.split()
-    assert tokens == ["<|startoftext|>", *[w + "</w>" for w in words], "<|endoftext|>"]
-    # Unknown words still tokenise (into byte-level pieces), never to <unk>.
-    odd = base.tokenizer("xyzzy widget").input_ids
-    assert len(odd) > 4
-    padded = base.tokenizer(text, padding="max_length", max_length=77, truncation=True)
-    assert len(padded.input_ids) == 77
-    assert base.tokenizer.model_max_length == 77
-    with torch.no_grad():
-        states = base.text_encoder(torch.tensor([padded.input_ids])).last_hidden_state
-    assert states.shape == (1, 77, 32)
 
 
 def test_missing_path_raises_file_not_found(tmp_path):
@@ -223,53 +140,8 @@ def test_loader_reuses_a_tiny_model_built_with_another_seed(tmp_path):
     load_base_model(TINY_MODEL, folder)
     load_motion_adapter(TINY_MODEL, folder)
     assert weights.stat().st_mtime_ns == before
-    assert json.loads((folder / loading._TINY_MARKER).read_text())["seed"] == 7
+    assert json.loads((folder / tiny_model._TINY_MARKER).read_text())["seed"] == 7
     assert oct(folder.stat().st_mode & 0o777) == oct(0o755)
-
-
-def test_model_sources_are_checked_with_the_loaders_errors_and_no_weights_loaded(tmp_path, tiny_dir, monkeypatch):
-    import shutil
-
-    import huggingface_hub.constants
-
-    def sources(pretrained, adapter=TINY_MODEL):
-        return {"pretrained": pretrained, "motion_adapter": adapter, "revision": None}
-
-    found = check_model_sources(sources(str(tiny_dir), str(tiny_dir / "motion_adapter")))
-    assert found == [f"base model folder {tiny_dir}", f"motion adapter folder {tiny_dir / 'motion_adapter'}"]
-    assert "built when first loaded" in check_model_sources(sources(TINY_MODEL))[0]
-    # The same errors, word for word, as load_base_model / load_motion_adapter give.
-    for spec in (str(tmp_path / "no_such_model"), "no_such_dir/models/sd15"):
-        with pytest.raises(FileNotFoundError) as checked:
-            check_model_sources(sources(spec))
-        with pytest.raises(FileNotFoundError) as loaded:
-            load_base_model(spec, tmp_path / "tiny")
-        assert str(checked.value) == str(loaded.value)
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "model_index.json").write_text("{}")
-    with pytest.raises(ValueError) as checked:
-        check_model_sources(sources(str(broken)))
-    with pytest.raises(ValueError) as loaded:
-        load_base_model(str(broken), tmp_path / "tiny")
-    assert str(checked.value) == str(loaded.value) and "missing: unet/config.json" in str(checked.value)
-    with pytest.raises(ValueError, match="adapter_folder: expected a diffusers MotionAdapter folder"):
-        (tmp_path / "adapter_folder").mkdir()
-        check_model_sources(sources(TINY_MODEL, str(tmp_path / "adapter_folder")))
-    # A folder with every config but no weights.
-    configs_only = tmp_path / "configs_only"
-    shutil.copytree(tiny_dir, configs_only, ignore=shutil.ignore_patterns("*.safetensors"))
-    with pytest.raises(ValueError, match=r"configs_only: no safetensors weights in unet/, vae/, text_encoder/"):
-        check_model_sources(sources(str(configs_only)))
-    with pytest.raises(ValueError, match=r"configs_only/motion_adapter: no safetensors weights"):
-        check_model_sources(sources(TINY_MODEL, str(configs_only / "motion_adapter")))
-    # Hub ids: one small file is asked for; offline here, so they fail at once, naming the id.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(OSError, match="could not load base model 'machining-t2v-tests/no-such-model'"):
-        check_model_sources(sources("machining-t2v-tests/no-such-model"))
-    with pytest.raises(OSError, match="could not load motion adapter 'machining-t2v-tests/no-such-adapter'"):
-        check_model_sources(sources(TINY_MODEL, "machining-t2v-tests/no-such-adapter"))
-    assert not (tmp_path / "tiny").exists()  # nothing was built
 
 
 def test_training_under_half_the_native_resolution_warns_naming_both_numbers(caplog):
@@ -289,41 +161,3 @@ def test_training_under_half_the_native_resolution_warns_naming_both_numbers(cap
     # The starter and the tiny model are native at 64 px: their 64 px default never warns.
     assert not warn_if_low_resolution({"sample_size": 8}, {"block_out_channels": [16, 32, 32, 32]}, 64, "x")
 
-
-def test_a_broken_base_model_fails_the_run_before_any_data_is_prepared(project, tmp_path):
-    import time
-
-    from tests.conftest import run_pipeline, write_test_video
-
-    write_test_video(project / "data/01_raw/videos/a.mp4", num_frames=30)
-    broken = tmp_path / "my_sd15"
-    (broken / "unet").mkdir(parents=True)
-    (broken / "model_index.json").write_text("{}")
-    (broken / "unet" / "config.json").write_text("{}")
-    start = time.monotonic()
-    with pytest.raises(ValueError, match=f"{broken}: expected a diffusers folder .*missing: vae/config.json"):
-        run_pipeline(project, "image_ft", {"base_model": {"pretrained": str(broken)}})
-    assert time.monotonic() - start < 60
-    # Not even the frames node ran.
-    def written(*layers: str) -> list:
-        return [path for layer in layers for path in (project / "data" / layer).rglob("*") if path.is_file()]
-
-    assert written("02_intermediate", "03_primary", "05_model_input", "06_models", "08_reporting") == []
-    # The failed run let go of the project lock: another process gets it at once.
-    import subprocess
-    import sys
-
-    from machining_t2v.kedro_glue.hooks import lock_path
-
-    grab = ("import fcntl, sys; f = open(sys.argv[1], 'a'); "
-            "fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)")
-    assert subprocess.run([sys.executable, "-c", grab, str(lock_path(project))], timeout=60).returncode == 0
-
-    # An evaluation CLIP that cannot be found stops a scoring pipeline the same way.
-    missing_clip = tmp_path / "no_such_clip"
-    with pytest.raises(FileNotFoundError, match=f"CLIP model folder not found: {missing_clip}"):
-        run_pipeline(project, "evaluation", {"evaluation": {"clip_model": str(missing_clip)}})
-    assert written("07_model_output", "08_reporting") == []
-    # The frames pipeline does not load a model: nothing to check, it runs.
-    run_pipeline(project, "frames", {"base_model": {"pretrained": str(broken)}})
-    assert (project / "data/03_primary/frame_manifest.csv").is_file()

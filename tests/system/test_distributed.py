@@ -275,7 +275,7 @@ def prepare_project_template(tmp_path_factory) -> Path:
     Built once per session and shared with test_faults.py; tests work on copies
     (:func:`copy_project`).
     """
-    from machining_t2v.models.loading import build_tiny_model
+    from machining_t2v.fixtures.tiny_model import build_tiny_model
     from tests.conftest import run_in_new_project
 
     root = tmp_path_factory.getbasetemp() / "prepared_project"

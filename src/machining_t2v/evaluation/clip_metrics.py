@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,37 +21,26 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import (
-    CLIPConfig,
     CLIPImageProcessorPil,
     CLIPModel,
     CLIPTokenizer,
 )
 
-from machining_t2v.models.published_folders import (
-    publish_folder,
-    read_marker,
-    refuse_foreign_folder,
+from machining_t2v.fixtures.standin_clip import (
+    STANDIN_MARKER,
+    STANDIN_NOTE,
+    build_standin_clip,
+    standin_clip_exists,
 )
+from machining_t2v.models.published_folders import read_marker
+from machining_t2v.models.sources import looks_like_path
 
 logger = logging.getLogger(__name__)
 
 STANDIN_CLIP = "builtin:standin-clip"
 """Spec meaning "the built-in random-weight stand-in CLIP" wherever a CLIP id or folder is accepted."""
 
-STANDIN_NOTE = "stand-in CLIP with random weights: its scores measure nothing about quality"
 
-# Bump when the stand-in's architecture, tokenizer or processor changes, so an existing folder
-# from an older builder is rebuilt instead of silently reused.
-STANDIN_BUILDER_VERSION = 1
-_STANDIN_MARKER = "standin_clip.json"
-_STANDIN_FILES = (
-    "config.json",
-    "model.safetensors",
-    "preprocessor_config.json",
-    "tokenizer_config.json",
-)
-_STANDIN_IMAGE_SIZE = 64
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Frames per forward pass: bounds memory for long clips on a real ViT-B/L.
 _IMAGE_BATCH = 32
 
@@ -141,97 +128,7 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x.detach().float().cpu(), dim=-1)
 
 
-# --------------------------------------------------------------------------- stand-in
-
-
-def standin_clip_exists(out_dir: str | Path, seed: int | None = None) -> bool:
-    """True if ``out_dir`` holds a complete stand-in CLIP of this builder version (and seed)."""
-    folder = Path(out_dir).expanduser()
-    marker = read_marker(folder, _STANDIN_MARKER)
-    if not marker or marker.get("builder_version") != STANDIN_BUILDER_VERSION:
-        return False
-    if seed is not None and marker.get("seed") != seed:
-        return False
-    return all((folder / name).is_file() for name in _STANDIN_FILES)
-
-
-def build_standin_clip(out_dir: str | Path, seed: int = 0) -> Path:
-    """Build the random-weight stand-in CLIP and save it as a normal transformers folder.
-
-    Architecture: ``CLIPModel`` with a 2-layer text transformer and a 2-layer ViT (hidden 32,
-    4 heads, MLP 64), 64x64 images in 8x8 patches, projection dim 32; weights drawn from
-    ``torch.manual_seed(seed)``. Tokenizer: :func:`machining_t2v.models.loading.build_tiny_tokenizer`
-    (offline byte-level BPE with domain words). Image processor: ``CLIPImageProcessorPil`` with
-    CLIP's mean/std, resize shortest edge to 64 + centre crop 64. Saved with safetensors,
-    plus a ``standin_clip.json`` marker.
-
-    Built in a temporary sibling folder and renamed into place, so a crash leaves no
-    half-written model. Idempotent: an existing complete stand-in of this builder version and
-    seed is returned untouched; an out-of-date one is replaced; a non-empty folder that is not
-    a stand-in raises ``ValueError``.
-    """
-    out = Path(out_dir).expanduser()
-    if standin_clip_exists(out, seed):
-        return out
-    refuse_foreign_folder(out, _STANDIN_MARKER, "stand-in CLIP", "folder")
-    # Imported here: models pulls in diffusers, which only the builder needs.
-    from machining_t2v.models.loading import build_tiny_tokenizer
-
-    tokenizer = build_tiny_tokenizer()
-    bos = tokenizer.convert_tokens_to_ids("<|startoftext|>")
-    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    config = CLIPConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "max_position_embeddings": 77,
-            "hidden_act": "quick_gelu",
-            "bos_token_id": bos,
-            # Text pooling takes the hidden state at the first eos token (pad == eos, as in
-            # OpenAI's CLIP, so padding never moves it).
-            "eos_token_id": eos,
-            "pad_token_id": eos,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": _STANDIN_IMAGE_SIZE,
-            "patch_size": 8,
-            "hidden_act": "quick_gelu",
-        },
-        projection_dim=32,
-    )
-    processor = CLIPImageProcessorPil(
-        size={"shortest_edge": _STANDIN_IMAGE_SIZE},
-        crop_size={"height": _STANDIN_IMAGE_SIZE, "width": _STANDIN_IMAGE_SIZE},
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = CLIPModel(config)
-
-    def write(folder: Path) -> None:
-        model.save_pretrained(folder, safe_serialization=True)
-        tokenizer.save_pretrained(folder)
-        processor.save_pretrained(folder)
-
-    marker = {"builder_version": STANDIN_BUILDER_VERSION, "seed": seed, "kind": STANDIN_NOTE}
-    publish_folder(out, write, _STANDIN_MARKER, marker, lambda folder: standin_clip_exists(folder, seed))
-    logger.info("Built stand-in CLIP (random weights) in %s", out)
-    return out
-
-
 # --------------------------------------------------------------------------- loading
-
-
-def _looks_like_path(spec: str) -> bool:
-    if spec.startswith(("/", ".", "~")):
-        return True
-    return os.sep in spec and not _HUB_ID_RE.match(spec)
 
 
 _CLIP_FOLDER_LAYOUT = (
@@ -275,7 +172,7 @@ def _resolve_clip(spec: str) -> tuple[str, bool]:
             raise ValueError(f"CLIP model {spec} cannot be loaded: {'; '.join(problems)} ({_CLIP_FOLDER_LAYOUT}). "
                              f"{_CLIP_HELP}.")
         return str(path), True
-    if _looks_like_path(spec):
+    if looks_like_path(spec):
         raise FileNotFoundError(f"CLIP model folder not found: {spec}. {_CLIP_HELP}.")
     return spec, False
 
@@ -359,7 +256,7 @@ def load_clip_scorer(spec: str, standin_dir: str | Path | None = None) -> ClipSc
                          f"tensors (e.g. {', '.join(missing[:3])}); it is not a whole CLIP. {_CLIP_HELP}.")
     model.eval()
     # A stand-in reached through its folder path is still a stand-in.
-    is_standin = spec == STANDIN_CLIP or read_marker(Path(name), _STANDIN_MARKER) is not None
+    is_standin = spec == STANDIN_CLIP or read_marker(Path(name), STANDIN_MARKER) is not None
     if is_standin:
         logger.warning("Using %s; CLIP-T/CLIP-F %s", source, STANDIN_NOTE)
     return ClipScorer(model, tokenizer, image_processor, source=source, is_standin=is_standin)

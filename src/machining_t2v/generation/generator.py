@@ -35,14 +35,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from machining_t2v.fixtures.tiny_model import tiny_model_exists
 from machining_t2v.lora.injection import DIFFUSERS_LORA_FILENAME, from_animatediff_motion_lora
-from machining_t2v.models.loading import (
-    TINY_MODEL,
-    build_motion_unet,
-    load_base_model,
-    load_motion_adapter,
-    tiny_model_exists,
-)
+from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
+from machining_t2v.models.sources import TINY_MODEL
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ whole-folder MLflow artifacts.
 ``ModelSourceCheck``
     Before a pipeline that loads the base model (a node taking ``params:base_model``) runs its
     first node, checks that the base model and the motion adapter can be found
-    (:func:`machining_t2v.models.loading.check_model_sources`: a folder's layout, or one small file of a
+    (:func:`machining_t2v.models.sources.check_model_sources`: a folder's layout, or one small file of a
     hub id; no weights are loaded), and likewise the evaluation's CLIP when the pipeline scores
     (``params:evaluation``). A wrong id or a broken folder then fails the run in seconds with
     the loaders' own error, before any frames or captions are prepared.
@@ -400,7 +400,7 @@ class ModelSourceCheck:
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         inputs = {name for node in pipeline.nodes for name in node.inputs}
         if "params:base_model" in inputs:
-            from machining_t2v.models.loading import check_model_sources
+            from machining_t2v.models.sources import check_model_sources
 
             for line in check_model_sources(catalog.load("params:base_model")):
                 logger.info("Found %s", line)

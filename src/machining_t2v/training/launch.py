@@ -217,7 +217,8 @@ def _ensure_builtin_models(parameters: dict[str, Any]) -> None:
     transformers 5 writes a model's config.json on rank 0 only once torch.distributed is up,
     so a tiny model built by another process would lack it.
     """
-    from machining_t2v.models.loading import TINY_MODEL, build_tiny_model, tiny_model_exists
+    from machining_t2v.fixtures.tiny_model import build_tiny_model, tiny_model_exists
+    from machining_t2v.models.sources import TINY_MODEL
 
     base = parameters.get("base_model") or {}
     if TINY_MODEL in (base.get("pretrained"), base.get("motion_adapter")) and base.get("tiny_model_dir"):

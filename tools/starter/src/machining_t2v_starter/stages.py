@@ -1,6 +1,6 @@
 """The starter model: a small SD1.5-shaped stack with a motion adapter, pretrained from scratch.
 
-The built-in tiny model (:func:`machining_t2v.models.loading.build_tiny_model`) is random, so on a
+The built-in tiny model (:func:`machining_t2v.fixtures.tiny_model.build_tiny_model`) is random, so on a
 machine without real weights every sample is noise. The starter model is pretrained on the
 generic world of :mod:`machining_t2v_starter.world` (grey machine scenes, moving plain
 shapes), on a CPU, in three stages that all run on the project's one training core
@@ -48,13 +48,13 @@ from tqdm.auto import tqdm
 
 from machining_t2v.diffusion.caches import TrainingCache, encode_text, images_to_tensor
 from machining_t2v.diffusion.loss import LossConfig, noise_prediction_loss
-from machining_t2v.models.loading import (
+from machining_t2v.fixtures.tiny_model import (
     DOMAIN_WORDS,
-    build_motion_unet,
     build_tiny_tokenizer,
     sd15_noise_scheduler,
     small_text_encoder,
 )
+from machining_t2v.models.loading import build_motion_unet
 from machining_t2v.training import LossRandomness, TrainingConfig, TrainingResult, train
 from machining_t2v_starter.world import WORLD_WORDS
 
