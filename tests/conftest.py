@@ -108,6 +108,14 @@ def project(tmp_path, monkeypatch) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """The built-in tiny model (:mod:`machining_t2v.fixtures.tiny_model`), built once per test session."""
+    from machining_t2v.fixtures.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-sd")
+
+
 def make_starter_project(root: Path) -> Path:
     """A repository-shaped folder at ``root`` (empty data layers) holding a copy of the starter
     project's conf/ at ``root/tools/starter``; returns that project folder.

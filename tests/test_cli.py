@@ -18,17 +18,11 @@ from safetensors.torch import save_file
 
 from machining_t2v import cli
 from machining_t2v.data.video_io import probe_video, read_frames
-from machining_t2v.fixtures.tiny_model import build_tiny_model
 from machining_t2v.generation import generator
 from tests.conftest import PROJECT_ROOT
-from tests.generation.test_generator import make_loras
+from tests.generation.conftest import make_loras
 
 SCRIPT = Path(sys.executable).with_name("machining-t2v")
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("cli-models") / "tiny-sd")
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +137,7 @@ def test_bad_inputs_fail_with_clear_messages(tiny_dir, tmp_path, capsys, caplog)
     assert not list(tmp_path.glob("x.*"))
 
     # A prompt longer than the tokenizer's 77 tokens is generated truncated, with a warning.
-    with caplog.at_level(logging.WARNING, logger="machining_t2v.generation.generator"):
+    with caplog.at_level(logging.WARNING, logger="machining_t2v.generation.video"):
         assert run_main(["mtv " + "turn the bar slowly " * 30, "--out", str(tmp_path / "long.mp4")], tiny_dir) == 0
     assert any("it is truncated" in record.getMessage() for record in caplog.records)
     assert probe_video(tmp_path / "long.mp4").num_frames == 2

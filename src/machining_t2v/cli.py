@@ -170,46 +170,49 @@ def generate_command(args: argparse.Namespace) -> int:
     for flag, path in (("--image-lora", args.image_lora), ("--motion-lora", args.motion_lora)):
         if path is not None and not Path(path).expanduser().exists():
             raise FileNotFoundError(f"{flag}: LoRA not found: {path}")
-    from machining_t2v.generation import generator as generation
+    from machining_t2v.generation.generator import cpu_threads
+    from machining_t2v.generation.video import prompt_slug, require_text
 
-    generation.require_text(args.prompt)  # an empty prompt fails before any model loads
-    out = Path(args.out) if args.out else Path(generation.prompt_slug(args.prompt))
+    require_text(args.prompt)  # an empty prompt fails before any model loads
+    out = Path(args.out) if args.out else Path(prompt_slug(args.prompt))
     out = out.with_suffix(".mp4") if out.suffix == "" else out
-    with generation.cpu_threads(args.threads):
+    with cpu_threads(args.threads):
         return _generate(args, out)
 
 
 def _generate(args: argparse.Namespace, out: Path) -> int:
-    from machining_t2v.generation import generator as generation
+    from machining_t2v.generation.generator import load_generator
+    from machining_t2v.generation.loras import load_lora, set_lora_scales
+    from machining_t2v.generation.video import check_num_frames, generate_video, save_video
 
     log = logging.getLogger("machining_t2v.cli")
     base = args.base or default_base()
     motion_adapter = args.motion_adapter or default_motion_adapter(base)
-    generator = generation.load_generator(
+    generator = load_generator(
         base, motion_adapter, tiny_model_dir=args.tiny_model_dir or default_tiny_model_dir(),
         revision=args.revision, variant=args.variant, scheduler=args.scheduler, device=args.device, dtype=args.dtype,
     )  # fmt: skip
     default_frames, default_guidance = default_sampling(base)
     num_frames = args.frames or default_frames
     guidance = default_guidance if args.guidance is None else args.guidance
-    generation.check_num_frames(generator, num_frames)
+    check_num_frames(generator, num_frames)
     scales = {}
     if args.image_lora:
-        generation.load_lora(generator, args.image_lora, "image")
+        load_lora(generator, args.image_lora, "image")
         scales["image"] = args.scale_image
     if args.motion_lora:
-        generation.load_lora(generator, args.motion_lora, "motion")
+        load_lora(generator, args.motion_lora, "motion")
         scales["motion"] = args.scale_motion
-    generation.set_lora_scales(generator, scales)
+    set_lora_scales(generator, scales)
     generator.pipe.set_progress_bar_config(disable=args.quiet or not sys.stderr.isatty())
     log.info("Generating %d frames, %d steps, guidance %g, seed %d with base %s%s", num_frames, args.steps,
              guidance, args.seed, generator.base_source,
              "".join(f", {name} LoRA x{scale}" for name, scale in scales.items()))
-    frames = generation.generate_video(
+    frames = generate_video(
         generator, args.prompt, negative_prompt=args.negative_prompt, num_frames=num_frames,
         num_inference_steps=args.steps, guidance_scale=guidance, seed=args.seed, size=args.size,
     )  # fmt: skip
-    mp4, gif = generation.save_video(frames, out, fps=args.fps)
+    mp4, gif = save_video(frames, out, fps=args.fps)
     print(f"Wrote {mp4} and {gif} ({len(frames)} frames, {frames.shape[2]}x{frames.shape[1]} px, {args.fps:g} fps)")
     if generator.base_is_tiny:
         print("Note: the built-in tiny base model has random weights; set --base to a real SD1.5 checkpoint "

@@ -28,11 +28,6 @@ from machining_t2v.models.sources import TINY_MODEL
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny_model")
-
-
-@pytest.fixture(scope="module")
 def base(tiny_dir):
     return load_base_model(TINY_MODEL, tiny_dir)
 

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from machining_t2v.fixtures.tiny_model import build_tiny_model
 from machining_t2v.models.loading import load_base_model
 from machining_t2v.models.sources import TINY_MODEL, check_model_sources
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny_model")
 
 
 def test_model_sources_are_checked_with_the_loaders_errors_and_no_weights_loaded(tmp_path, tiny_dir, monkeypatch):

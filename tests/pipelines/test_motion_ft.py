@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from machining_t2v.kedro_glue.datasets import ClipStripDataset
-from machining_t2v.lora.injection import from_animatediff_motion_lora, lora_scale
+from machining_t2v.lora.formats import from_animatediff_motion_lora
+from machining_t2v.lora.injection import lora_scale
 from machining_t2v.pipelines.motion_ft.nodes import train_motion_lora
 from machining_t2v.training.finetune import collect_captioned_clips
 from tests.conftest import run_in_new_project

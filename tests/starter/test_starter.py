@@ -452,7 +452,8 @@ def v_prediction_starter(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("sampler", ["ddim", "euler", "dpm++"])
 def test_v_prediction_starter_trains_and_samples_from_pure_noise(v_prediction_starter, sampler):
-    from machining_t2v.generation.generator import generate_video, load_generator
+    from machining_t2v.generation.generator import load_generator
+    from machining_t2v.generation.video import generate_video
 
     folder = v_prediction_starter
     generator = load_generator(str(folder), str(folder / "motion_adapter"), tiny_model_dir=folder, scheduler=sampler)
@@ -868,12 +869,12 @@ def test_readme_animatediff_example_runs_on_the_committed_starter(tmp_path, monk
     """The README's diffusers snippet, with the starter's folders for the hub ids and a short run."""
     import re
 
+    from machining_t2v.lora.formats import save_diffusers_lora
     from machining_t2v.lora.injection import (
         IMAGE_LORA_TARGETS,
         MOTION_LORA_TARGETS,
         add_lora,
         lora_state_dict,
-        save_diffusers_lora,
     )
     from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
 

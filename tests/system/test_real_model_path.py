@@ -253,12 +253,9 @@ def test_loras_record_their_noise_schedule(trained_project):
 
 @pytest.mark.slow
 def test_loras_reload_into_animatediff_pipeline(trained_project, sd15_folder):
-    from machining_t2v.generation.generator import (
-        generate_video,
-        load_generator,
-        load_lora,
-        set_lora_scales,
-    )
+    from machining_t2v.generation.generator import load_generator
+    from machining_t2v.generation.loras import load_lora, set_lora_scales
+    from machining_t2v.generation.video import generate_video
 
     root, _ = trained_project
     models = root / "data" / "06_models"

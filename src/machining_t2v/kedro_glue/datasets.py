@@ -239,7 +239,7 @@ class LoraFolderDataset(AbstractDataset[TrainedLora, TrainedLora | None]):
     def _save(self, data: TrainedLora) -> None:
         import json
 
-        from machining_t2v.lora import injection
+        from machining_t2v.lora import formats
 
         if not data.state_dict:
             stale = [self._path / name for name in LORA_FILES if (self._path / name).is_file()]
@@ -252,16 +252,16 @@ class LoraFolderDataset(AbstractDataset[TrainedLora, TrainedLora | None]):
         from peft import LoraConfig
 
         config = LoraConfig(**{k: v for k, v in data.lora_config.items() if k in LoraConfig.__dataclass_fields__})
-        injection.save_diffusers_lora(data.state_dict, config, self._path, kind=self._kind)
+        formats.save_diffusers_lora(data.state_dict, config, self._path, kind=self._kind)
         alpha = float(data.lora_config["lora_alpha"])
         if self._kind == "image":
-            injection.save_safetensors_atomic(
-                injection.to_kohya(data.state_dict, alpha), self._path / "image_lora_kohya.safetensors",
-                metadata=injection.kohya_metadata(rank=int(data.lora_config["r"]), alpha=alpha),
+            formats.save_safetensors_atomic(
+                formats.to_kohya(data.state_dict, alpha), self._path / "image_lora_kohya.safetensors",
+                metadata=formats.kohya_metadata(rank=int(data.lora_config["r"]), alpha=alpha),
             )  # fmt: skip
         else:
-            injection.save_safetensors_atomic(
-                injection.to_animatediff_motion_lora(data.state_dict, alpha),
+            formats.save_safetensors_atomic(
+                formats.to_animatediff_motion_lora(data.state_dict, alpha),
                 self._path / "motion_lora_animatediff.safetensors",
             )
         config_dict = {k: sorted(v) if isinstance(v, set) else v for k, v in config.to_dict().items()}
@@ -275,7 +275,7 @@ class LoraFolderDataset(AbstractDataset[TrainedLora, TrainedLora | None]):
 
         from safetensors.torch import load_file
 
-        from machining_t2v.lora.injection import DIFFUSERS_LORA_FILENAME
+        from machining_t2v.lora.formats import DIFFUSERS_LORA_FILENAME
 
         weights = self._path / DIFFUSERS_LORA_FILENAME
         info_path = self._path / "lora_info.json"

@@ -112,12 +112,9 @@ def generate_evaluation_clips(
 def _generate_variants(prompts: pd.DataFrame, image_lora: TrainedLora | None, motion_lora: TrainedLora | None,
                        base_model: dict[str, Any], params: dict[str, Any],
                        scales: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    from machining_t2v.generation.generator import (
-        generate_video,
-        load_generator,
-        load_lora,
-        set_lora_scales,
-    )
+    from machining_t2v.generation.generator import load_generator
+    from machining_t2v.generation.loras import load_lora, set_lora_scales
+    from machining_t2v.generation.video import generate_video
 
     sampling = params["sampling"]
     started = time.perf_counter()

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 def with_trigger(prompt: str, trigger: str | None) -> str:
     """``prompt`` with the trigger word in front, unless it is empty or already in the prompt."""
-    from machining_t2v.generation.generator import require_text
+    from machining_t2v.generation.video import require_text
 
     prompt = require_text(prompt)
     if not trigger or re.search(rf"(^|\W){re.escape(trigger)}(\W|$)", prompt):
@@ -66,13 +66,9 @@ def generate_clip(
 
 def _generate(prompt: str, image_lora: TrainedLora | None, motion_lora: TrainedLora | None,
               base_model: dict[str, Any], params: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    from machining_t2v.generation.generator import (
-        generate_video,
-        load_generator,
-        load_lora,
-        prompt_slug,
-        set_lora_scales,
-    )
+    from machining_t2v.generation.generator import load_generator
+    from machining_t2v.generation.loras import load_lora, set_lora_scales
+    from machining_t2v.generation.video import generate_video, prompt_slug
 
     generator = load_generator(
         base_model["pretrained"], base_model["motion_adapter"], tiny_model_dir=base_model["tiny_model_dir"],
