@@ -1,1 +1,1 @@
-"""LoRA adapters: injecting them, saving them and every export format, reading users' LoRA files."""
+"""LoRA adapters: injecting them, saving them, and every key format they are written in or read from."""
