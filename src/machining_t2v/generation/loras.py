@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from machining_t2v.lora.formats import (
     DIFFUSERS_LORA_FILENAME,
     canonical_layers,
+    in_motion_module,
     lora_layout,
     to_diffusers_dict,
 )
@@ -232,7 +233,7 @@ def check_lora_fits(generator: VideoGenerator, state_dict: Mapping[str, Tensor],
             f"{' and '.join(problems)}. It was trained for another base model; use the base it was made for "
             "(SD1.5 LoRAs need an SD1.5-family base, SDXL LoRAs do not fit SD1.5)."
         )
-    in_motion = [m for _, m in layers if "motion_modules" in m]
+    in_motion = [m for _, m in layers if in_motion_module(m)]
     targets = "motion" if len(in_motion) == len(layers) else "spatial+motion" if in_motion else "spatial"
     return len(layers), targets
 
@@ -257,7 +258,7 @@ def _quiet_diffusers_loaders() -> Iterator[None]:
 
 
 def _read_lora_info(weights_file: Path) -> dict[str, Any]:
-
+    """The ``lora_info.json`` beside a weight file; ``{}`` when there is none or it is unreadable."""
     info_path = weights_file.parent / "lora_info.json"
     try:
         return json.loads(info_path.read_text(encoding="utf-8"))

@@ -35,7 +35,9 @@ DIFFUSERS_LORA_FILENAME = "pytorch_lora_weights.safetensors"
 
 _LORA_KINDS = ("image", "motion")
 _COMPONENT_PREFIXES = ("unet", "text_encoder")
-_KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+_KOHYA_UNET_PREFIX = "lora_unet_"
+_KOHYA_PREFIXES = (_KOHYA_UNET_PREFIX, "lora_te_", "lora_te1_", "lora_te2_")
+_MOTION_MODULE_RE = re.compile(r"\bmotion_modules\b")
 
 # One LoRA layer's down/up weight in the key styles diffusers reads (module path without prefix):
 #   peft:               <module>.lora_A.weight / .lora_B.weight (optionally .lora_A.<adapter>.weight)
@@ -58,6 +60,17 @@ _MOTION_DIFFUSERS_RE = re.compile(
     r"^(?P<pre>.*\bmotion_modules\.\d+)\.transformer_blocks\.(?P<tb>\d+)"
     r"\.attn(?P<attn>[12])\.(?P<proj>to_q|to_k|to_v|to_out\.0)$"
 )
+
+
+def in_motion_module(module: str) -> bool:
+    """Whether a module path lies inside an AnimateDiff motion module."""
+    return bool(_MOTION_MODULE_RE.search(module))
+
+
+def _processor_projection(proj: str) -> str:
+    """The diffusers projection name of a processor-style key's ``to_q|to_k|to_v|to_out``
+    (attention processors call the output projection ``to_out``, diffusers ``to_out.0``)."""
+    return "to_out.0" if proj == "to_out" else proj
 
 
 def _direction(match: re.Match) -> str:
@@ -92,7 +105,7 @@ def group_by_module(state_dict: Mapping[str, Tensor]) -> dict[str, dict[str, Ten
 def _check_kind(modules: list[str], kind: str) -> None:
     if kind not in _LORA_KINDS:
         raise ValueError(f"kind must be one of {_LORA_KINDS}, got {kind!r}")
-    in_motion = [m for m in modules if re.search(r"\bmotion_modules\b", m)]
+    in_motion = [m for m in modules if in_motion_module(m)]
     if kind == "image" and in_motion:
         raise ValueError(f"image LoRA holds motion-module weights, e.g. {in_motion[0]}")
     if kind == "motion" and len(in_motion) != len(modules):
@@ -185,11 +198,11 @@ def to_kohya(state_dict: Mapping[str, Tensor], alpha: float) -> dict[str, Tensor
     """
     out: dict[str, Tensor] = {}
     for module, pair in group_by_module(state_dict).items():
-        if "motion_modules" in module:
+        if in_motion_module(module):
             raise ValueError(
                 f"{module}: motion-module LoRA has no kohya layout; use to_animatediff_motion_lora"
             )
-        name = "lora_unet_" + module.replace(".", "_")
+        name = _KOHYA_UNET_PREFIX + module.replace(".", "_")
         out[f"{name}.lora_down.weight"] = pair["down"]
         out[f"{name}.lora_up.weight"] = pair["up"]
         # sd-scripts stores alpha in the weights' dtype next to them.
@@ -257,7 +270,7 @@ def from_animatediff_motion_lora(state_dict: Mapping[str, Tensor]) -> dict[str, 
                 "'...motion_modules.<i>.temporal_transformer.transformer_blocks.<j>"
                 ".attention_blocks.<k>.processor.to_q|to_k|to_v|to_out_lora.down|up.weight'"
             )
-        proj = "to_out.0" if m["proj"] == "to_out" else m["proj"]
+        proj = _processor_projection(m["proj"])
         ab = "lora_A" if m["dir"] == "down" else "lora_B"
         module = f"{m['pre']}.transformer_blocks.{m['tb']}.attn{int(m['ab']) + 1}.{proj}"
         out[f"{module}.{ab}.weight"] = tensor
@@ -309,8 +322,8 @@ def canonical_layers(state_dict: Mapping[str, Tensor]) -> dict[tuple[str, str], 
             continue
         processor = _PROCESSOR_KEY_RE.match(rest)
         if processor:
-            proj = "to_out.0" if processor["proj"] == "to_out" else processor["proj"]
-            module, direction = f"{processor['attn']}.{proj}", processor["dir"]
+            module = f"{processor['attn']}.{_processor_projection(processor['proj'])}"
+            direction = processor["dir"]
         else:
             match = _LAYER_KEY_RE.match(rest)
             if not match:
