@@ -17,7 +17,7 @@ DEFAULT_GLOSSARY = Path("conf/base/glossary.yml")
 
 #: Sections of named entries after ``processes``, and the kind of entry each holds.
 ENTRY_SECTIONS = {"operations": "operation", "tools": "tool", "materials": "material",
-                  "machine_parts": "machine_part"}
+                  "machine_parts": "machine_part", "workpieces": "workpiece"}
 LANGUAGES = ("en", "ko")
 
 
@@ -29,7 +29,8 @@ class GlossaryError(ValueError):
 class Entry:
     """One meaning and the words that say it.
 
-    ``kind`` is the section (process, operation, tool, material, direction, machine_part, other),
+    ``kind`` is the section (process, operation, tool, material, direction, machine_part, workpiece,
+    other),
     ``key`` the captions' word for it, ``process`` the process it belongs to or implies (if any),
     ``prompt`` and ``axis`` its caption words, ``direction`` an operation's own default direction.
     """

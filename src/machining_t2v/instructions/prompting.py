@@ -1,7 +1,8 @@
 """A work instruction becomes the prompt the model gets: :func:`instruction_to_prompt`.
 
 The instruction's words are matched against the glossary (longest phrase first); the process
-comes from a process word, else a tool or machine part, else the operation or direction. A process
+comes from a process word, else a tool or machine part, else the operation or direction, else the
+workpiece (a bar is turned, a block milled). A process
 no LoRA has learned is reported as such and gets no prompt: it is never mapped to another one.
 What the instruction leaves unsaid (material, direction ...) comes from the process's defaults.
 """
@@ -96,8 +97,8 @@ def _match(words: list[Word], index: dict[tuple[str, ...], tuple[Entry, ...]]) -
 
 def _named_processes(matches: list[tuple[Entry, ...]]) -> list[set[str]]:
     """Processes the instruction names, strongest evidence first: process words; tools and machine
-    parts; operations and directions (only where the term belongs to one process)."""
-    levels: list[set[str]] = [set(), set(), set()]
+    parts; operations and directions (only where the term belongs to one process); workpieces."""
+    levels: list[set[str]] = [set(), set(), set(), set()]
     for match in matches:
         for entry in match:
             if entry.process is None:
@@ -106,6 +107,8 @@ def _named_processes(matches: list[tuple[Entry, ...]]) -> list[set[str]]:
                 levels[0].add(entry.process)
             elif entry.kind in ("tool", "machine_part"):
                 levels[1].add(entry.process)
+            elif entry.kind == "workpiece":
+                levels[3].add(entry.process)
         if all(e.kind in _PER_PROCESS_KINDS for e in match) and len({e.process for e in match}) == 1:
             levels[2].add(str(match[0].process))
     return levels
