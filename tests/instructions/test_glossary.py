@@ -78,8 +78,8 @@ def test_a_bad_entry_is_named_with_the_file(tmp_path, edit, where):
 
 def test_a_term_with_two_meanings_is_refused(tmp_path):
     path = _write(tmp_path, MINIMAL.replace("ko: [강철]", "ko: [강철, 슬롯]"))
-    with pytest.raises(GlossaryError, match=f"{path}: term '슬롯' of material 'steel' also means operation"):
-        instruction_to_prompt("슬롯", load_glossary(path), "mtv")
+    with pytest.raises(GlossaryError, match=f"{path}: material 'steel': term '슬롯' also means operation"):
+        load_glossary(path)
 
 
 def test_a_missing_or_broken_file_says_which(tmp_path):

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from machining_t2v.instructions.morphology import HANGUL, korean_user_words, words_of
+
 #: Where the glossary lives in a project (the ``prompt`` command reads it from the current folder).
 DEFAULT_GLOSSARY = Path("conf/base/glossary.yml")
 
@@ -19,6 +21,9 @@ DEFAULT_GLOSSARY = Path("conf/base/glossary.yml")
 ENTRY_SECTIONS = {"operations": "operation", "tools": "tool", "materials": "material",
                   "machine_parts": "machine_part", "workpieces": "workpiece"}
 LANGUAGES = ("en", "ko")
+# Kinds of entry that may share a term when they belong to different processes ("face" is face
+# milling on a mill and facing on a lathe).
+PER_PROCESS_KINDS = ("operation", "direction")
 
 
 class GlossaryError(ValueError):
@@ -56,11 +61,16 @@ class Process:
 
 @dataclass(frozen=True)
 class Glossary:
-    """Every entry of a glossary file, and the processes by name."""
+    """Every entry of a glossary file, the processes by name, and the terms as instructions are read:
+    ``phrases`` maps each term in dictionary form to its entries, ``known_words`` are the English
+    words (inflected forms reduce to them), ``user_words`` the Korean words taught to the analyser."""
 
     path: Path
     processes: dict[str, Process]
     entries: tuple[Entry, ...]
+    phrases: dict[tuple[str, ...], tuple[Entry, ...]]
+    known_words: frozenset[str]
+    user_words: tuple[str, ...]
 
     @property
     def trained_processes(self) -> list[str]:
@@ -170,6 +180,28 @@ def _check_defaults(path: Path, processes: dict[str, Process], entries: list[Ent
             check(f"operations.{entry.key}.direction", "direction", entry.direction, str(entry.process))
 
 
+def _phrases(path: Path, entries: list[Entry], known: frozenset[str], user_words: tuple[str, ...]
+             ) -> dict[tuple[str, ...], tuple[Entry, ...]]:
+    """Each term in dictionary form -> its entries; a term may mean one thing only (bar
+    :data:`PER_PROCESS_KINDS` of different processes)."""
+    phrases: dict[tuple[str, ...], tuple[Entry, ...]] = {}
+    for entry in entries:
+        for term in entry.terms:
+            phrase = tuple(w.form for w in words_of(term, known, user_words))
+            if not phrase:
+                raise _fail(path, f"{entry.kind} {entry.key!r}", f"term {term!r} has no word left after "
+                            "particles and signs are removed")
+            meanings = phrases.get(phrase, ())
+            for other in meanings:
+                if other != entry and not (other.kind == entry.kind in PER_PROCESS_KINDS
+                                           and other.process != entry.process):
+                    raise _fail(path, f"{entry.kind} {entry.key!r}", f"term {term!r} also means {other.kind} "
+                                f"{other.key!r}; give each term one meaning")
+            if entry not in meanings:
+                phrases[phrase] = (*meanings, entry)
+    return phrases
+
+
 def load_glossary(path: str | Path = DEFAULT_GLOSSARY) -> Glossary:
     """Read and check a glossary file; :class:`GlossaryError` names the file and the bad entry."""
     path = Path(path)
@@ -184,4 +216,8 @@ def load_glossary(path: str | Path = DEFAULT_GLOSSARY) -> Glossary:
     processes = _processes(path, data.get("processes"))
     entries = _entries(path, data, processes)
     _check_defaults(path, processes, entries)
-    return Glossary(path, processes, tuple(entries))
+    terms = [term for entry in entries for term in entry.terms]
+    user_words = korean_user_words(terms)
+    known = frozenset(w.form for term in terms if not HANGUL.search(term) for w in words_of(term))
+    phrases = _phrases(path, entries, known, user_words)
+    return Glossary(path, processes, tuple(entries), phrases, known, user_words)

@@ -33,7 +33,7 @@ class Word:
     surface: str
 
 
-def english_form(word: str, known: Iterable[str] | frozenset[str] = frozenset()) -> str:
+def english_form(word: str, known: Iterable[str] = ()) -> str:
     """``word`` lower-cased and, when a plural or -ed/-ing form of a ``known`` word, that word."""
     word = word.lower()
     known = frozenset(known)

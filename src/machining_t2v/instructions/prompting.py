@@ -11,16 +11,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from machining_t2v.instructions.glossary import Entry, Glossary, GlossaryError
-from machining_t2v.instructions.morphology import HANGUL, Word, korean_user_words, words_of
+from machining_t2v.instructions.glossary import PER_PROCESS_KINDS, Entry, Glossary, Process
+from machining_t2v.instructions.morphology import Word, words_of
 
 #: Longest instruction read: one work step. CLIP reads 77 tokens, so a page of text could not
 #: reach the model anyway.
 MAX_INSTRUCTION_CHARS = 500
 
-# Kinds of entry that may share a term when they belong to different processes ("face" is face
-# milling on a mill and facing on a lathe).
-_PER_PROCESS_KINDS = ("operation", "direction")
+#: One matched term: the glossary entries it means (several only for per-process kinds).
+Match = tuple[Entry, ...]
 
 
 class InstructionError(ValueError):
@@ -52,39 +51,16 @@ class InstructionPrompt:
         return asdict(self)
 
 
-def _phrase_index(glossary: Glossary) -> tuple[dict[tuple[str, ...], tuple[Entry, ...]], frozenset[str], tuple]:
-    """Each glossary term in dictionary form -> its entries; the English words; the Korean words."""
-    terms = [term for entry in glossary.entries for term in entry.terms]
-    user_words = korean_user_words(terms)
-    known = frozenset(w.form for term in terms if not HANGUL.search(term) for w in words_of(term))
-    index: dict[tuple[str, ...], tuple[Entry, ...]] = {}
-    for entry in glossary.entries:
-        for term in entry.terms:
-            phrase = tuple(w.form for w in words_of(term, known, user_words))
-            if not phrase:
-                raise GlossaryError(f"{glossary.path}: {entry.kind} {entry.key!r}: term {term!r} has no word left "
-                                    "after particles and signs are removed")
-            others = [e for e in index.get(phrase, ()) if e != entry]
-            for other in others:
-                shared_ok = other.kind == entry.kind in _PER_PROCESS_KINDS and other.process != entry.process
-                if not shared_ok:
-                    raise GlossaryError(f"{glossary.path}: term {term!r} of {entry.kind} {entry.key!r} also "
-                                        f"means {other.kind} {other.key!r}; give each term one meaning")
-            if entry not in index.get(phrase, ()):
-                index[phrase] = (*index.get(phrase, ()), entry)
-    return index, known, user_words
-
-
-def _match(words: list[Word], index: dict[tuple[str, ...], tuple[Entry, ...]]) -> tuple[list[tuple[Entry, ...]], list[str]]:
+def _match(words: list[Word], phrases: dict[tuple[str, ...], Match]) -> tuple[list[Match], list[str]]:
     """Glossary matches, longest phrase first, and the words no phrase covers (as written)."""
-    longest = max(len(phrase) for phrase in index)
+    longest = max(len(phrase) for phrase in phrases)
     forms = [w.form for w in words]
-    matches: list[tuple[Entry, ...]] = []
+    matches: list[Match] = []
     unknown: list[str] = []
     i = 0
     while i < len(words):
         for length in range(min(longest, len(words) - i), 0, -1):
-            entries = index.get(tuple(forms[i : i + length]))
+            entries = phrases.get(tuple(forms[i : i + length]))
             if entries:
                 matches.append(entries)
                 i += length
@@ -95,7 +71,7 @@ def _match(words: list[Word], index: dict[tuple[str, ...], tuple[Entry, ...]]) -
     return matches, list(dict.fromkeys(unknown))
 
 
-def _named_processes(matches: list[tuple[Entry, ...]]) -> list[set[str]]:
+def _named_processes(matches: list[Match]) -> list[set[str]]:
     """Processes the instruction names, strongest evidence first: process words; tools and machine
     parts; operations and directions (only where the term belongs to one process); workpieces."""
     levels: list[set[str]] = [set(), set(), set(), set()]
@@ -109,12 +85,12 @@ def _named_processes(matches: list[tuple[Entry, ...]]) -> list[set[str]]:
                 levels[1].add(entry.process)
             elif entry.kind == "workpiece":
                 levels[3].add(entry.process)
-        if all(e.kind in _PER_PROCESS_KINDS for e in match) and len({e.process for e in match}) == 1:
+        if all(e.kind in PER_PROCESS_KINDS for e in match) and len({e.process for e in match}) == 1:
             levels[2].add(str(match[0].process))
     return levels
 
 
-def _first(matches: list[tuple[Entry, ...]], kind: str, process: str | None = None) -> Entry | None:
+def _first(matches: list[Match], kind: str, process: str | None = None) -> Entry | None:
     for match in matches:
         for entry in match:
             if entry.kind == kind and (process is None or entry.process == process):
@@ -133,7 +109,7 @@ def _check_text(text: str | None) -> str:
     return text
 
 
-def _choose_process(glossary: Glossary, matches: list[tuple[Entry, ...]]) -> tuple[str | None, str | None]:
+def _choose_process(glossary: Glossary, matches: list[Match]) -> tuple[str | None, str | None]:
     """(process, message): the process the instruction is about, or None and why not."""
     levels = _named_processes(matches)
     named = set().union(*levels)
@@ -151,38 +127,38 @@ def _choose_process(glossary: Glossary, matches: list[tuple[Entry, ...]]) -> tup
     return None, f"could not tell the process: name it ({trained}) or the machine or tool"
 
 
+def _caption(process: Process, operation: Entry, direction: Entry, material: str) -> str:
+    """The process's caption form filled in: "slot milling along X on a milling machine, ..."."""
+    return str(process.prompt).format(operation=str(operation.prompt).format(axis=direction.axis or "").strip(),
+                                      material=material, direction=direction.prompt)
+
+
 def instruction_to_prompt(text: str | None, glossary: Glossary, trigger: str | None) -> InstructionPrompt:
     """The prompt for a work instruction (Korean, English or both) in the training captions' words,
     with ``trigger`` in front. Raises :class:`InstructionError` for an empty or over-long text."""
     text = _check_text(text)
-    index, known, user_words = _phrase_index(glossary)
-    matches, unknown = _match(words_of(text, known, user_words), index)
+    matches, unknown = _match(words_of(text, glossary.known_words, glossary.user_words), glossary.phrases)
     if not [match for match in matches if any(e.kind != "other" for e in match)]:
         return InstructionPrompt(None, None, None, None, None, unknown, False,
                                  f"no machining term of the glossary ({glossary.path}) in the instruction; "
                                  "add the shop's words there")
     material = _first(matches, "material")
     name, message = _choose_process(glossary, matches)
-    if message is not None:
+    if name is None or message is not None:
         return InstructionPrompt(None, name, None, material and material.key, None, unknown, False, message)
-    assert name is not None
     process = glossary.processes[name]
     operation = _first(matches, "operation", name)
     direction = _first(matches, "direction", name)
     defaults: dict[str, str] = {}
     if operation is None:
         defaults["operation"] = process.defaults["operation"]
-    used_operation = operation or glossary.entry("operation", defaults.get("operation", ""), name)
-    if direction is None:
+    used_operation = operation or glossary.entry("operation", defaults["operation"], name)
+    if direction is None:  # an operation's own default first: facing feeds inwards
         defaults["direction"] = used_operation.direction or process.defaults["direction"]
     used_direction = direction or glossary.entry("direction", defaults["direction"], name)
     if material is None:
         defaults["material"] = process.defaults["material"]
-    caption = str(process.prompt).format(
-        operation=str(used_operation.prompt).format(axis=used_direction.axis or "").strip(),
-        material=material.key if material else defaults["material"],
-        direction=used_direction.prompt,
-    )
-    prompt = f"{trigger} {caption}" if trigger else caption
-    return InstructionPrompt(" ".join(prompt.split()), name, operation and operation.key, material and material.key,
+    caption = _caption(process, used_operation, used_direction, material.key if material else defaults["material"])
+    prompt = " ".join(f"{trigger or ''} {caption}".split())
+    return InstructionPrompt(prompt, name, operation and operation.key, material and material.key,
                              direction and direction.key, unknown, True, None, defaults)
