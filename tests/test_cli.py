@@ -156,3 +156,12 @@ def test_kedro_finds_its_project_command_group():
     # kedro imports <package>.cli and refuses to start without a click group named `cli` in it.
     assert isinstance(cli.cli, click.Group) and not cli.cli.commands
     assert shutil.which("machining-t2v", path=str(SCRIPT.parent)) == str(SCRIPT)
+
+
+def test_generate_warns_about_prompt_words_the_tokenizer_does_not_know(tiny_dir, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="machining_t2v"):
+        assert run_main(["mtv 엔드밀로 slot milling, 알루미늄 workpiece", "--out", str(tmp_path / "ko.mp4")],
+                        tiny_dir) == 0
+    warnings = [r.getMessage() for r in caplog.records if "tokenizer does not know" in r.getMessage()]
+    assert len(warnings) == 1 and "엔드밀로, 알루미늄" in warnings[0]
+    assert "machining-t2v prompt" in warnings[0]  # the way out: the instruction command

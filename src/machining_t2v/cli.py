@@ -20,6 +20,7 @@ left empty on purpose: the console script is ``machining-t2v``, not a ``kedro`` 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -152,7 +153,50 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: "
                      "torch's own choice; 1 is fastest for the tiny model on small CPUs)")
     gen.add_argument("-q", "--quiet", action="store_true", help="only errors and warnings")
+    _add_prompt_parser(commands)
     return parser
+
+
+def _add_prompt_parser(commands: argparse._SubParsersAction) -> None:
+    """``machining-t2v prompt INSTRUCTION``: a work instruction made into the prompt the model gets."""
+    cmd = commands.add_parser("prompt", help="turn a work instruction (Korean or English) into a prompt",
+                              description="Print the prompt a work instruction becomes: the training captions' "
+                              "words with the trigger in front, through the machining glossary.")
+    cmd.add_argument("instruction", help="e.g. '엔드밀로 알루미늄 블록에 X축 방향 슬롯 가공' or 'face the steel bar'")
+    cmd.add_argument("--json", action="store_true", help="print one JSON object on the last line (prompt, process, "
+                     "operation, material, direction, unknown, known_process, message, defaults)")
+    cmd.add_argument("--glossary", type=Path, default=None, metavar="PATH",
+                     help="glossary file (default: conf/base/glossary.yml of the project in the current folder)")
+    cmd.add_argument("--trigger", default=None, metavar="T", help="trigger word in front of the prompt (default: "
+                     "captions.trigger of the project's conf for --env, e.g. mtv, ohwx with --env sd15)")
+    cmd.add_argument("--env", default=None, help="Kedro environment the trigger is read from (default local over base)")
+    cmd.set_defaults(quiet=False)
+
+
+def prompt_command(args: argparse.Namespace) -> int:
+    """Run ``machining-t2v prompt``; returns the exit status (2 when no prompt can be made)."""
+    from machining_t2v.instructions.glossary import DEFAULT_GLOSSARY, GlossaryError, load_glossary
+    from machining_t2v.instructions.prompting import InstructionError, instruction_to_prompt
+    from machining_t2v.instructions.trigger import configured_trigger
+
+    try:
+        glossary = load_glossary(args.glossary or DEFAULT_GLOSSARY)
+        trigger = configured_trigger(args.env) if args.trigger is None else args.trigger
+        result = instruction_to_prompt(args.instruction, glossary, trigger)
+    except (InstructionError, GlossaryError) as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    if result.unknown and result.prompt is not None:
+        print(f"{PROG}: note: not in the glossary, left out: {', '.join(result.unknown)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.as_dict(), ensure_ascii=False))
+    elif result.prompt is not None:
+        print(result.prompt)
+    if result.prompt is None:
+        unknown = f" (unknown words: {', '.join(result.unknown)})" if result.unknown else ""
+        print(f"{PROG}: error: {result.message}{unknown}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _configure_logging(quiet: bool) -> None:
@@ -184,6 +228,7 @@ def _generate(args: argparse.Namespace, out: Path) -> int:
     from machining_t2v.generation.generator import load_generator
     from machining_t2v.generation.loras import load_lora, set_lora_scales
     from machining_t2v.generation.video import check_num_frames, generate_video, save_video
+    from machining_t2v.instructions.tokenizer_words import warn_unknown_words
 
     log = logging.getLogger("machining_t2v.cli")
     base = args.base or default_base()
@@ -192,6 +237,7 @@ def _generate(args: argparse.Namespace, out: Path) -> int:
         base, motion_adapter, tiny_model_dir=args.tiny_model_dir or default_tiny_model_dir(),
         revision=args.revision, variant=args.variant, scheduler=args.scheduler, device=args.device, dtype=args.dtype,
     )  # fmt: skip
+    warn_unknown_words(generator.tokenizer, args.prompt)
     default_frames, default_guidance = default_sampling(base)
     num_frames = args.frames or default_frames
     guidance = default_guidance if args.guidance is None else args.guidance
@@ -238,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.command == "generate":
                 return generate_command(args)
+            if args.command == "prompt":
+                return prompt_command(args)
         except (ValueError, FileNotFoundError, OSError) as error:
             print(f"{PROG}: error: {error}", file=sys.stderr)
             return 1
