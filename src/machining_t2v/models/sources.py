@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,38 +104,38 @@ def check_model_sources(base_model: dict[str, Any]) -> list[str]:
         OSError: a hub id that could not be reached, naming it.
     """
     revision = base_model.get("revision")
-    found: list[str] = []
-    pretrained = str(base_model["pretrained"])
-    if pretrained == TINY_MODEL:
-        found.append(f"base model {TINY_MODEL} (built when first loaded)")
-    else:
-        spec, is_local = resolve_source(pretrained, what="base model")
-        if is_local:
-            missing = missing_diffusers_parts(Path(spec))
-            if missing:
-                raise ValueError(f"{spec}: {EXPECTED_LAYOUT} (missing: {', '.join(missing)})")
-            unweighted = [part for part in ("unet", "vae", "text_encoder") if not _has_safetensors(Path(spec, part))]
-            if unweighted:
-                raise ValueError(f"{spec}: no safetensors weights in {', '.join(p + '/' for p in unweighted)} "
-                                 f"(only safetensors are loaded)")
-            found.append(f"base model folder {spec}")
-        else:
-            check_hub(spec, "model_index.json", revision, "base model")
-            found.append(f"base model {spec} on the Hugging Face Hub (or its local cache)")
+    return [_check_source(str(base_model["pretrained"]), "base model", "model_index.json", _base_model_problem, revision),
+            _check_source(str(base_model["motion_adapter"]), "motion adapter", "config.json", _adapter_problem, revision)]
 
-    adapter = str(base_model["motion_adapter"])
-    if adapter == TINY_MODEL:
-        found.append(f"motion adapter {TINY_MODEL} (built when first loaded)")
-    else:
-        folder, is_local = resolve_source(adapter, what="motion adapter")
-        if is_local:
-            if not (Path(folder) / "config.json").is_file():
-                raise ValueError(f"{folder}: expected a diffusers MotionAdapter folder with config.json")
-            if not _has_safetensors(Path(folder)):
-                raise ValueError(f"{folder}: no safetensors weights in the motion adapter folder "
-                                 f"(only safetensors are loaded)")
-            found.append(f"motion adapter folder {folder}")
-        else:
-            check_hub(folder, "config.json", revision, "motion adapter")
-            found.append(f"motion adapter {folder} on the Hugging Face Hub (or its local cache)")
-    return found
+
+def _check_source(spec: str, what: str, hub_file: str, folder_problem: Callable[[Path], str | None],
+                  revision: str | None) -> str:
+    """What was found for one source, or the error a loader would raise for it."""
+    if spec == TINY_MODEL:
+        return f"{what} {TINY_MODEL} (built when first loaded)"
+    location, is_local = resolve_source(spec, what=what)
+    if not is_local:
+        check_hub(location, hub_file, revision, what)
+        return f"{what} {location} on the Hugging Face Hub (or its local cache)"
+    problem = folder_problem(Path(location))
+    if problem:
+        raise ValueError(f"{location}: {problem}")
+    return f"{what} folder {location}"
+
+
+def _base_model_problem(folder: Path) -> str | None:
+    missing = missing_diffusers_parts(folder)
+    if missing:
+        return f"{EXPECTED_LAYOUT} (missing: {', '.join(missing)})"
+    unweighted = [part for part in ("unet", "vae", "text_encoder") if not _has_safetensors(folder / part)]
+    if unweighted:
+        return f"no safetensors weights in {', '.join(p + '/' for p in unweighted)} (only safetensors are loaded)"
+    return None
+
+
+def _adapter_problem(folder: Path) -> str | None:
+    if not (folder / "config.json").is_file():
+        return "expected a diffusers MotionAdapter folder with config.json"
+    if not _has_safetensors(folder):
+        return "no safetensors weights in the motion adapter folder (only safetensors are loaded)"
+    return None
