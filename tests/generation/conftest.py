@@ -24,7 +24,8 @@ def make_loras(tiny_dir, out_dir):
     """An image and a motion LoRA for the tiny model with random (non-zero) weights, alpha != rank,
     saved in the diffusers layout exactly as the training pipelines save them."""
     base = load_base_model(tiny_model_source("builtin:tiny", tiny_dir))
-    unet = build_motion_unet(base.unet, load_motion_adapter(tiny_model_source("builtin:tiny", tiny_dir, motion_adapter=True)))
+    adapter = load_motion_adapter(tiny_model_source("builtin:tiny", tiny_dir, motion_adapter=True))
+    unet = build_motion_unet(base.unet, adapter)
     generator = torch.Generator().manual_seed(0)
     folders = {}
     for kind, targets, alpha in (("image", IMAGE_LORA_TARGETS, 8.0), ("motion", MOTION_LORA_TARGETS, 2.0)):

@@ -83,7 +83,8 @@ def test_lora_state_dict_keys(image_lora):
 @pytest.mark.filterwarnings("ignore:Already found a `peft_config`:UserWarning")
 def test_image_and_motion_adapters_on_one_motion_unet(tiny_dir):
     base = load_base_model(tiny_model_source(TINY_MODEL, tiny_dir))
-    unet = build_motion_unet(base.unet, load_motion_adapter(tiny_model_source(TINY_MODEL, tiny_dir, motion_adapter=True)))
+    adapter = load_motion_adapter(tiny_model_source(TINY_MODEL, tiny_dir, motion_adapter=True))
+    unet = build_motion_unet(base.unet, adapter)
     add_lora(unet, rank=2, alpha=2, target_modules=IMAGE_LORA_TARGETS, adapter_name="image")
     add_lora(unet, rank=4, alpha=8, target_modules=MOTION_LORA_TARGETS, adapter_name="motion")
     trainable = [n for n, p in unet.named_parameters() if p.requires_grad]

@@ -17,12 +17,10 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from machining_t2v.fixtures import tiny_model
 from machining_t2v.fixtures.tiny_model import build_tiny_model, tiny_model_source
-from machining_t2v.models import loading
 from machining_t2v.models.loading import (
     build_motion_unet,
     load_base_model,
     load_motion_adapter,
-    warn_if_low_resolution,
 )
 from machining_t2v.models.sources import TINY_MODEL
 
@@ -137,22 +135,3 @@ def test_loader_reuses_a_tiny_model_built_with_another_seed(tmp_path):
     assert weights.stat().st_mtime_ns == before
     assert json.loads((folder / tiny_model._TINY_MARKER).read_text())["seed"] == 7
     assert oct(folder.stat().st_mode & 0o777) == oct(0o755)
-
-
-def test_training_under_half_the_native_resolution_warns_naming_both_numbers(caplog):
-    # SD1.5's configs: a 64-latent UNet and a VAE with four blocks (three 2x downsamplings).
-    unet_config = {"sample_size": 64}
-    vae_config = {"block_out_channels": [128, 256, 512, 512]}
-    assert loading.native_resolution(unet_config, vae_config) == 512
-    with caplog.at_level("WARNING", logger="machining_t2v.models.loading"):
-        assert warn_if_low_resolution(unet_config, vae_config, 128, "motion LoRA training")
-    message = caplog.records[-1].getMessage()
-    assert "motion LoRA training runs at 128 px, under half the base model's native 512 px" in message
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="machining_t2v.models.loading"):
-        assert not warn_if_low_resolution(unet_config, vae_config, 256, "motion LoRA training")
-        assert not warn_if_low_resolution(unet_config, vae_config, 512, "image LoRA training")
-    assert not caplog.records
-    # The starter and the tiny model are native at 64 px: their 64 px default never warns.
-    assert not warn_if_low_resolution({"sample_size": 8}, {"block_out_channels": [16, 32, 32, 32]}, 64, "x")
-

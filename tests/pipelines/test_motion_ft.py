@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from kedro.io import DatasetError
 from safetensors.torch import load_file
 
 from machining_t2v.fixtures.tiny_model import tiny_model_source
@@ -198,7 +199,8 @@ def test_dual_path_with_image_lora_merged(motion_ft_run, tmp_path):
     expected = base.unet(sample, 10, encoder_hidden_states=text).sample
     image_lora = TrainedLora(state_dict=lora_state_dict(base.unet), lora_config=config.to_dict(), kind="image")
     fresh = load_base_model(tiny_model_source("builtin:tiny", motion_ft_run / "data/06_models/tiny-sd"))
-    adapter = load_motion_adapter(tiny_model_source("builtin:tiny", motion_ft_run / "data/06_models/tiny-sd", motion_adapter=True))
+    adapter = load_motion_adapter(tiny_model_source("builtin:tiny", motion_ft_run / "data/06_models/tiny-sd",
+                                                    motion_adapter=True))
     merged_unet = fresh.unet
     assert merge_lora(merged_unet, image_lora.state_dict, image_lora.lora_config, scale=1.0) == len(
         image_lora.state_dict) // 2
@@ -226,7 +228,8 @@ def test_dual_path_clip_loss_keeps_the_configured_loss_options(motion_ft_run):
             return super().add_noise(original_samples, noise, timesteps)
 
     tiny = motion_ft_run / "data/06_models/tiny-sd"
-    unet = build_motion_unet(load_base_model(tiny_model_source("builtin:tiny", tiny)).unet, load_motion_adapter(tiny_model_source("builtin:tiny", tiny, motion_adapter=True)))
+    unet = build_motion_unet(load_base_model(tiny_model_source("builtin:tiny", tiny)).unet,
+                             load_motion_adapter(tiny_model_source("builtin:tiny", tiny, motion_adapter=True)))
     add_lora(unet, rank=2, alpha=2, target_modules=MOTION_LORA_TARGETS, adapter_name="motion")
     add_lora(unet, rank=2, alpha=2, target_modules=IMAGE_LORA_TARGETS, adapter_name="spatial")
     unet.set_adapters(["motion", "spatial"])
@@ -259,7 +262,8 @@ def _dual_setup(root, checkpointing=False):
     from machining_t2v.training.finetune import enable_gradient_checkpointing, seeded_lora_init
 
     tiny = root / "data/06_models/tiny-sd"
-    unet = build_motion_unet(load_base_model(tiny_model_source("builtin:tiny", tiny)).unet, load_motion_adapter(tiny_model_source("builtin:tiny", tiny, motion_adapter=True)))
+    unet = build_motion_unet(load_base_model(tiny_model_source("builtin:tiny", tiny)).unet,
+                             load_motion_adapter(tiny_model_source("builtin:tiny", tiny, motion_adapter=True)))
     unet.requires_grad_(False)
     with seeded_lora_init(0):
         add_lora(unet, rank=2, alpha=2, target_modules=MOTION_LORA_TARGETS, adapter_name="motion",
@@ -356,7 +360,8 @@ def test_lora_scale_switches_an_adapter_off_and_restores_it(motion_ft_run):
     from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
 
     tiny = motion_ft_run / "data/06_models/tiny-sd"
-    unet = build_motion_unet(load_base_model(tiny_model_source("builtin:tiny", tiny)).unet, load_motion_adapter(tiny_model_source("builtin:tiny", tiny, motion_adapter=True)))
+    unet = build_motion_unet(load_base_model(tiny_model_source("builtin:tiny", tiny)).unet,
+                             load_motion_adapter(tiny_model_source("builtin:tiny", tiny, motion_adapter=True)))
     add_lora(unet, rank=4, alpha=4, target_modules=MOTION_LORA_TARGETS, adapter_name="motion",
              init_lora_weights=False)
     with torch.no_grad():
@@ -412,5 +417,7 @@ def test_dual_path_without_stills_is_refused(motion_ft_run, tmp_path):
 def test_missing_motion_adapter_names_the_path(motion_ft_run, tmp_path):
     clips, stills, captions = _inputs(motion_ft_run)
     base_model = {**_base_model(motion_ft_run), "motion_adapter": str(tmp_path / "no-adapter")}
-    with pytest.raises(FileNotFoundError, match="no-adapter"):
+    # The catalog's dataset loads the adapter; Kedro hands the loader's error on as a DatasetError.
+    with pytest.raises(DatasetError, match="no-adapter") as failed:
         train_motion_lora(clips, stills, captions, None, *_models(base_model), _params(tmp_path))
+    assert isinstance(failed.value.__cause__, FileNotFoundError)

@@ -17,7 +17,8 @@ from machining_t2v.training.finetune import (
 
 def _motion_unet(folder):
     base = load_base_model(tiny_model_source("builtin:tiny", folder))
-    unet = build_motion_unet(base.unet, load_motion_adapter(tiny_model_source("builtin:tiny", folder, motion_adapter=True)))
+    adapter = load_motion_adapter(tiny_model_source("builtin:tiny", folder, motion_adapter=True))
+    unet = build_motion_unet(base.unet, adapter)
     unet.requires_grad_(False)
     add_lora(unet, rank=2, alpha=2, target_modules=MOTION_LORA_TARGETS, init_lora_weights=False)
     return unet

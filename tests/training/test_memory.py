@@ -22,7 +22,8 @@ from machining_t2v.training.memory import (
 
 def _motion_unet(folder, checkpointing=False):
     base = load_base_model(tiny_model_source("builtin:tiny", folder))
-    unet = build_motion_unet(base.unet, load_motion_adapter(tiny_model_source("builtin:tiny", folder, motion_adapter=True)))
+    adapter = load_motion_adapter(tiny_model_source("builtin:tiny", folder, motion_adapter=True))
+    unet = build_motion_unet(base.unet, adapter)
     unet.requires_grad_(False)
     add_lora(unet, rank=4, alpha=4, target_modules=MOTION_LORA_TARGETS)
     if checkpointing:

@@ -8,7 +8,9 @@ by the ``ModelDatasetBinding`` hook (or by ``machining_t2v.training.launch``) th
 tiny model's folder (built once in ``base_model.tiny_model_dir``).
 
 Every load reads the model afresh: a training node adds LoRA layers to the UNet it gets, so two
-nodes of one run must not share one.
+nodes of one run must not share one. As with any Kedro dataset, a loader's error reaches the run as
+a ``DatasetError`` carrying its message (the ``ModelSourceCheck`` hook catches most of them before
+the first node).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class _PretrainedDataset(AbstractDataset[None, Any]):
     """A read-only dataset loading one pretrained model named by the ``base_model`` parameters."""
 
     what = "model"
+    key = "pretrained"
+    """The ``base_model`` parameter naming what this dataset loads."""
 
     def __init__(self, base_model: Mapping[str, Any] | None = None, metadata: dict[str, Any] | None = None):
         """
@@ -50,7 +54,7 @@ class _PretrainedDataset(AbstractDataset[None, Any]):
         raise DatasetError(f"the {self.what} is read-only: it comes from the base_model parameters")
 
     def _describe(self) -> dict[str, Any]:
-        return {"base_model": self.base_model}
+        return {self.key: (self.base_model or {}).get(self.key)}
 
 
 class BaseModelDataset(_PretrainedDataset):
@@ -63,7 +67,7 @@ class BaseModelDataset(_PretrainedDataset):
         from machining_t2v.models.loading import load_base_model
 
         settings = self._settings()
-        folder = tiny_model_source(str(settings["pretrained"]), settings["tiny_model_dir"])
+        folder = tiny_model_source(str(settings[self.key]), settings["tiny_model_dir"])
         return load_base_model(folder, revision=settings.get("revision"), variant=settings.get("variant"))
 
 
@@ -71,13 +75,14 @@ class MotionAdapterDataset(_PretrainedDataset):
     """The frozen AnimateDiff ``MotionAdapter`` of ``base_model.motion_adapter``."""
 
     what = "motion adapter"
+    key = "motion_adapter"
 
     def _load(self) -> MotionAdapter:
         from machining_t2v.fixtures.tiny_model import tiny_model_source
         from machining_t2v.models.loading import load_motion_adapter
 
         settings = self._settings()
-        folder = tiny_model_source(str(settings["motion_adapter"]), settings["tiny_model_dir"],
+        folder = tiny_model_source(str(settings[self.key]), settings["tiny_model_dir"],
                                    motion_adapter=True)
         return load_motion_adapter(folder)
 

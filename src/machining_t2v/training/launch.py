@@ -9,9 +9,10 @@
 What every process does: read ``conf/`` (base + the run env, plus ``--params`` overrides, with
 Kedro's ``OmegaConfigLoader`` and the project's settings), build the catalog, load the
 training node's inputs (``stills``/``clips``/``captions`` from ``data/05_model_input``, the
-base model and motion adapter the ``base_model`` parameters name, the image LoRA for motion_ft...) and call the *same node function* ``kedro run`` calls, which
-drives ``machining_t2v.training.train``. Under N processes that splits every global batch
-across them and averages the gradients; ``batch_size`` stays the global batch.
+base model and motion adapter the ``base_model`` parameters name, the image LoRA for
+motion_ft...) and call the *same node function* ``kedro run`` calls, which drives
+``machining_t2v.training.train``. Under N processes that splits every global batch across them
+and averages the gradients; ``batch_size`` stays the global batch.
 
 What only the main process does: hold the project lock (``kedro run`` of the same project
 waits), save the node's outputs through the catalog (LoRA folders, samples, summary), log

@@ -49,7 +49,7 @@ def train_image_lora(
     from machining_t2v.diffusion.sampling import comparison_grid, image_pipeline, sample_images
     from machining_t2v.diffusion.schedules import schedule_info
     from machining_t2v.lora.injection import add_lora, lora_state_dict
-    from machining_t2v.models.loading import warn_if_low_resolution
+    from machining_t2v.models.checks import warn_if_low_resolution
     from machining_t2v.training.finetune import (
         collect_captioned_stills,
         enable_gradient_checkpointing,

@@ -66,7 +66,8 @@ def train_motion_lora(
         lora_state_dict,
         merge_lora,
     )
-    from machining_t2v.models.loading import build_motion_unet, warn_if_low_resolution
+    from machining_t2v.models.checks import warn_if_low_resolution
+    from machining_t2v.models.loading import build_motion_unet
     from machining_t2v.training.finetune import (
         collect_captioned_clips,
         collect_captioned_stills,
