@@ -412,7 +412,6 @@ class ModelDatasetBinding:
             bind_model_datasets(catalog, parameters["params:base_model"])
 
 
-
 class ModelSourceCheck:
     """Fail a run whose base model, motion adapter or evaluation CLIP cannot be found, before its first node."""
 

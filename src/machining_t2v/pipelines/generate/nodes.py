@@ -57,7 +57,8 @@ def generate_clip(
     """Generate ``generate.prompt`` with the LoRAs applied through diffusers' loaders.
 
     ``base`` and ``adapter`` are the catalog's loaded models; ``base_model`` (the parameters) only
-    names them in the record.
+    names them in the record. One exception to I/O-free nodes, on purpose: it tags the MLflow run
+    with the base model and prompt, so runs can be found by them.
 
     LoRAs: ``image_lora_path``/``motion_lora_path`` when set (any file or folder), else the
     project's trained LoRAs when ``use_image_lora``/``use_motion_lora`` are on and they exist.
