@@ -44,6 +44,10 @@ class _PretrainedDataset(AbstractDataset[None, Any]):
         self.base_model = dict(base_model) if base_model is not None else None
         self.metadata = metadata
 
+    def bind(self, base_model: Mapping[str, Any]) -> None:
+        """Load what these ``base_model`` parameters name from now on."""
+        self.base_model = dict(base_model)
+
     def _settings(self) -> dict[str, Any]:
         if self.base_model is None:
             raise DatasetError(f"the {self.what} dataset has no base_model parameters: bind it with "
@@ -101,7 +105,7 @@ def bind_model_datasets(catalog: Any, base_model: Mapping[str, Any]) -> list[str
         # get_type does not build the dataset: only the model datasets are built here.
         if catalog.get_type(name) not in _MODEL_DATASET_TYPES:
             continue
-        dataset = catalog.get(name)
-        catalog[name] = type(dataset)(base_model=base_model, metadata=dataset.metadata)
+        # Bound in place: replacing a catalog entry would log a warning on every run.
+        catalog.get(name).bind(base_model)
         bound.append(name)
     return bound
