@@ -24,13 +24,14 @@ def _pipeline(ctx: Context, with_lora: bool):
     import torch
 
     from machining_t2v.diffusion.sampling import video_pipeline
+    from machining_t2v.fixtures.tiny_model import tiny_model_source
     from machining_t2v.lora.injection import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
     from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
     from machining_t2v.models.sources import TINY_MODEL
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    base = load_base_model(TINY_MODEL, ctx.tiny_model_dir())
-    adapter = load_motion_adapter(TINY_MODEL, ctx.tiny_model_dir())
+    base = load_base_model(tiny_model_source(TINY_MODEL, ctx.tiny_model_dir()))
+    adapter = load_motion_adapter(tiny_model_source(TINY_MODEL, ctx.tiny_model_dir(), motion_adapter=True))
     unet = build_motion_unet(base.unet, adapter)
     if with_lora:
         rank = int(load_params("image_ft")["lora"]["rank"])

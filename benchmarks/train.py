@@ -87,6 +87,7 @@ def _setup(ctx: Context, kind: str, device: str) -> Setup:
 
     from machining_t2v.diffusion.caches import build_cache
     from machining_t2v.diffusion.loss import LossConfig
+    from machining_t2v.fixtures.tiny_model import tiny_model_source
     from machining_t2v.lora.injection import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
     from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
     from machining_t2v.models.sources import TINY_MODEL
@@ -95,10 +96,10 @@ def _setup(ctx: Context, kind: str, device: str) -> Setup:
     params = load_params("image_ft" if kind == "image" else "motion_ft")
     frames_params = load_params("frames")
     resolution, num_frames = int(frames_params["resolution"]), int(frames_params["num_frames"])
-    base = load_base_model(TINY_MODEL, ctx.tiny_model_dir())
+    base = load_base_model(tiny_model_source(TINY_MODEL, ctx.tiny_model_dir()))
     model = base.unet
     if kind == "motion":
-        model = build_motion_unet(base.unet, load_motion_adapter(TINY_MODEL, ctx.tiny_model_dir()))
+        model = build_motion_unet(base.unet, load_motion_adapter(tiny_model_source(TINY_MODEL, ctx.tiny_model_dir(), motion_adapter=True)))
     for module in (base.vae, base.text_encoder, model):
         module.requires_grad_(False).to(device)
     lora = params["lora"]

@@ -225,17 +225,23 @@ def generate_command(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace, out: Path) -> int:
-    from machining_t2v.generation.generator import load_generator
+    from machining_t2v.fixtures.tiny_model import tiny_model_source
+    from machining_t2v.generation.generator import build_generator
     from machining_t2v.generation.loras import load_lora, set_lora_scales
     from machining_t2v.generation.video import check_num_frames, generate_video, save_video
     from machining_t2v.instructions.tokenizer_words import warn_unknown_words
+    from machining_t2v.models.loading import load_base_model, load_motion_adapter
 
     log = logging.getLogger("machining_t2v.cli")
     base = args.base or default_base()
     motion_adapter = args.motion_adapter or default_motion_adapter(base)
-    generator = load_generator(
-        base, motion_adapter, tiny_model_dir=args.tiny_model_dir or default_tiny_model_dir(),
-        revision=args.revision, variant=args.variant, scheduler=args.scheduler, device=args.device, dtype=args.dtype,
+    # The console script, like the catalog's model datasets, is where builtin:tiny becomes a folder.
+    tiny_model_dir = args.tiny_model_dir or default_tiny_model_dir()
+    generator = build_generator(
+        load_base_model(tiny_model_source(base, tiny_model_dir), revision=args.revision, variant=args.variant),
+        load_motion_adapter(tiny_model_source(motion_adapter, tiny_model_dir, motion_adapter=True)),
+        base_spec=base, motion_adapter_spec=motion_adapter, scheduler=args.scheduler, device=args.device,
+        dtype=args.dtype,
     )  # fmt: skip
     warn_unknown_words(generator.tokenizer, args.prompt)
     default_frames, default_guidance = default_sampling(base)

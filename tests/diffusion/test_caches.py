@@ -17,7 +17,7 @@ from machining_t2v.training.finetune import collect_captioned_clips, collect_cap
 
 
 def test_stills_streamed_from_the_dataset_give_the_cache_of_the_stacked_stills(tmp_path):
-    base = load_base_model("builtin:tiny", build_tiny_model(tmp_path / "tiny-sd"))
+    base = load_base_model(str(build_tiny_model(tmp_path / "tiny-sd")))
     rng = np.random.default_rng(0)
     pixels = {f"s{i:02d}": rng.integers(0, 256, (16, 16, 3), np.uint8) for i in range(20)}  # two VAE batches
     captions = pd.DataFrame({"sample_id": list(pixels), "caption": [f"mtv still {i % 3}" for i in range(20)]})
@@ -36,7 +36,7 @@ def test_stills_streamed_from_the_dataset_give_the_cache_of_the_stacked_stills(t
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
-    return load_base_model("builtin:tiny", build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-sd"))
+    return load_base_model(str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-sd")))
 
 
 def test_clips_streamed_from_the_dataset_give_the_cache_of_the_stacked_clips(tiny_base):

@@ -7,7 +7,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from machining_t2v.diffusion.schedules import schedule_info, video_noise_scheduler
-from machining_t2v.fixtures.tiny_model import sd15_noise_scheduler
+from machining_t2v.fixtures.tiny_model import sd15_noise_scheduler, tiny_model_source
 
 
 def _snr(scheduler: DDPMScheduler, t: int) -> float:
@@ -46,10 +46,10 @@ def test_image_and_video_samplers_never_clip_the_sample(tmp_path):
     from machining_t2v.diffusion.sampling import image_pipeline, video_pipeline
     from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
 
-    base = load_base_model("builtin:tiny", tmp_path / "tiny")
+    base = load_base_model(tiny_model_source("builtin:tiny", tmp_path / "tiny"))
     base.noise_scheduler = DDPMScheduler.from_config({"beta_schedule": "scaled_linear"})  # clip_sample: True
     assert image_pipeline(base, base.unet).scheduler.config.clip_sample is False
-    adapter = load_motion_adapter("builtin:tiny", tmp_path / "tiny")
+    adapter = load_motion_adapter(tiny_model_source("builtin:tiny", tmp_path / "tiny", motion_adapter=True))
     video = video_pipeline(base, build_motion_unet(base.unet, adapter), adapter).scheduler.config
     assert video.clip_sample is False and video.beta_schedule == "linear"
     assert video.timestep_spacing == "linspace" and video.steps_offset == 1

@@ -64,25 +64,10 @@ def test_standin_is_built_once_and_loads_through_from_pretrained(standin_dir, sc
         assert torch.equal(a, b), name
 
 
-def test_standin_weights_are_reproducible_from_the_seed(tmp_path, scorer):
-    other = build_standin_clip(tmp_path / "again", seed=0)
-    again = CLIPModel.from_pretrained(other, use_safetensors=True)
-    assert torch.equal(again.visual_projection.weight, scorer.model.visual_projection.weight)
-    different = CLIPModel.from_pretrained(build_standin_clip(tmp_path / "s1", seed=1))
-    assert not torch.equal(
-        different.visual_projection.weight, scorer.model.visual_projection.weight
-    )
-
-
 def test_missing_or_foreign_folders_are_refused(tmp_path):
     missing = tmp_path / "no_such_clip"
     with pytest.raises(FileNotFoundError, match="no_such_clip"):
         load_clip_scorer(str(missing))
-    foreign = tmp_path / "foreign"
-    foreign.mkdir()
-    (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="not a stand-in"):
-        build_standin_clip(foreign)
     with pytest.raises(ValueError, match="standin_dir"):
         load_clip_scorer(STANDIN_CLIP)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from machining_t2v.generation.generator import cpu_threads, load_generator
+from machining_t2v.fixtures.tiny_model import tiny_model_source
+from machining_t2v.generation.generator import build_generator, cpu_threads
 from machining_t2v.generation.video import generate_video
 from machining_t2v.lora.formats import save_diffusers_lora
 from machining_t2v.lora.injection import (
@@ -22,8 +23,9 @@ FAST = {"num_frames": 4, "num_inference_steps": 2, "guidance_scale": 4.0, "size"
 def make_loras(tiny_dir, out_dir):
     """An image and a motion LoRA for the tiny model with random (non-zero) weights, alpha != rank,
     saved in the diffusers layout exactly as the training pipelines save them."""
-    base = load_base_model("builtin:tiny", tiny_dir)
-    unet = build_motion_unet(base.unet, load_motion_adapter("builtin:tiny", tiny_dir))
+    base = load_base_model(tiny_model_source("builtin:tiny", tiny_dir))
+    adapter = load_motion_adapter(tiny_model_source("builtin:tiny", tiny_dir, motion_adapter=True))
+    unet = build_motion_unet(base.unet, adapter)
     generator = torch.Generator().manual_seed(0)
     folders = {}
     for kind, targets, alpha in (("image", IMAGE_LORA_TARGETS, 8.0), ("motion", MOTION_LORA_TARGETS, 2.0)):
@@ -51,7 +53,14 @@ def loras(tiny_dir, tmp_path_factory):
 
 @pytest.fixture
 def generator(tiny_dir):
-    return load_generator(tiny_model_dir=tiny_dir)
+    return tiny_generator(tiny_dir)
+
+
+def tiny_generator(tiny_dir, **options):
+    """A generator on the tiny model, as the generate pipeline builds it from the catalog's models."""
+    base = load_base_model(tiny_model_source("builtin:tiny", tiny_dir))
+    adapter = load_motion_adapter(tiny_model_source("builtin:tiny", tiny_dir, motion_adapter=True))
+    return build_generator(base, adapter, base_spec="builtin:tiny", motion_adapter_spec="builtin:tiny", **options)
 
 
 def render(generator_, prompt="mtv slot milling on a milling machine", **overrides):

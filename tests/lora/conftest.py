@@ -8,6 +8,7 @@ from diffusers import (
     UNet2DConditionModel,
 )
 
+from machining_t2v.fixtures.tiny_model import tiny_model_source
 from machining_t2v.lora.injection import (
     IMAGE_LORA_TARGETS,
     MOTION_LORA_TARGETS,
@@ -57,7 +58,7 @@ def _unet_out(unet, inputs):
 @pytest.fixture(scope="module")
 def image_lora(tiny_dir):
     """A tiny UNet with a non-zero image LoRA (r=4, alpha=8) and reference outputs."""
-    unet = load_base_model(TINY_MODEL, tiny_dir).unet
+    unet = load_base_model(tiny_model_source(TINY_MODEL, tiny_dir)).unet
     inputs = _image_inputs()
     base_out = _unet_out(unet, inputs)
     config = add_lora(unet, rank=RANK, alpha=ALPHA, target_modules=IMAGE_LORA_TARGETS)
@@ -75,8 +76,8 @@ def image_lora(tiny_dir):
 @pytest.fixture(scope="module")
 def motion_lora(tiny_dir):
     """A tiny UNetMotionModel with a non-zero motion LoRA (r=4, alpha=8)."""
-    base = load_base_model(TINY_MODEL, tiny_dir)
-    adapter = load_motion_adapter(TINY_MODEL, tiny_dir)
+    base = load_base_model(tiny_model_source(TINY_MODEL, tiny_dir))
+    adapter = load_motion_adapter(tiny_model_source(TINY_MODEL, tiny_dir, motion_adapter=True))
     unet = build_motion_unet(base.unet, adapter)
     inputs = _video_inputs()
     base_out = _unet_out(unet, inputs)

@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+from machining_t2v.fixtures.tiny_model import tiny_model_source
 from machining_t2v.lora.injection import (
     IMAGE_LORA_TARGETS,
     MOTION_LORA_TARGETS,
@@ -20,8 +21,8 @@ from .conftest import ALPHA, RANK, _lora_modules
 
 
 def test_target_regexes_split_spatial_and_temporal(tiny_dir):
-    base = load_base_model(TINY_MODEL, tiny_dir)
-    adapter = load_motion_adapter(TINY_MODEL, tiny_dir)
+    base = load_base_model(tiny_model_source(TINY_MODEL, tiny_dir))
+    adapter = load_motion_adapter(tiny_model_source(TINY_MODEL, tiny_dir, motion_adapter=True))
     image_unet = build_motion_unet(base.unet, adapter)
     motion_unet = build_motion_unet(base.unet, adapter)
     add_lora(image_unet, rank=2, alpha=2, target_modules=IMAGE_LORA_TARGETS)
@@ -41,9 +42,9 @@ def test_target_regexes_split_spatial_and_temporal(tiny_dir):
 
 
 def test_image_targets_on_plain_unet_match_diffusers_default(tiny_dir):
-    unet = load_base_model(TINY_MODEL, tiny_dir).unet
+    unet = load_base_model(tiny_model_source(TINY_MODEL, tiny_dir)).unet
     add_lora(unet, rank=2, alpha=2, target_modules=IMAGE_LORA_TARGETS)
-    other = load_base_model(TINY_MODEL, tiny_dir).unet
+    other = load_base_model(tiny_model_source(TINY_MODEL, tiny_dir)).unet
     add_lora(other, rank=2, alpha=2, target_modules=["to_k", "to_q", "to_v", "to_out.0"])
     assert _lora_modules(unet) == _lora_modules(other)
 
@@ -57,7 +58,7 @@ def test_add_lora_leaves_only_the_new_adapter_trainable(image_lora):
 
 
 def test_target_matching_nothing_lists_available_names(tiny_dir):
-    unet = load_base_model(TINY_MODEL, tiny_dir).unet
+    unet = load_base_model(tiny_model_source(TINY_MODEL, tiny_dir)).unet
     with pytest.raises(ValueError) as err:
         add_lora(unet, rank=2, alpha=2, target_modules=r".*\.to_qq")
     message = str(err.value)
@@ -81,8 +82,9 @@ def test_lora_state_dict_keys(image_lora):
 
 @pytest.mark.filterwarnings("ignore:Already found a `peft_config`:UserWarning")
 def test_image_and_motion_adapters_on_one_motion_unet(tiny_dir):
-    base = load_base_model(TINY_MODEL, tiny_dir)
-    unet = build_motion_unet(base.unet, load_motion_adapter(TINY_MODEL, tiny_dir))
+    base = load_base_model(tiny_model_source(TINY_MODEL, tiny_dir))
+    adapter = load_motion_adapter(tiny_model_source(TINY_MODEL, tiny_dir, motion_adapter=True))
+    unet = build_motion_unet(base.unet, adapter)
     add_lora(unet, rank=2, alpha=2, target_modules=IMAGE_LORA_TARGETS, adapter_name="image")
     add_lora(unet, rank=4, alpha=8, target_modules=MOTION_LORA_TARGETS, adapter_name="motion")
     trainable = [n for n, p in unet.named_parameters() if p.requires_grad]

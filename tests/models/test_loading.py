@@ -16,20 +16,18 @@ from diffusers import (
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from machining_t2v.fixtures import tiny_model
-from machining_t2v.fixtures.tiny_model import build_tiny_model
-from machining_t2v.models import loading
+from machining_t2v.fixtures.tiny_model import build_tiny_model, tiny_model_source
 from machining_t2v.models.loading import (
     build_motion_unet,
     load_base_model,
     load_motion_adapter,
-    warn_if_low_resolution,
 )
 from machining_t2v.models.sources import TINY_MODEL
 
 
 @pytest.fixture(scope="module")
 def base(tiny_dir):
-    return load_base_model(TINY_MODEL, tiny_dir)
+    return load_base_model(tiny_model_source(TINY_MODEL, tiny_dir))
 
 
 def test_tiny_model_loads_as_real_diffusers_classes(base, tiny_dir):
@@ -49,9 +47,9 @@ def test_tiny_model_loads_as_real_diffusers_classes(base, tiny_dir):
 def test_missing_path_raises_file_not_found(tmp_path):
     missing = tmp_path / "no_such_model"
     with pytest.raises(FileNotFoundError, match="no_such_model"):
-        load_base_model(str(missing), tmp_path / "tiny")
+        load_base_model(str(missing))
     with pytest.raises(FileNotFoundError, match="no_such_dir/models/sd15"):
-        load_base_model("no_such_dir/models/sd15", tmp_path / "tiny")
+        load_base_model("no_such_dir/models/sd15")
 
 
 def test_non_diffusers_folder_raises_value_error(tmp_path):
@@ -59,7 +57,7 @@ def test_non_diffusers_folder_raises_value_error(tmp_path):
     folder.mkdir()
     (folder / "model.ckpt").write_bytes(b"")
     with pytest.raises(ValueError) as err:
-        load_base_model(str(folder), tmp_path / "tiny")
+        load_base_model(str(folder))
     message = str(err.value)
     assert str(folder) in message
     assert "model_index.json" in message and "unet/" in message
@@ -68,13 +66,13 @@ def test_non_diffusers_folder_raises_value_error(tmp_path):
 
 def test_load_real_style_local_folder(tiny_dir):
     # A local diffusers folder given by path goes through the same loader as TINY_MODEL.
-    loaded = load_base_model(str(tiny_dir), "/nonexistent/unused", torch_dtype=torch.float32)
+    loaded = load_base_model(str(tiny_dir), torch_dtype=torch.float32)
     assert loaded.source == str(tiny_dir)
     assert loaded.unet.dtype == torch.float32
 
 
 def test_motion_adapter_and_motion_unet(base, tiny_dir):
-    adapter = load_motion_adapter(TINY_MODEL, tiny_dir)
+    adapter = load_motion_adapter(tiny_model_source(TINY_MODEL, tiny_dir, motion_adapter=True))
     assert isinstance(adapter, MotionAdapter)
     assert tuple(adapter.config.block_out_channels) == tuple(base.unet.config.block_out_channels)
     assert adapter.config.motion_max_seq_length == 32
@@ -103,9 +101,9 @@ def test_mismatched_motion_adapter_names_both_channel_tuples(base):
 def test_motion_unet_refuses_a_unet_with_lora(tiny_dir):
     from peft import LoraConfig
 
-    fresh = load_base_model(TINY_MODEL, tiny_dir)
+    fresh = load_base_model(tiny_model_source(TINY_MODEL, tiny_dir))
     fresh.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q"]))
-    adapter = load_motion_adapter(TINY_MODEL, tiny_dir)
+    adapter = load_motion_adapter(tiny_model_source(TINY_MODEL, tiny_dir, motion_adapter=True))
     with pytest.raises(ValueError, match="LoRA"):
         build_motion_unet(fresh.unet, adapter)
 
@@ -113,7 +111,7 @@ def test_motion_unet_refuses_a_unet_with_lora(tiny_dir):
 def test_load_motion_adapter_missing_path(tmp_path):
     missing = tmp_path / "adapter_missing"
     with pytest.raises(FileNotFoundError, match="adapter_missing"):
-        load_motion_adapter(str(missing), tmp_path / "tiny")
+        load_motion_adapter(str(missing))
 
 
 def test_unreachable_hub_id_fails_fast_naming_it(tmp_path, monkeypatch):
@@ -122,9 +120,9 @@ def test_unreachable_hub_id_fails_fast_naming_it(tmp_path, monkeypatch):
     # Offline mode makes the hub lookup fail at once instead of retrying over the network.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(OSError, match="machining-t2v-tests/no-such-model"):
-        load_base_model("machining-t2v-tests/no-such-model", tmp_path / "tiny")
+        load_base_model("machining-t2v-tests/no-such-model")
     with pytest.raises(OSError, match="machining-t2v-tests/no-such-adapter"):
-        load_motion_adapter("machining-t2v-tests/no-such-adapter", tmp_path / "tiny")
+        load_motion_adapter("machining-t2v-tests/no-such-adapter")
     assert not (tmp_path / "tiny").exists()  # the tiny model is only built for TINY_MODEL
 
 
@@ -132,27 +130,8 @@ def test_loader_reuses_a_tiny_model_built_with_another_seed(tmp_path):
     folder = build_tiny_model(tmp_path / "tiny", seed=7)
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
     before = weights.stat().st_mtime_ns
-    load_base_model(TINY_MODEL, folder)
-    load_motion_adapter(TINY_MODEL, folder)
+    load_base_model(tiny_model_source(TINY_MODEL, folder))
+    load_motion_adapter(tiny_model_source(TINY_MODEL, folder, motion_adapter=True))
     assert weights.stat().st_mtime_ns == before
     assert json.loads((folder / tiny_model._TINY_MARKER).read_text())["seed"] == 7
     assert oct(folder.stat().st_mode & 0o777) == oct(0o755)
-
-
-def test_training_under_half_the_native_resolution_warns_naming_both_numbers(caplog):
-    # SD1.5's configs: a 64-latent UNet and a VAE with four blocks (three 2x downsamplings).
-    unet_config = {"sample_size": 64}
-    vae_config = {"block_out_channels": [128, 256, 512, 512]}
-    assert loading.native_resolution(unet_config, vae_config) == 512
-    with caplog.at_level("WARNING", logger="machining_t2v.models.loading"):
-        assert warn_if_low_resolution(unet_config, vae_config, 128, "motion LoRA training")
-    message = caplog.records[-1].getMessage()
-    assert "motion LoRA training runs at 128 px, under half the base model's native 512 px" in message
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="machining_t2v.models.loading"):
-        assert not warn_if_low_resolution(unet_config, vae_config, 256, "motion LoRA training")
-        assert not warn_if_low_resolution(unet_config, vae_config, 512, "image LoRA training")
-    assert not caplog.records
-    # The starter and the tiny model are native at 64 px: their 64 px default never warns.
-    assert not warn_if_low_resolution({"sample_size": 8}, {"block_out_channels": [16, 32, 32, 32]}, 64, "x")
-

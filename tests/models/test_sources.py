@@ -24,7 +24,7 @@ def test_model_sources_are_checked_with_the_loaders_errors_and_no_weights_loaded
         with pytest.raises(FileNotFoundError) as checked:
             check_model_sources(sources(spec))
         with pytest.raises(FileNotFoundError) as loaded:
-            load_base_model(spec, tmp_path / "tiny")
+            load_base_model(spec)
         assert str(checked.value) == str(loaded.value)
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -32,7 +32,7 @@ def test_model_sources_are_checked_with_the_loaders_errors_and_no_weights_loaded
     with pytest.raises(ValueError) as checked:
         check_model_sources(sources(str(broken)))
     with pytest.raises(ValueError) as loaded:
-        load_base_model(str(broken), tmp_path / "tiny")
+        load_base_model(str(broken))
     assert str(checked.value) == str(loaded.value) and "missing: unet/config.json" in str(checked.value)
     with pytest.raises(ValueError, match="adapter_folder: expected a diffusers MotionAdapter folder"):
         (tmp_path / "adapter_folder").mkdir()

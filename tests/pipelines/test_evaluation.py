@@ -18,6 +18,7 @@ from machining_t2v.evaluation.inworld_scoring import INWORLD_COLUMNS, INWORLD_FO
 from machining_t2v.evaluation.scoring import METRICS
 from machining_t2v.evaluation.variants import clip_key
 from machining_t2v.generation.generator import cpu_threads
+from machining_t2v.kedro_glue.model_datasets import BaseModelDataset, MotionAdapterDataset
 from machining_t2v.pipelines.evaluation.nodes import (
     build_prompt_table,
     build_report,
@@ -153,7 +154,8 @@ def test_evaluation_without_loras_runs_the_base_only(project):
                            "scheduler": "euler", "seed": 3, "seeds_per_prompt": 2}}
     base_model = {"pretrained": "builtin:tiny", "motion_adapter": "builtin:tiny",
                   "tiny_model_dir": str(project / "data/06_models/tiny-sd")}
-    clips, record = generate_evaluation_clips(prompts, None, None, base_model, params)
+    base, adapter = BaseModelDataset(base_model=base_model).load(), MotionAdapterDataset(base_model=base_model).load()
+    clips, record = generate_evaluation_clips(prompts, None, None, base, adapter, base_model, params)
     assert sorted(clips) == ["base__turn__seed3", "base__turn__seed4"]
     assert not np.array_equal(clips["base__turn__seed3"], clips["base__turn__seed4"])
     assert record["variants"] == ["base"] and set(record["skipped_variants"]) == {"image", "motion", "both"}

@@ -13,7 +13,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from machining_t2v.diffusion.caches import encode_frames
+from machining_t2v.fixtures.tiny_model import tiny_model_source
 from machining_t2v.kedro_glue.datasets import LoraFolderDataset
+from machining_t2v.kedro_glue.model_datasets import BaseModelDataset
 from machining_t2v.models.loading import load_base_model
 from machining_t2v.pipelines.image_ft.nodes import train_image_lora
 from machining_t2v.training.finetune import collect_captioned_stills
@@ -128,10 +130,12 @@ def _params(tmp_path, **training):
 def test_resume_gives_bit_identical_lora(image_ft_run, tmp_path):
     stills, captions = _node_inputs(image_ft_run)
     base_model = {"pretrained": "builtin:tiny", "tiny_model_dir": str(image_ft_run / "data/06_models/tiny-sd")}
-    uninterrupted, _, _ = train_image_lora(stills, captions, base_model, _params(tmp_path / "a"))
+    dataset = BaseModelDataset(base_model=base_model)  # a fresh base model on every load, as in a run
+    uninterrupted, _, _ = train_image_lora(stills, captions, dataset.load(), base_model, _params(tmp_path / "a"))
     # First half, then a fresh process-like start that resumes from the newest checkpoint.
-    train_image_lora(stills, captions, base_model, _params(tmp_path / "b", max_steps=3))
-    resumed, _, summary = train_image_lora(stills, captions, base_model, _params(tmp_path / "b", resume="latest"))
+    train_image_lora(stills, captions, dataset.load(), base_model, _params(tmp_path / "b", max_steps=3))
+    resumed, _, summary = train_image_lora(stills, captions, dataset.load(), base_model,
+                                           _params(tmp_path / "b", resume="latest"))
     assert summary["resumed_from"].endswith("checkpoint-3")
     assert uninterrupted.state_dict.keys() == resumed.state_dict.keys()
     for key, value in uninterrupted.state_dict.items():
@@ -148,13 +152,13 @@ def test_missing_stills_or_captions_name_the_dataset():
 def test_base_model_path_errors_name_the_path(tmp_path):
     base_model = {"pretrained": str(tmp_path / "no-such-model"), "tiny_model_dir": str(tmp_path / "tiny")}
     with pytest.raises(FileNotFoundError, match="no-such-model"):
-        load_base_model(base_model["pretrained"], base_model["tiny_model_dir"])
+        load_base_model(base_model["pretrained"])
     (tmp_path / "not-diffusers").mkdir()
     with pytest.raises(ValueError, match=r"not-diffusers.*model_index.json"):
-        load_base_model(str(tmp_path / "not-diffusers"), tmp_path / "tiny")
+        load_base_model(str(tmp_path / "not-diffusers"))
 
 
 def test_resolution_not_divisible_by_vae_factor_is_refused(image_ft_run):
-    base = load_base_model("builtin:tiny", image_ft_run / "data/06_models/tiny-sd")
+    base = load_base_model(tiny_model_source("builtin:tiny", image_ft_run / "data/06_models/tiny-sd"))
     with pytest.raises(ValueError, match="not divisible by the VAE scale factor 8"):
         encode_frames(base.vae, np.zeros((1, 60, 60, 3), np.uint8))

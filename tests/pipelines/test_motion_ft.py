@@ -9,9 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from kedro.io import DatasetError
 from safetensors.torch import load_file
 
+from machining_t2v.fixtures.tiny_model import tiny_model_source
 from machining_t2v.kedro_glue.datasets import ClipStripDataset
+from machining_t2v.kedro_glue.model_datasets import BaseModelDataset, MotionAdapterDataset
 from machining_t2v.lora.formats import from_animatediff_motion_lora
 from machining_t2v.lora.injection import lora_scale
 from machining_t2v.pipelines.motion_ft.nodes import train_motion_lora
@@ -144,12 +147,18 @@ def _base_model(root):
             "tiny_model_dir": str(root / "data/06_models/tiny-sd")}
 
 
+def _models(base_model):
+    """The node's model inputs as a run's catalog gives them: freshly loaded, then ``base_model`` itself."""
+    return (BaseModelDataset(base_model=base_model).load(), MotionAdapterDataset(base_model=base_model).load(),
+            base_model)
+
+
 def test_resume_gives_bit_identical_motion_lora(motion_ft_run, tmp_path):
     clips, stills, captions = _inputs(motion_ft_run)
     base_model = _base_model(motion_ft_run)
-    whole, _, _, _ = train_motion_lora(clips, stills, captions, None, base_model, _params(tmp_path / "a"))
-    train_motion_lora(clips, stills, captions, None, base_model, _params(tmp_path / "b", max_steps=2))
-    resumed, _, _, summary = train_motion_lora(clips, stills, captions, None, base_model,
+    whole, _, _, _ = train_motion_lora(clips, stills, captions, None, *_models(base_model), _params(tmp_path / "a"))
+    train_motion_lora(clips, stills, captions, None, *_models(base_model), _params(tmp_path / "b", max_steps=2))
+    resumed, _, _, summary = train_motion_lora(clips, stills, captions, None, *_models(base_model),
                                                _params(tmp_path / "b", resume="latest"))
     assert summary["resumed_from"].endswith("checkpoint-2")
     for key, value in whole.state_dict.items():
@@ -158,7 +167,7 @@ def test_resume_gives_bit_identical_motion_lora(motion_ft_run, tmp_path):
 
 def test_dual_path_trains_spatial_and_temporal_loras(motion_ft_run, tmp_path):
     clips, stills, captions = _inputs(motion_ft_run)
-    motion, spatial, _, summary = train_motion_lora(clips, stills, captions, None, _base_model(motion_ft_run),
+    motion, spatial, _, summary = train_motion_lora(clips, stills, captions, None, *_models(_base_model(motion_ft_run)),
                                                     _params(tmp_path, mode="dual"))
     assert summary["mode"] == "dual"
     assert motion.state_dict and all("motion_modules" in key for key in motion.state_dict)
@@ -179,7 +188,7 @@ def test_dual_path_with_image_lora_merged(motion_ft_run, tmp_path):
     )
     from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
 
-    base = load_base_model("builtin:tiny", motion_ft_run / "data/06_models/tiny-sd")
+    base = load_base_model(tiny_model_source("builtin:tiny", motion_ft_run / "data/06_models/tiny-sd"))
     config = add_lora(base.unet, rank=4, alpha=8, target_modules=IMAGE_LORA_TARGETS, init_lora_weights=False)
     with torch.no_grad():
         for name, parameter in base.unet.named_parameters():
@@ -189,8 +198,9 @@ def test_dual_path_with_image_lora_merged(motion_ft_run, tmp_path):
     text = torch.randn(1, 77, 32)
     expected = base.unet(sample, 10, encoder_hidden_states=text).sample
     image_lora = TrainedLora(state_dict=lora_state_dict(base.unet), lora_config=config.to_dict(), kind="image")
-    fresh = load_base_model("builtin:tiny", motion_ft_run / "data/06_models/tiny-sd")
-    adapter = load_motion_adapter("builtin:tiny", motion_ft_run / "data/06_models/tiny-sd")
+    fresh = load_base_model(tiny_model_source("builtin:tiny", motion_ft_run / "data/06_models/tiny-sd"))
+    adapter = load_motion_adapter(tiny_model_source("builtin:tiny", motion_ft_run / "data/06_models/tiny-sd",
+                                                    motion_adapter=True))
     merged_unet = fresh.unet
     assert merge_lora(merged_unet, image_lora.state_dict, image_lora.lora_config, scale=1.0) == len(
         image_lora.state_dict) // 2
@@ -218,7 +228,8 @@ def test_dual_path_clip_loss_keeps_the_configured_loss_options(motion_ft_run):
             return super().add_noise(original_samples, noise, timesteps)
 
     tiny = motion_ft_run / "data/06_models/tiny-sd"
-    unet = build_motion_unet(load_base_model("builtin:tiny", tiny).unet, load_motion_adapter("builtin:tiny", tiny))
+    unet = build_motion_unet(load_base_model(tiny_model_source("builtin:tiny", tiny)).unet,
+                             load_motion_adapter(tiny_model_source("builtin:tiny", tiny, motion_adapter=True)))
     add_lora(unet, rank=2, alpha=2, target_modules=MOTION_LORA_TARGETS, adapter_name="motion")
     add_lora(unet, rank=2, alpha=2, target_modules=IMAGE_LORA_TARGETS, adapter_name="spatial")
     unet.set_adapters(["motion", "spatial"])
@@ -251,7 +262,8 @@ def _dual_setup(root, checkpointing=False):
     from machining_t2v.training.finetune import enable_gradient_checkpointing, seeded_lora_init
 
     tiny = root / "data/06_models/tiny-sd"
-    unet = build_motion_unet(load_base_model("builtin:tiny", tiny).unet, load_motion_adapter("builtin:tiny", tiny))
+    unet = build_motion_unet(load_base_model(tiny_model_source("builtin:tiny", tiny)).unet,
+                             load_motion_adapter(tiny_model_source("builtin:tiny", tiny, motion_adapter=True)))
     unet.requires_grad_(False)
     with seeded_lora_init(0):
         add_lora(unet, rank=2, alpha=2, target_modules=MOTION_LORA_TARGETS, adapter_name="motion",
@@ -338,7 +350,7 @@ def test_motion_lora_trains_under_the_video_samplers_schedule(motion_ft_run, tmp
     clips, stills, captions = _inputs(motion_ft_run)
     params = _params(tmp_path)
     params["training"]["max_steps"] = 1
-    motion, _, _, summary = train_motion_lora(clips, stills, captions, None, _base_model(motion_ft_run), params)
+    motion, _, _, summary = train_motion_lora(clips, stills, captions, None, *_models(_base_model(motion_ft_run)), params)
     assert motion.info["beta_schedule"] == "linear" and summary["beta_schedule"] == "linear"
     assert motion.info["prediction_type"] == "epsilon"
 
@@ -348,7 +360,8 @@ def test_lora_scale_switches_an_adapter_off_and_restores_it(motion_ft_run):
     from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
 
     tiny = motion_ft_run / "data/06_models/tiny-sd"
-    unet = build_motion_unet(load_base_model("builtin:tiny", tiny).unet, load_motion_adapter("builtin:tiny", tiny))
+    unet = build_motion_unet(load_base_model(tiny_model_source("builtin:tiny", tiny)).unet,
+                             load_motion_adapter(tiny_model_source("builtin:tiny", tiny, motion_adapter=True)))
     add_lora(unet, rank=4, alpha=4, target_modules=MOTION_LORA_TARGETS, adapter_name="motion",
              init_lora_weights=False)
     with torch.no_grad():
@@ -391,18 +404,20 @@ def test_num_frames_above_the_adapter_limit_is_refused(motion_ft_run, tmp_path):
     clip = np.zeros((40, 64, 64, 3), np.uint8)
     captions = pd.DataFrame({"sample_id": ["a_clip000"], "caption": ["mtv milling"]})
     with pytest.raises(ValueError, match="motion_max_seq_length=32"):
-        train_motion_lora({"a_clip000": lambda: clip}, {}, captions, None, _base_model(motion_ft_run),
+        train_motion_lora({"a_clip000": lambda: clip}, {}, captions, None, *_models(_base_model(motion_ft_run)),
                           _params(tmp_path))
 
 
 def test_dual_path_without_stills_is_refused(motion_ft_run, tmp_path):
     clips, _, captions = _inputs(motion_ft_run)
     with pytest.raises(ValueError, match="'dual' but the 'stills' dataset is empty"):
-        train_motion_lora(clips, {}, captions, None, _base_model(motion_ft_run), _params(tmp_path, mode="dual"))
+        train_motion_lora(clips, {}, captions, None, *_models(_base_model(motion_ft_run)), _params(tmp_path, mode="dual"))
 
 
 def test_missing_motion_adapter_names_the_path(motion_ft_run, tmp_path):
     clips, stills, captions = _inputs(motion_ft_run)
     base_model = {**_base_model(motion_ft_run), "motion_adapter": str(tmp_path / "no-adapter")}
-    with pytest.raises(FileNotFoundError, match="no-adapter"):
-        train_motion_lora(clips, stills, captions, None, base_model, _params(tmp_path))
+    # The catalog's dataset loads the adapter; Kedro hands the loader's error on as a DatasetError.
+    with pytest.raises(DatasetError, match="no-adapter") as failed:
+        train_motion_lora(clips, stills, captions, None, *_models(base_model), _params(tmp_path))
+    assert isinstance(failed.value.__cause__, FileNotFoundError)

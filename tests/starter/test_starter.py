@@ -452,11 +452,14 @@ def v_prediction_starter(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("sampler", ["ddim", "euler", "dpm++"])
 def test_v_prediction_starter_trains_and_samples_from_pure_noise(v_prediction_starter, sampler):
-    from machining_t2v.generation.generator import load_generator
+    from machining_t2v.generation.generator import build_generator
     from machining_t2v.generation.video import generate_video
+    from machining_t2v.models.loading import load_base_model, load_motion_adapter
 
     folder = v_prediction_starter
-    generator = load_generator(str(folder), str(folder / "motion_adapter"), tiny_model_dir=folder, scheduler=sampler)
+    generator = build_generator(load_base_model(str(folder)), load_motion_adapter(str(folder / "motion_adapter")),
+                                base_spec=str(folder), motion_adapter_spec=str(folder / "motion_adapter"),
+                                scheduler=sampler)
     schedule = generator.pipe.scheduler.config
     assert schedule.prediction_type == "v_prediction" and schedule.rescale_betas_zero_snr
     clip = generate_video(generator, "a red circle rotating", num_frames=8, num_inference_steps=3,
@@ -637,8 +640,8 @@ def _assert_loads_like_any_diffusers_folder(folder: Path) -> None:
     from machining_t2v.evaluation.inworld import InWorldEvaluator
     from machining_t2v.models.loading import load_base_model, load_motion_adapter
 
-    base = load_base_model(str(folder), tiny_model_dir=folder / "unused")
-    adapter = load_motion_adapter(str(folder / "motion_adapter"), tiny_model_dir=folder / "unused")
+    base = load_base_model(str(folder))
+    adapter = load_motion_adapter(str(folder / "motion_adapter"))
     assert base.unet.dtype == torch.float32 and adapter.dtype == torch.float32  # fp16 files, fp32 models
     assert base.unet.config.sample_size * 2 ** (len(base.vae.config.block_out_channels) - 1) == 64
     pipe = StableDiffusionPipeline.from_pretrained(folder, use_safetensors=True)
@@ -657,7 +660,7 @@ def test_committed_starter_loads_and_draws():
     assert starter.folder_size_mb(COMMITTED_STARTER) <= 30
     marker = json.loads((COMMITTED_STARTER / starter.STARTER_MARKER).read_text())
     assert marker["starter_version"] == starter.STARTER_VERSION and marker["vae_psnr_db"] >= 25
-    base = load_base_model(str(COMMITTED_STARTER), tiny_model_dir=COMMITTED_STARTER / "unused")
+    base = load_base_model(str(COMMITTED_STARTER))
 
     def draw(unet) -> np.ndarray:
         return sample_images(image_pipeline(base, unet), ["a red circle standing still on a plain grey background"],
@@ -887,13 +890,12 @@ def test_readme_animatediff_example_runs_on_the_committed_starter(tmp_path, monk
     assert calls == 1 and "models/starter" in snippet
     # The two LoRA folders the snippet loads, written as image_ft and motion_ft write them.
     monkeypatch.chdir(tmp_path)
-    base = load_base_model(str(COMMITTED_STARTER), tmp_path / "unused")
+    base = load_base_model(str(COMMITTED_STARTER))
     add_lora(base.unet, rank=4, alpha=4, target_modules=IMAGE_LORA_TARGETS)
     image_config = base.unet.peft_config["default"]
     save_diffusers_lora(lora_state_dict(base.unet), image_config, "data/06_models/image_lora", kind="image")
-    fresh = load_base_model(str(COMMITTED_STARTER), tmp_path / "unused")
-    motion_unet = build_motion_unet(fresh.unet, load_motion_adapter(str(COMMITTED_STARTER / "motion_adapter"),
-                                                                    tmp_path / "unused"))
+    fresh = load_base_model(str(COMMITTED_STARTER))
+    motion_unet = build_motion_unet(fresh.unet, load_motion_adapter(str(COMMITTED_STARTER / "motion_adapter")))
     motion_config = add_lora(motion_unet, rank=4, alpha=4, target_modules=MOTION_LORA_TARGETS)
     save_diffusers_lora(lora_state_dict(motion_unet), motion_config, "data/06_models/motion_lora", kind="motion")
     namespace: dict = {}

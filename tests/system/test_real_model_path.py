@@ -253,14 +253,17 @@ def test_loras_record_their_noise_schedule(trained_project):
 
 @pytest.mark.slow
 def test_loras_reload_into_animatediff_pipeline(trained_project, sd15_folder):
-    from machining_t2v.generation.generator import load_generator
+    from machining_t2v.generation.generator import build_generator
     from machining_t2v.generation.loras import load_lora, set_lora_scales
     from machining_t2v.generation.video import generate_video
 
     root, _ = trained_project
     models = root / "data" / "06_models"
-    generator = load_generator(str(sd15_folder), str(sd15_folder / "motion_adapter"),
-                               tiny_model_dir=root / "data" / "06_models" / "tiny-sd", device="cpu", dtype="float32")
+    from machining_t2v.models.loading import load_base_model, load_motion_adapter
+
+    generator = build_generator(load_base_model(str(sd15_folder)), load_motion_adapter(str(sd15_folder / "motion_adapter")),
+                                base_spec=str(sd15_folder), motion_adapter_spec=str(sd15_folder / "motion_adapter"),
+                                device="cpu", dtype="float32")
     assert type(generator.pipe).__name__ == "AnimateDiffPipeline"
     image = load_lora(generator, models / "image_lora", "image")
     motion = load_lora(generator, models / "motion_lora", "motion")

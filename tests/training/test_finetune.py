@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from machining_t2v.fixtures.tiny_model import tiny_model_source
 from machining_t2v.lora.injection import IMAGE_LORA_TARGETS, MOTION_LORA_TARGETS, add_lora
 from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
 from machining_t2v.training import TrainingConfig
@@ -15,8 +16,9 @@ from machining_t2v.training.finetune import (
 
 
 def _motion_unet(folder):
-    base = load_base_model("builtin:tiny", folder)
-    unet = build_motion_unet(base.unet, load_motion_adapter("builtin:tiny", folder))
+    base = load_base_model(tiny_model_source("builtin:tiny", folder))
+    adapter = load_motion_adapter(tiny_model_source("builtin:tiny", folder, motion_adapter=True))
+    unet = build_motion_unet(base.unet, adapter)
     unet.requires_grad_(False)
     add_lora(unet, rank=2, alpha=2, target_modules=MOTION_LORA_TARGETS, init_lora_weights=False)
     return unet
@@ -62,7 +64,7 @@ def test_gradient_checkpointing_leaves_the_gradients_unchanged(tmp_path):
 
 
 def test_frozen_weights_take_the_mixed_precision_dtype_and_lora_stays_fp32(tmp_path):
-    base = load_base_model("builtin:tiny", tmp_path / "tiny")
+    base = load_base_model(tiny_model_source("builtin:tiny", tmp_path / "tiny"))
     dtype = place_frozen([base.unet, base.vae], TrainingConfig(mixed_precision="bf16"), torch.device("cpu"))
     assert dtype == torch.bfloat16
     assert {p.dtype for p in base.vae.parameters()} == {torch.bfloat16}
@@ -72,7 +74,7 @@ def test_frozen_weights_take_the_mixed_precision_dtype_and_lora_stays_fp32(tmp_p
     frozen = {p.dtype for p in base.unet.parameters() if not p.requires_grad}
     assert trainable == {torch.float32} and frozen == {torch.bfloat16}
     # Full precision leaves everything in fp32 (the CPU default: make run is unchanged).
-    fp32 = load_base_model("builtin:tiny", tmp_path / "tiny")
+    fp32 = load_base_model(tiny_model_source("builtin:tiny", tmp_path / "tiny"))
     assert place_frozen([fp32.unet], TrainingConfig(mixed_precision="no"), torch.device("cpu")) == torch.float32
 
 

@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 
+from machining_t2v.fixtures.tiny_model import tiny_model_source
 from machining_t2v.lora.injection import MOTION_LORA_TARGETS, add_lora
 from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
 from machining_t2v.training.finetune import enable_gradient_checkpointing
@@ -20,8 +21,9 @@ from machining_t2v.training.memory import (
 
 
 def _motion_unet(folder, checkpointing=False):
-    base = load_base_model("builtin:tiny", folder)
-    unet = build_motion_unet(base.unet, load_motion_adapter("builtin:tiny", folder))
+    base = load_base_model(tiny_model_source("builtin:tiny", folder))
+    adapter = load_motion_adapter(tiny_model_source("builtin:tiny", folder, motion_adapter=True))
+    unet = build_motion_unet(base.unet, adapter)
     unet.requires_grad_(False)
     add_lora(unet, rank=4, alpha=4, target_modules=MOTION_LORA_TARGETS)
     if checkpointing:

@@ -4,7 +4,9 @@ One code path serves the ``generate`` pipeline, the ``machining-t2v`` console sc
 ``evaluation`` pipeline, so what a user runs is what is tested (LoRAs: :mod:`.loras`; prompts,
 frames and files: :mod:`.video`):
 
-    generator = load_generator("builtin:tiny", "builtin:tiny", tiny_model_dir="data/06_models/tiny-sd")
+    folder = tiny_model_source("builtin:tiny", "data/06_models/tiny-sd")   # or any diffusers folder
+    generator = build_generator(load_base_model(folder), load_motion_adapter(f"{folder}/motion_adapter"),
+                                base_spec="builtin:tiny", motion_adapter_spec="builtin:tiny")
     load_lora(generator, "data/06_models/image_lora", "image")      # pipe.load_lora_weights(...)
     load_lora(generator, "data/06_models/motion_lora", "motion")
     set_lora_scales(generator, {"image": 0.8, "motion": 1.0})         # pipe.set_adapters(...)
@@ -26,16 +28,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from machining_t2v.fixtures.tiny_model import tiny_model_exists
-from machining_t2v.models.loading import build_motion_unet, load_base_model, load_motion_adapter
+from machining_t2v.models.loading import BaseModel, build_motion_unet
 from machining_t2v.models.sources import TINY_MODEL
 
 if TYPE_CHECKING:
+    from diffusers import MotionAdapter
+
     from machining_t2v.generation.loras import LoadedLora
 
 logger = logging.getLogger(__name__)
 
 SCHEDULERS = ("ddim", "euler", "dpm++")
-"""Sampler names accepted by :func:`load_generator` (``--scheduler`` of the console script)."""
+"""Sampler names accepted by :func:`build_generator` (``--scheduler`` of the console script)."""
 
 
 @dataclass
@@ -130,25 +134,24 @@ def make_scheduler(name: str, ddim_scheduler: Any) -> Any:
     raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {name!r}")
 
 
-def load_generator(
-    base: str = TINY_MODEL,
-    motion_adapter: str = TINY_MODEL,
+def build_generator(
+    base: BaseModel,
+    adapter: MotionAdapter,
     *,
-    tiny_model_dir: str | Path,
-    revision: str | None = None,
-    variant: str | None = None,
+    base_spec: str,
+    motion_adapter_spec: str,
     scheduler: str = "ddim",
     device: str | None = None,
     dtype: str | None = "auto",
 ) -> VideoGenerator:
-    """Load the base model and motion adapter (through :mod:`machining_t2v.models.loading`) into an
-    ``AnimateDiffPipeline`` with the motion UNet.
+    """Put a loaded base model and motion adapter (:mod:`machining_t2v.models.loading`) into an
+    ``AnimateDiffPipeline`` with the motion UNet, cast to the generation dtype.
 
     Args:
-        base: ``builtin:tiny``, a diffusers folder or a hub id of an SD1.5-family model.
-        motion_adapter: ``builtin:tiny``, a folder or a hub id such as
-            ``guoyww/animatediff-motion-adapter-v1-5-3``.
-        tiny_model_dir: where ``builtin:tiny`` is built (once) and loaded from.
+        base, adapter: the loaded models; they become part of the generator (cast and moved
+            in place).
+        base_spec, motion_adapter_spec: what was asked for (``builtin:tiny``, a folder or a hub
+            id), as the generator's records name it.
         scheduler: ``ddim``, ``euler`` or ``dpm++``.
         device: ``cuda``/``cpu``; default CUDA when available.
         dtype: ``auto`` (float16 on CUDA, float32 on CPU), ``float32``, ``float16``, ``bfloat16``.
@@ -159,22 +162,22 @@ def load_generator(
         raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
     device = device or _default_device()
     torch_dtype = resolve_dtype(dtype, device)
-    model = load_base_model(base, tiny_model_dir, revision=revision, variant=variant, torch_dtype=torch_dtype)
-    adapter = load_motion_adapter(motion_adapter, tiny_model_dir, torch_dtype=torch_dtype)
-    unet = build_motion_unet(model.unet, adapter)
-    pipe = video_pipeline(model, unet, adapter)
+    for module in (base.text_encoder, base.vae, base.unet, adapter):
+        module.to(dtype=torch_dtype)
+    unet = build_motion_unet(base.unet, adapter)
+    pipe = video_pipeline(base, unet, adapter)
     pipe.scheduler = make_scheduler(scheduler, pipe.scheduler)
     pipe.to(device)
     adapter_source = (
-        str(Path(model.source) / "motion_adapter") if motion_adapter == TINY_MODEL else str(motion_adapter)
+        str(Path(base.source) / "motion_adapter") if motion_adapter_spec == TINY_MODEL else str(motion_adapter_spec)
     )
     return VideoGenerator(
         pipe=pipe,
-        base_source=model.source,
-        base_spec=str(base),
+        base_source=base.source,
+        base_spec=str(base_spec),
         motion_adapter_source=adapter_source,
         scheduler=scheduler,
         max_frames=int(adapter.config.motion_max_seq_length),
-        base_is_tiny=tiny_model_exists(model.source),
+        base_is_tiny=tiny_model_exists(base.source),
     )
 

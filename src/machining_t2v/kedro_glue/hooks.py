@@ -28,8 +28,15 @@ whole-folder MLflow artifacts.
     wrong type fails the run at once with an error naming the key by its dotted path, instead of
     being silently ignored while a model trains for minutes.
 
+``ModelDatasetBinding``
+    Binds the catalog's model datasets (``base_model``, ``motion_adapter``:
+    :mod:`machining_t2v.kedro_glue.model_datasets`) to the run's merged ``base_model`` parameters
+    once the catalog exists, so ``--params base_model.pretrained=...``, ``--env sd15`` and
+    conf/local choose what they load.
+
 ``ModelSourceCheck``
-    Before a pipeline that loads the base model (a node taking ``params:base_model``) runs its
+    Before a pipeline that loads the base model (a node taking the ``base_model`` or
+    ``motion_adapter`` dataset, or ``params:base_model``) runs its
     first node, checks that the base model and the motion adapter can be found
     (:func:`machining_t2v.models.sources.check_model_sources`: a folder's layout, or one small file of a
     hub id; no weights are loaded), and likewise the evaluation's CLIP when the pipeline scores
@@ -393,13 +400,25 @@ class ParameterCheck:
 # --------------------------------------------------------------------------- model sources
 
 
+class ModelDatasetBinding:
+    """Bind the catalog's base model and motion adapter datasets to the run's ``base_model`` parameters."""
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any, parameters: dict[str, Any]) -> None:
+        from machining_t2v.kedro_glue.model_datasets import bind_model_datasets
+
+        # Kedro hands the parameters over as catalog entries: "parameters", "params:<key>", ...
+        if "params:base_model" in parameters:
+            bind_model_datasets(catalog, parameters["params:base_model"])
+
+
 class ModelSourceCheck:
     """Fail a run whose base model, motion adapter or evaluation CLIP cannot be found, before its first node."""
 
     @hook_impl(tryfirst=True)  # before the MLflow run is opened: a failed check leaves no run behind
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         inputs = {name for node in pipeline.nodes for name in node.inputs}
-        if "params:base_model" in inputs:
+        if inputs & {"params:base_model", "base_model", "motion_adapter"}:
             from machining_t2v.models.sources import check_model_sources
 
             for line in check_model_sources(catalog.load("params:base_model")):

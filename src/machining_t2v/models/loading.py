@@ -1,16 +1,18 @@
-"""Model loading in one place: a real SD1.5-family checkpoint or the built-in tiny model.
+"""Model loading in one place: an SD1.5-family checkpoint (a diffusers folder or a hub id).
 
 Everything downstream (training core, generation, evaluation) gets its models from
 :func:`load_base_model` and :func:`load_motion_adapter`, so a real checkpoint and the
-tiny model (built by :mod:`machining_t2v.fixtures.tiny_model`) follow the same
+tiny model (a folder built by :mod:`machining_t2v.fixtures.tiny_model`) follow the same
 ``from_pretrained(subfolder=...)`` path. Where a spec points is checked in :mod:`.sources`.
+The spec ``builtin:tiny`` is resolved to its folder before it gets here: in a Kedro run by the
+catalog's model datasets (:mod:`machining_t2v.kedro_glue.model_datasets`), in the console
+script by the script itself.
 
 This module must not import Kedro: it also runs in notebooks and under ``accelerate launch``.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,6 @@ from diffusers import (
 )
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from machining_t2v.fixtures.tiny_model import build_tiny_model, tiny_model_exists
 from machining_t2v.models.sources import (
     EXPECTED_LAYOUT,
     TINY_MODEL,
@@ -33,8 +34,6 @@ from machining_t2v.models.sources import (
     missing_diffusers_parts,
     resolve_source,
 )
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,11 +54,10 @@ class BaseModel:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
 
-def _ensure_tiny(tiny_model_dir: str | Path) -> Path:
-    # Whatever seed built it, an existing tiny model is used as is; only a missing or
-    # out-of-date one is (re)built, with the default seed.
-    folder = Path(tiny_model_dir).expanduser()
-    return folder if tiny_model_exists(folder) else build_tiny_model(folder)
+def _refuse_builtin(spec: str, what: str) -> None:
+    if spec == TINY_MODEL:
+        raise ValueError(f"{what} {TINY_MODEL} is resolved to its folder first: "
+                         f"machining_t2v.fixtures.tiny_model.tiny_model_source({TINY_MODEL!r}, tiny_model_dir)")
 
 
 # --------------------------------------------------------------------------- loading
@@ -67,7 +65,6 @@ def _ensure_tiny(tiny_model_dir: str | Path) -> Path:
 
 def load_base_model(
     pretrained: str,
-    tiny_model_dir: str | Path,
     *,
     revision: str | None = None,
     variant: str | None = None,
@@ -76,28 +73,25 @@ def load_base_model(
     """Load tokenizer, text encoder, VAE, UNet and noise scheduler of an SD1.5-family model.
 
     Args:
-        pretrained: ``TINY_MODEL`` (``"builtin:tiny"``), a local diffusers folder, or a
-            Hugging Face hub id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``.
-        tiny_model_dir: where the tiny model is (or gets) built; used only for ``TINY_MODEL``.
+        pretrained: a local diffusers folder (the tiny model's too) or a Hugging Face hub id
+            such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``.
         revision, variant, torch_dtype: passed to every ``from_pretrained`` call. The dtype
             defaults to fp32 for training on any device: diffusers would otherwise keep the
             dtype of the files, and the starter model ships fp16 files.
 
-    The tiny model is built if needed and then loaded through exactly the same
-    ``from_pretrained(subfolder=...)`` calls as a real checkpoint. Only safetensors are
+    Only safetensors are
     loaded and remote code is never trusted. The noise scheduler is always a
     ``DDPMScheduler`` built from the checkpoint's scheduler config (as diffusers'
     training scripts do).
 
     Raises:
         FileNotFoundError: a path-like ``pretrained`` that does not exist.
-        ValueError: an existing folder that is not a diffusers pipeline folder.
+        ValueError: an existing folder that is not a diffusers pipeline folder, or
+            ``builtin:tiny`` (resolve it to its folder first).
         OSError: a hub id that could not be loaded (e.g. offline), naming the id.
     """
-    if pretrained == TINY_MODEL:
-        spec, is_local = str(_ensure_tiny(tiny_model_dir)), True
-    else:
-        spec, is_local = resolve_source(pretrained, what="base model")
+    _refuse_builtin(pretrained, "base model")
+    spec, is_local = resolve_source(pretrained, what="base model")
     missing = missing_diffusers_parts(Path(spec)) if is_local else []
     if missing:
         raise ValueError(f"{spec}: {EXPECTED_LAYOUT} (missing: {', '.join(missing)})")
@@ -137,7 +131,6 @@ def load_base_model(
 
 def load_motion_adapter(
     spec: str,
-    tiny_model_dir: str | Path,
     *,
     revision: str | None = None,
     variant: str | None = None,
@@ -146,21 +139,17 @@ def load_motion_adapter(
     """Load an AnimateDiff ``MotionAdapter``.
 
     Args:
-        spec: ``TINY_MODEL`` (the tiny model's ``motion_adapter/``; the tiny model is built
-            if needed), a local folder, or a hub id such as
+        spec: a local folder (the tiny model's ``motion_adapter/`` too) or a hub id such as
             ``"guoyww/animatediff-motion-adapter-v1-5-3"``.
-        tiny_model_dir: where the tiny model is (or gets) built.
         torch_dtype: the dtype to load in; fp32 unless asked (the files may be fp16).
 
     Raises:
         FileNotFoundError: a path-like spec that does not exist.
-        ValueError: an existing folder without ``config.json``.
+        ValueError: an existing folder without ``config.json``, or ``builtin:tiny``.
         OSError: a hub id that could not be loaded, naming the id.
     """
-    if spec == TINY_MODEL:
-        folder, is_local = str(_ensure_tiny(tiny_model_dir) / "motion_adapter"), True
-    else:
-        folder, is_local = resolve_source(spec, what="motion adapter")
+    _refuse_builtin(spec, "motion adapter")
+    folder, is_local = resolve_source(spec, what="motion adapter")
     if is_local and not (Path(folder) / "config.json").is_file():
         raise ValueError(f"{folder}: expected a diffusers MotionAdapter folder with config.json")
     if not is_local:
@@ -217,37 +206,3 @@ def build_motion_unet(unet: UNet2DConditionModel, adapter: MotionAdapter) -> UNe
         )
     # from_unet2d already casts to the UNet's dtype but builds on the CPU.
     return UNetMotionModel.from_unet2d(unet, adapter).to(device=unet.device)
-
-
-def _config_value(config: Any, key: str) -> Any:
-    return config[key] if isinstance(config, dict) else getattr(config, key)
-
-
-def native_resolution(unet_config: Any, vae_config: Any) -> int:
-    """The base model's native image side in px: ``unet.config.sample_size`` x the VAE's scale factor
-    (512 for SD1.5, 64 for the starter and the tiny model). Configs may be objects or dicts."""
-    sample_size = _config_value(unet_config, "sample_size")
-    if isinstance(sample_size, (list, tuple)):
-        sample_size = min(sample_size)
-    scale_factor = 2 ** (len(_config_value(vae_config, "block_out_channels")) - 1)
-    return int(sample_size) * scale_factor
-
-
-def warn_if_low_resolution(unet_config: Any, vae_config: Any, resolution: int, what: str) -> bool:
-    """Log a warning when ``resolution`` is under half the base model's native size.
-
-    A model trained at 512 px draws poorly, and learns a LoRA that transfers poorly, at 128 px;
-    the warning names both numbers so the user can raise ``frames.still_resolution`` /
-    ``frames.clip_resolution`` (or knowingly keep a small size for a smoke test).
-
-    Returns:
-        True when it warned.
-    """
-    native = native_resolution(unet_config, vae_config)
-    if int(resolution) * 2 >= native:
-        return False
-    logger.warning("%s runs at %d px, under half the base model's native %d px: a model pretrained at %d px "
-                   "learns little that transfers at that size. Raise frames.still_resolution / "
-                   "frames.clip_resolution towards %d unless this is only a smoke test.",
-                   what, int(resolution), native, native, native)  # fmt: skip
-    return True

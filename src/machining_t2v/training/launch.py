@@ -9,9 +9,10 @@
 What every process does: read ``conf/`` (base + the run env, plus ``--params`` overrides, with
 Kedro's ``OmegaConfigLoader`` and the project's settings), build the catalog, load the
 training node's inputs (``stills``/``clips``/``captions`` from ``data/05_model_input``, the
-image LoRA for motion_ft...) and call the *same node function* ``kedro run`` calls, which
-drives ``machining_t2v.training.train``. Under N processes that splits every global batch
-across them and averages the gradients; ``batch_size`` stays the global batch.
+base model and motion adapter the ``base_model`` parameters name, the image LoRA for
+motion_ft...) and call the *same node function* ``kedro run`` calls, which drives
+``machining_t2v.training.train``. Under N processes that splits every global batch across them
+and averages the gradients; ``batch_size`` stays the global batch.
 
 What only the main process does: hold the project lock (``kedro run`` of the same project
 waits), save the node's outputs through the catalog (LoRA folders, samples, summary), log
@@ -280,8 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         ProjectLock,
         lock_timeout_from_env,
     )
+    from machining_t2v.kedro_glue.model_datasets import bind_model_datasets
 
     catalog = DataCatalog.from_config(catalog_conf, credentials)
+    bind_model_datasets(catalog, parameters["base_model"])  # as the ModelDatasetBinding hook does under kedro run
     nodes = training_nodes(args.pipeline)
     if args.train_only:
         nodes = [node for node in nodes if node.name in DISTRIBUTED_NODES]

@@ -14,7 +14,7 @@ import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -46,6 +46,11 @@ from machining_t2v.kedro_glue.datasets import TrainedLora
 
 # clip_metrics, generation, inworld and sampling (torch, diffusers, transformers) are imported inside the
 # functions that use them: registering the pipelines must not pay for them.
+
+if TYPE_CHECKING:
+    from diffusers import MotionAdapter
+
+    from machining_t2v.models.loading import BaseModel
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +91,15 @@ def generate_evaluation_clips(
     prompts: pd.DataFrame,
     image_lora: TrainedLora | None,
     motion_lora: TrainedLora | None,
+    base: BaseModel,
+    adapter: MotionAdapter,
     base_model: dict[str, Any],
     params: dict[str, Any],
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Generate every prompt with every variant whose LoRAs exist, with the same seeds.
+
+    ``base`` and ``adapter`` are the catalog's loaded models; ``base_model`` (the parameters) only
+    names them in the record.
 
     The LoRAs are loaded from their folders with diffusers' ``pipe.load_lora_weights`` and
     switched per variant with ``pipe.set_adapters`` (through :mod:`machining_t2v.generation.generator`),
@@ -106,22 +116,20 @@ def generate_evaluation_clips(
     from machining_t2v.generation.generator import cpu_threads
 
     with cpu_threads(params.get("cpu_threads")):
-        return _generate_variants(prompts, image_lora, motion_lora, base_model, params, scales)
+        return _generate_variants(prompts, image_lora, motion_lora, base, adapter, base_model, params, scales)
 
 
 def _generate_variants(prompts: pd.DataFrame, image_lora: TrainedLora | None, motion_lora: TrainedLora | None,
-                       base_model: dict[str, Any], params: dict[str, Any],
+                       base: BaseModel, adapter: MotionAdapter, base_model: dict[str, Any], params: dict[str, Any],
                        scales: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    from machining_t2v.generation.generator import load_generator
+    from machining_t2v.generation.generator import build_generator
     from machining_t2v.generation.loras import load_lora, set_lora_scales
     from machining_t2v.generation.video import generate_video
 
     sampling = params["sampling"]
     started = time.perf_counter()
-    generator = load_generator(
-        base_model["pretrained"], base_model["motion_adapter"], tiny_model_dir=base_model["tiny_model_dir"],
-        revision=base_model.get("revision"), variant=base_model.get("variant"), scheduler=sampling["scheduler"],
-    )  # fmt: skip
+    generator = build_generator(base, adapter, base_spec=base_model["pretrained"],
+                                motion_adapter_spec=base_model["motion_adapter"], scheduler=sampling["scheduler"])
     for kind, lora in (("image", image_lora), ("motion", motion_lora)):
         if lora is not None:
             load_lora(generator, _lora_folder(lora, kind), kind)

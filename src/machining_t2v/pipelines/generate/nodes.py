@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,6 +14,10 @@ from machining_t2v.kedro_glue.datasets import TrainedLora
 
 # machining_t2v.generation.generator (torch, diffusers) is imported where it is used: registering the pipelines
 # must not pay for it.
+if TYPE_CHECKING:
+    from diffusers import MotionAdapter
+
+    from machining_t2v.models.loading import BaseModel
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +48,17 @@ def _lora_source(kind: str, use_project: bool, override: str | None, project: Tr
 def generate_clip(
     image_lora: TrainedLora | None,
     motion_lora: TrainedLora | None,
+    base: BaseModel,
+    adapter: MotionAdapter,
     base_model: dict[str, Any],
     trigger: str | None,
     params: dict[str, Any],
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Generate ``generate.prompt`` with the LoRAs applied through diffusers' loaders.
+
+    ``base`` and ``adapter`` are the catalog's loaded models; ``base_model`` (the parameters) only
+    names them in the record. One exception to I/O-free nodes, on purpose: it tags the MLflow run
+    with the base model and prompt, so runs can be found by them.
 
     LoRAs: ``image_lora_path``/``motion_lora_path`` when set (any file or folder), else the
     project's trained LoRAs when ``use_image_lora``/``use_motion_lora`` are on and they exist.
@@ -61,19 +71,18 @@ def generate_clip(
 
     prompt = with_trigger(params["prompt"], trigger if params.get("prepend_trigger", True) else None)
     with cpu_threads(params.get("cpu_threads")):
-        return _generate(prompt, image_lora, motion_lora, base_model, params)
+        return _generate(prompt, image_lora, motion_lora, base, adapter, base_model, params)
 
 
-def _generate(prompt: str, image_lora: TrainedLora | None, motion_lora: TrainedLora | None,
-              base_model: dict[str, Any], params: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    from machining_t2v.generation.generator import load_generator
+def _generate(prompt: str, image_lora: TrainedLora | None, motion_lora: TrainedLora | None, base: BaseModel,
+              adapter: MotionAdapter, base_model: dict[str, Any],
+              params: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    from machining_t2v.generation.generator import build_generator
     from machining_t2v.generation.loras import load_lora, set_lora_scales
     from machining_t2v.generation.video import generate_video, prompt_slug
 
-    generator = load_generator(
-        base_model["pretrained"], base_model["motion_adapter"], tiny_model_dir=base_model["tiny_model_dir"],
-        revision=base_model.get("revision"), variant=base_model.get("variant"), scheduler=params["scheduler"],
-    )  # fmt: skip
+    generator = build_generator(base, adapter, base_spec=base_model["pretrained"],
+                                motion_adapter_spec=base_model["motion_adapter"], scheduler=params["scheduler"])
     scales = {}
     for kind, project in (("image", image_lora), ("motion", motion_lora)):
         source = _lora_source(kind, bool(params.get(f"use_{kind}_lora", True)), params.get(f"{kind}_lora_path"),

@@ -15,8 +15,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 generate_clip,
-                inputs=["image_lora", "motion_lora", "params:base_model", "params:captions.trigger",
-                        "params:generate"],
+                inputs=["image_lora", "motion_lora", "base_model", "motion_adapter", "params:base_model",
+                        "params:captions.trigger", "params:generate"],
                 outputs=["generated_videos", "generation_record"],
                 name="generate_clip",
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from PIL import Image
@@ -14,6 +14,8 @@ from machining_t2v.kedro_glue.datasets import TrainedLora
 
 # torch, diffusers, transformers and peft are imported inside the node: registering the pipelines
 # (every `kedro run`, `kedro registry list`, `kedro viz`) must not pay for them.
+if TYPE_CHECKING:
+    from machining_t2v.models.loading import BaseModel
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +29,16 @@ def _lora_targets(spec: Any) -> str | list[str]:
 def train_image_lora(
     stills: dict[str, Callable[[], Image.Image]],
     captions: pd.DataFrame,
+    base: BaseModel,
     base_model: dict[str, Any],
     params: dict[str, Any],
 ) -> tuple[TrainedLora, dict[str, Image.Image], dict[str, Any]]:
     """Train an image LoRA on the UNet's spatial attention with the base model frozen.
+
+    ``base`` is the catalog's freshly loaded base model, which gets the LoRA layers; ``base_model``
+    (the parameters) is not read here but taken so that kedro-mlflow logs it with the run.
+    Exception to I/O-free nodes, on purpose: the training core writes resumable checkpoints to
+    ``checkpoint_dir`` and live per-step metrics to MLflow while it trains.
 
     Returns:
         the trained LoRA, validation grids (base vs LoRA, same seeds) per validation step,
@@ -41,7 +49,7 @@ def train_image_lora(
     from machining_t2v.diffusion.sampling import comparison_grid, image_pipeline, sample_images
     from machining_t2v.diffusion.schedules import schedule_info
     from machining_t2v.lora.injection import add_lora, lora_state_dict
-    from machining_t2v.models.loading import load_base_model, warn_if_low_resolution
+    from machining_t2v.models.checks import warn_if_low_resolution
     from machining_t2v.training.finetune import (
         collect_captioned_stills,
         enable_gradient_checkpointing,
@@ -56,12 +64,9 @@ def train_image_lora(
     )
     from machining_t2v.training.memory import check_training_memory
 
-    # The training settings are checked (and the precision chosen) before any model is loaded.
     config = training_config_from_params(params["training"], num_samples=len(stills))
     images, texts = collect_captioned_stills(stills, captions)
-    # Load the frozen base model; LoRA is the only trainable part.
-    base = load_base_model(base_model["pretrained"], base_model["tiny_model_dir"],
-                           revision=base_model.get("revision"), variant=base_model.get("variant"))
+    # The base model stays frozen; LoRA is the only trainable part.
     warn_if_low_resolution(base.unet.config, base.vae.config, images.shape[1], "image LoRA training")
     device = training_device()
     frozen_dtype = place_frozen([base.vae, base.text_encoder, base.unet], config, device)

@@ -14,7 +14,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 train_image_lora,
-                inputs=["stills", "captions", "params:base_model", "params:image_ft"],
+                inputs=["stills", "captions", "base_model", "params:base_model", "params:image_ft"],
                 outputs=["image_lora", "image_ft_samples", "image_ft_summary"],
                 name="train_image_lora",
             )

@@ -19,8 +19,10 @@ from machining_t2v.kedro_glue.datasets import TrainedLora
 # the pipelines (every `kedro run`, `kedro registry list`, `kedro viz`) must not pay for them.
 if TYPE_CHECKING:
     import torch
+    from diffusers import MotionAdapter
 
     from machining_t2v.diffusion.loss import LossConfig
+    from machining_t2v.models.loading import BaseModel
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ def train_motion_lora(
     stills: dict[str, Callable[[], Image.Image]],
     captions: pd.DataFrame,
     image_lora: TrainedLora | None,
+    base: BaseModel,
+    adapter: MotionAdapter,
     base_model: dict[str, Any],
     params: dict[str, Any],
 ) -> tuple[TrainedLora, TrainedLora, dict[str, np.ndarray], dict[str, Any]]:
@@ -41,6 +45,11 @@ def train_motion_lora(
     (MotionDirector) also trains a spatial LoRA on single stills with the temporal LoRA off,
     while the temporal LoRA learns from clips with the appearance-debiased loss and the
     spatial LoRA dropped on ``dual.spatial_dropout`` of the steps.
+
+    ``base`` and ``adapter`` are the catalog's freshly loaded models, built here into the motion
+    UNet that gets the LoRA layers; ``base_model`` (the parameters) names the adapter in errors.
+    Exception to I/O-free nodes, on purpose: the training core writes resumable checkpoints to
+    ``checkpoint_dir`` and live per-step metrics to MLflow while it trains.
 
     Returns:
         the motion LoRA, the spatial LoRA (no weights in temporal mode), validation videos
@@ -57,12 +66,8 @@ def train_motion_lora(
         lora_state_dict,
         merge_lora,
     )
-    from machining_t2v.models.loading import (
-        build_motion_unet,
-        load_base_model,
-        load_motion_adapter,
-        warn_if_low_resolution,
-    )
+    from machining_t2v.models.checks import warn_if_low_resolution
+    from machining_t2v.models.loading import build_motion_unet
     from machining_t2v.training.finetune import (
         collect_captioned_clips,
         collect_captioned_stills,
@@ -81,7 +86,6 @@ def train_motion_lora(
     mode = params.get("mode", "temporal")
     if mode not in MODES:
         raise ValueError(f"motion_ft.mode must be one of {MODES}, got {mode!r}")
-    # The training settings are checked (and the precision chosen) before any model is loaded.
     config = training_config_from_params(params["training"], num_samples=len(clips))
     clip_frames, clip_texts = collect_captioned_clips(clips, captions, params.get("num_frames"))
     if mode == "dual":
@@ -90,11 +94,8 @@ def train_motion_lora(
                              "learns from still frames; run the frames pipeline with frames.stills_per_video > 0.")
         still_frames, still_texts = collect_captioned_stills(stills, captions)
 
-    # Load the frozen base model and motion adapter, and build the motion UNet.
-    base = load_base_model(base_model["pretrained"], base_model["tiny_model_dir"],
-                           revision=base_model.get("revision"), variant=base_model.get("variant"))
+    # The frozen base model and motion adapter make the motion UNet.
     warn_if_low_resolution(base.unet.config, base.vae.config, clip_frames.shape[2], "motion LoRA training")
-    adapter = load_motion_adapter(base_model["motion_adapter"], base_model["tiny_model_dir"])
     max_frames = adapter.config.motion_max_seq_length
     if clip_frames.shape[1] > max_frames:
         raise ValueError(f"Clips have {clip_frames.shape[1]} frames but the motion adapter "

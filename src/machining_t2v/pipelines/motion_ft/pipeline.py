@@ -14,7 +14,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 train_motion_lora,
-                inputs=["clips", "stills", "captions", "image_lora", "params:base_model", "params:motion_ft"],
+                inputs=["clips", "stills", "captions", "image_lora", "base_model", "motion_adapter", "params:base_model",
+                        "params:motion_ft"],
                 outputs=["motion_lora", "motion_ft_spatial_lora", "motion_ft_samples", "motion_ft_summary"],
                 name="train_motion_lora",
             )

@@ -138,8 +138,8 @@ def _published_weights(folder: Path) -> dict[str, Any]:
         raise ValueError(f"starter.continue_from: {folder} is not a published starter model (no readable "
                          f"{starter.STARTER_MARKER}); name a folder `kedro run --pipelines=starter` (in "
                          "tools/starter) wrote, e.g. ../../models/starter")
-    base = load_base_model(str(folder), tiny_model_dir=folder)
-    adapter = load_motion_adapter(str(folder / "motion_adapter"), tiny_model_dir=folder)
+    base = load_base_model(str(folder))
+    adapter = load_motion_adapter(str(folder / "motion_adapter"))
     return {"tokenizer": base.tokenizer, "text_encoder": base.text_encoder.requires_grad_(False),
             "vae": base.vae, "unet": base.unet, "motion_adapter": adapter}
 
@@ -412,8 +412,8 @@ def check_starter(starter_model: dict[str, Any], params: dict[str, Any]) -> dict
     """
     folder = starter_model["folder"]
     check = params["check"]
-    base = load_base_model(folder, tiny_model_dir=folder)
-    adapter = load_motion_adapter(str(Path(folder) / "motion_adapter"), tiny_model_dir=folder)
+    base = load_base_model(folder)
+    adapter = load_motion_adapter(str(Path(folder) / "motion_adapter"))
     evaluator = InWorldEvaluator.load(Path(folder) / "inworld_evaluator")
     seeds = range(int(check["seed"]), int(check["seed"]) + int(check["seeds_per_prompt"]))
     sampling = {"num_inference_steps": int(check["num_inference_steps"]),
