@@ -36,3 +36,24 @@ def test_a_clean_prompt_logs_nothing(caplog):
     with caplog.at_level(logging.WARNING, logger="machining_t2v"):
         assert warn_unknown_words(build_tiny_tokenizer(), "mtv face the bar on a lathe") == []
     assert caplog.text == ""
+
+
+def test_the_generate_pipeline_node_warns_about_unknown_words(tiny_dir, caplog):
+    """Every entry point warns, not only the console script: here the ``generate`` pipeline's node."""
+    import yaml
+
+    from machining_t2v.models.loading import load_base_model, load_motion_adapter
+    from machining_t2v.pipelines.generate.nodes import generate_clip
+
+    from ..conftest import PROJECT_ROOT
+
+    params = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_generate.yml").read_text())["generate"]
+    params = {**params, "prompt": "선반에서 황동 봉을 외경 선삭", "num_frames": 2, "num_inference_steps": 1,
+              "use_image_lora": False, "use_motion_lora": False}
+    base_model = {"pretrained": str(tiny_dir), "motion_adapter": str(tiny_dir / "motion_adapter")}
+    with caplog.at_level(logging.WARNING, logger="machining_t2v"):
+        videos, record = generate_clip(None, None, load_base_model(str(tiny_dir)),
+                                       load_motion_adapter(str(tiny_dir / "motion_adapter")), base_model, "mtv", params)
+    assert record["prompt"] == "mtv 선반에서 황동 봉을 외경 선삭"
+    warnings = [r.getMessage() for r in caplog.records if "does not know these words" in r.getMessage()]
+    assert len(warnings) == 1 and "선반에서, 황동, 봉을, 외경, 선삭" in warnings[0]

@@ -125,11 +125,14 @@ def _generate_variants(prompts: pd.DataFrame, image_lora: TrainedLora | None, mo
     from machining_t2v.generation.generator import build_generator
     from machining_t2v.generation.loras import load_lora, set_lora_scales
     from machining_t2v.generation.video import generate_video
+    from machining_t2v.instructions.tokenizer_words import warn_unknown_words
 
     sampling = params["sampling"]
     started = time.perf_counter()
     generator = build_generator(base, adapter, base_spec=base_model["pretrained"],
                                 motion_adapter_spec=base_model["motion_adapter"], scheduler=sampling["scheduler"])
+    for row in prompts.itertuples(index=False):
+        warn_unknown_words(generator.tokenizer, row.prompt, what=f"evaluation prompt {row.prompt_id}")
     for kind, lora in (("image", image_lora), ("motion", motion_lora)):
         if lora is not None:
             load_lora(generator, _lora_folder(lora, kind), kind)

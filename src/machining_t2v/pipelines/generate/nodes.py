@@ -80,9 +80,11 @@ def _generate(prompt: str, image_lora: TrainedLora | None, motion_lora: TrainedL
     from machining_t2v.generation.generator import build_generator
     from machining_t2v.generation.loras import load_lora, set_lora_scales
     from machining_t2v.generation.video import generate_video, prompt_slug
+    from machining_t2v.instructions.tokenizer_words import warn_unknown_words
 
     generator = build_generator(base, adapter, base_spec=base_model["pretrained"],
                                 motion_adapter_spec=base_model["motion_adapter"], scheduler=params["scheduler"])
+    warn_unknown_words(generator.tokenizer, prompt)
     scales = {}
     for kind, project in (("image", image_lora), ("motion", motion_lora)):
         source = _lora_source(kind, bool(params.get(f"use_{kind}_lora", True)), params.get(f"{kind}_lora_path"),
