@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -24,56 +25,9 @@ def glossary():
     return load_glossary(GLOSSARY)
 
 
-# (instruction, process, operation, material, direction): None where the instruction says nothing.
-INSTRUCTIONS = [
-    # Korean, milling
-    ("엔드밀로 알루미늄 블록에 X축 방향 슬롯 가공", "milling", "slot milling", "aluminium", "x"),
-    ("밀링머신에서 강철 블록을 Y축 방향으로 슬롯 가공하세요", "milling", "slot milling", "steel", "y"),
-    ("알루미늄 소재에 -X 방향으로 홈을 가공한다", "milling", "slot milling", "aluminium", "-x"),
-    ("황동 블록을 정면밀링으로 Y축 방향 가공해 주세요", "milling", "face milling", "brass", "y"),
-    ("머시닝센터에서 구리 판에 대각선 방향으로 슬롯을 밀링", "milling", "slot milling", "copper", "diagonal"),
-    ("플라스틱 블록 정면 밀링, 왼쪽에서 오른쪽으로", "milling", "face milling", "plastic", "x"),
-    ("티타늄 포켓을 시계방향으로 밀링", "milling", "pocket milling", "titanium", "clockwise"),
-    ("엔드밀로 포켓가공", "milling", "pocket milling", None, None),
-    ("스테인리스 공작물에 키홈을 밀링 가공했다", "milling", "slot milling", "steel", None),
-    ("바이스에 물린 알루미늄 블록을 엔드밀로 Y 방향 슬롯 가공", "milling", "slot milling", "aluminium", "y"),
-    ("밀링에서 강철 블록을 아래에서 위로 정면 가공", "milling", "face milling", "steel", "-y"),
-    ("주철 블록의 평면을 페이스커터로 가공", "milling", "face milling", "cast iron", None),
-    # Korean, turning
-    ("선반에서 황동 봉을 외경 선삭", "turning", "turn the bar", "brass", None),
-    ("선반에서 황동 봉을 외경선삭하라", "turning", "turn the bar", "brass", None),
-    ("강철 봉의 끝면을 선반으로 면삭하세요", "turning", "face the bar", "steel", None),
-    ("척 쪽으로 이송하며 황삭", "turning", "turn the bar", None, "left"),
-    ("구리 환봉을 선반에서 정삭하고 척 반대쪽으로 이송", "turning", "finish-turn the bar", "copper", "right"),
-    ("바이트로 알루미늄 봉을 중심 방향으로 단면 가공", "turning", "face the bar", "aluminium", "inward"),
-    ("플라스틱 봉을 선반에 물리고 Z축 방향으로 선삭", "turning", "turn the bar", "plastic", "left"),
-    ("주철 봉 단면가공", "turning", "face the bar", "cast iron", None),
-    ("CNC선반에서 스텐 봉 다듬질", "turning", "finish-turn the bar", "steel", None),
-    ("선반 척에 물린 황동 봉을 깎는다", "turning", None, "brass", None),
-    # English, milling
-    ("mill the pocket", "milling", "pocket milling", None, None),
-    ("slot milling along X in aluminium", "milling", "slot milling", "aluminium", "x"),
-    ("Face mill the steel block along -Y", "milling", "face milling", "steel", "-y"),
-    ("Use a 10 mm end mill to cut a slot in the brass block from right to left", "milling", "slot milling", "brass", "-x"),
-    ("Rough-mill the pockets of the aluminum part clockwise", "milling", "pocket milling", "aluminium", "clockwise"),
-    ("On the milling machine, slot the copper workpiece diagonally", "milling", "slot milling", "copper", "diagonal"),
-    ("face milling a plastic plate along the Y axis", "milling", "face milling", "plastic", "y"),
-    ("Machine a keyway in the steel shaft on the machining center along X", "milling", "slot milling", "steel", "x"),
-    ("milled slots, titanium, top to bottom", "milling", "slot milling", "titanium", "y"),
-    # English, turning
-    ("face the steel bar on the lathe", "turning", "face the bar", "steel", None),
-    ("Turn the brass bar towards the chuck", "turning", "turn the bar", "brass", "left"),
-    ("finish-turn the copper bar away from the chuck", "turning", "finish-turn the bar", "copper", "right"),
-    ("facing a cast iron bar radially on the CNC lathe", "turning", "face the bar", "cast iron", "inward"),
-    ("Rough turning of an aluminium rod on the lathe", "turning", "turn the bar", "aluminium", None),
-    ("lathe: finishing pass on a plastic shaft", "turning", "finish-turn the bar", "plastic", None),
-    ("OD turning with a carbide insert, steel stock, feed toward the chuck", "turning", "turn the bar", "steel", "left"),
-    # Mixed Korean and English
-    ("알루미늄 block을 X-axis로 slot milling", "milling", "slot milling", "aluminium", "x"),
-    ("lathe에서 brass 봉을 facing", "turning", "face the bar", "brass", None),
-    ("end mill로 steel 소재 pocket 가공", "milling", "pocket milling", "steel", None),
-    ("선반 turning, 구리 bar, towards the chuck", "turning", None, "copper", "left"),
-]
+# Realistic work instructions and what each must become (an empty cell: the instruction says nothing).
+with (Path(__file__).parent / "instructions.csv").open(newline="", encoding="utf-8") as file:
+    INSTRUCTIONS = [tuple(value or None for value in row.values()) for row in csv.DictReader(file)]
 
 
 @pytest.mark.parametrize("text, process, operation, material, direction", INSTRUCTIONS,

@@ -50,34 +50,23 @@ def train_image_lora(
     from machining_t2v.diffusion.schedules import schedule_info
     from machining_t2v.lora.injection import add_lora, lora_state_dict
     from machining_t2v.models.checks import warn_if_low_resolution
-    from machining_t2v.training.finetune import (
-        collect_captioned_stills,
-        enable_gradient_checkpointing,
-        fit_lora,
-        inference_autocast,
-        place_frozen,
-        run_summary,
-        seeded_lora_init,
-        trainable_in_fp32,
-        training_config_from_params,
-        training_device,
-    )
+    from machining_t2v.training import finetune
     from machining_t2v.training.memory import check_training_memory
 
-    config = training_config_from_params(params["training"], num_samples=len(stills))
-    images, texts = collect_captioned_stills(stills, captions)
+    config = finetune.training_config_from_params(params["training"], num_samples=len(stills))
+    images, texts = finetune.collect_captioned_stills(stills, captions)
     # The base model stays frozen; LoRA is the only trainable part.
     warn_if_low_resolution(base.unet.config, base.vae.config, images.shape[1], "image LoRA training")
-    device = training_device()
-    frozen_dtype = place_frozen([base.vae, base.text_encoder, base.unet], config, device)
+    device = finetune.training_device()
+    frozen_dtype = finetune.place_frozen([base.vae, base.text_encoder, base.unet], config, device)
     lora_params = params["lora"]
-    with seeded_lora_init(config.seed):
+    with finetune.seeded_lora_init(config.seed):
         lora_config = add_lora(base.unet, rank=int(lora_params["rank"]), alpha=float(lora_params["alpha"]),
                                dropout=float(lora_params.get("dropout", 0.0)),
                                target_modules=_lora_targets(lora_params.get("target_modules")))
-    trainable_in_fp32(base.unet)
+    finetune.trainable_in_fp32(base.unet)
     if params.get("gradient_checkpointing"):
-        enable_gradient_checkpointing(base.unet)
+        finetune.enable_gradient_checkpointing(base.unet)
 
     check_training_memory(base.unet, [base.vae, base.text_encoder], device, batch_size=config.batch_size,
                           latent_size=images.shape[1] // base.vae_scale_factor, num_frames=None, dtype=frozen_dtype,
@@ -93,7 +82,7 @@ def train_image_lora(
         pipe = image_pipeline(base, base.unet)
         options = {"seed": int(validation["seed"]), "num_inference_steps": int(validation["num_inference_steps"]),
                    "guidance_scale": float(validation["guidance_scale"]), "resolution": images.shape[1]}
-        with inference_autocast(device, frozen_dtype):
+        with finetune.inference_autocast(device, frozen_dtype):
             base.unet.disable_adapters()
             base_images = sample_images(pipe, validation["prompts"], **options)
             base.unet.enable_adapters()
@@ -106,7 +95,7 @@ def train_image_lora(
     tracking.log_params({f"image_ft.{key}": value for key, value in schedule.items()})
     logger.info("Training an image LoRA (rank %s) on %d stills for %d steps on %s", lora_config.r, len(images),
                 config.max_steps, device)
-    fit = fit_lora(
+    fit = finetune.fit_lora(
         base.unet, base.noise_scheduler, cache, LossConfig(**params.get("loss", {})), config,
         params["checkpoint_dir"], validation_batch_size=int(validation["batch_size"]),
         validate_every=int(validation["every"]), on_validate=sample_grid,
@@ -118,7 +107,7 @@ def train_image_lora(
         base.unet.eval()
         sample_grid(final_step)
 
-    summary = run_summary(fit, base.source, "image", config, str(device), num_samples=len(images), extra=schedule)
+    summary = finetune.run_summary(fit, base.source, "image", config, str(device), num_samples=len(images), extra=schedule)
     first_val, last_val = fit.validation_losses[0], fit.validation_losses[final_step]
     tracking.log_metrics({"validation_loss_start": first_val, "validation_loss_end": last_val,
                           "steps_per_second": fit.training.steps_per_second,

@@ -68,31 +68,19 @@ def train_motion_lora(
     )
     from machining_t2v.models.checks import warn_if_low_resolution
     from machining_t2v.models.loading import build_motion_unet
-    from machining_t2v.training.finetune import (
-        collect_captioned_clips,
-        collect_captioned_stills,
-        enable_gradient_checkpointing,
-        fit_lora,
-        inference_autocast,
-        place_frozen,
-        run_summary,
-        seeded_lora_init,
-        trainable_in_fp32,
-        training_config_from_params,
-        training_device,
-    )
+    from machining_t2v.training import finetune
     from machining_t2v.training.memory import check_training_memory
 
     mode = params.get("mode", "temporal")
     if mode not in MODES:
         raise ValueError(f"motion_ft.mode must be one of {MODES}, got {mode!r}")
-    config = training_config_from_params(params["training"], num_samples=len(clips))
-    clip_frames, clip_texts = collect_captioned_clips(clips, captions, params.get("num_frames"))
+    config = finetune.training_config_from_params(params["training"], num_samples=len(clips))
+    clip_frames, clip_texts = finetune.collect_captioned_clips(clips, captions, params.get("num_frames"))
     if mode == "dual":
         if not stills:
             raise ValueError("motion_ft.mode is 'dual' but the 'stills' dataset is empty: the spatial path "
                              "learns from still frames; run the frames pipeline with frames.stills_per_video > 0.")
-        still_frames, still_texts = collect_captioned_stills(stills, captions)
+        still_frames, still_texts = finetune.collect_captioned_stills(stills, captions)
 
     # The frozen base model and motion adapter make the motion UNet.
     warn_if_low_resolution(base.unet.config, base.vae.config, clip_frames.shape[2], "motion LoRA training")
@@ -113,18 +101,18 @@ def train_motion_lora(
         logger.info("Merged the image LoRA from %s into %d modules at scale %s", image_lora.path, merged, image_scale)
     elif image_scale > 0:
         logger.warning("No image LoRA found (run image_ft first); training the motion LoRA on the base model alone.")
-    device = training_device()
-    frozen_dtype = place_frozen([base.vae, base.text_encoder, unet], config, device)
+    device = finetune.training_device()
+    frozen_dtype = finetune.place_frozen([base.vae, base.text_encoder, unet], config, device)
 
     lora_params = params["lora"]
-    with seeded_lora_init(config.seed):
+    with finetune.seeded_lora_init(config.seed):
         motion_config = add_lora(unet, rank=int(lora_params["rank"]), alpha=float(lora_params["alpha"]),
                                  dropout=float(lora_params.get("dropout", 0.0)), target_modules=MOTION_LORA_TARGETS,
                                  adapter_name="motion")
     param_groups = None
     if mode == "dual":
         dual = params["dual"]
-        with seeded_lora_init(config.seed + 1):
+        with finetune.seeded_lora_init(config.seed + 1):
             spatial_config = add_lora(unet, rank=int(dual["spatial_rank"]), alpha=float(dual["spatial_alpha"]),
                                       target_modules=IMAGE_LORA_TARGETS, adapter_name="spatial")
         unet.set_adapters(["motion", "spatial"])
@@ -134,9 +122,9 @@ def train_motion_lora(
             parameter.requires_grad_(True)
         param_groups = [{"params": motion_params, "lr": config.learning_rate},
                         {"params": spatial_params, "lr": float(dual["spatial_learning_rate"])}]
-    trainable_in_fp32(unet)
+    finetune.trainable_in_fp32(unet)
     if params.get("gradient_checkpointing"):
-        enable_gradient_checkpointing(unet)
+        finetune.enable_gradient_checkpointing(unet)
 
     check_training_memory(unet, [base.vae, base.text_encoder], device, batch_size=config.batch_size,
                           latent_size=clip_frames.shape[2] // base.vae_scale_factor, num_frames=clip_frames.shape[1],
@@ -161,7 +149,7 @@ def train_motion_lora(
         options = {"seed": int(validation["seed"]), "num_inference_steps": int(validation["num_inference_steps"]),
                    "guidance_scale": float(validation["guidance_scale"]), "num_frames": clip_frames.shape[1],
                    "resolution": clip_frames.shape[2]}
-        with inference_autocast(device, frozen_dtype):
+        with finetune.inference_autocast(device, frozen_dtype):
             unet.disable_adapters()
             base_videos = sample_videos(pipe, validation["prompts"], **options)
             unet.enable_adapters()
@@ -175,7 +163,7 @@ def train_motion_lora(
     tracking.log_params({f"motion_ft.{key}": value for key, value in schedule.items()})
     logger.info("Training a %s motion LoRA (rank %s) on %d clips of %d frames for %d steps on %s", mode,
                 motion_config.r, len(clip_frames), clip_frames.shape[1], config.max_steps, device)
-    fit = fit_lora(
+    fit = finetune.fit_lora(
         unet, noise_scheduler, cache, loss_config, config, params["checkpoint_dir"],
         param_groups=param_groups, compute_loss=compute_loss, loss_runs_backward=mode == "dual", validation_batch_size=int(validation["batch_size"]),
         validate_every=int(validation["every"]), on_validate=sample_comparison,
@@ -186,7 +174,7 @@ def train_motion_lora(
         unet.eval()
         sample_comparison(fit.training.global_step)
 
-    summary = run_summary(fit, base.source, "motion", config, str(device), num_samples=len(clip_frames),
+    summary = finetune.run_summary(fit, base.source, "motion", config, str(device), num_samples=len(clip_frames),
                           extra={"mode": mode, "motion_adapter": str(base_model["motion_adapter"]), **schedule,
                                  "num_frames": int(clip_frames.shape[1]),
                                  "image_lora_merged": bool(image_lora_used), "image_lora_scale": image_scale})
