@@ -192,20 +192,29 @@ def test_each_training_pipeline_shows_its_own_chain(viz_url, pipeline):
     assert {"render_sample_videos", "extract_frames_and_clips", "build_captions"} <= labels, labels
 
 
-def test_screenshot_of_the_lineage_is_kept(viz_project, viz_url):
+def _drawn_share(screenshot) -> float:
+    """Share of the flowchart canvas (right of the side panels) that differs from its background."""
     import numpy as np
     from PIL import Image
 
-    target = viz_project / "data" / "08_reporting" / "kedro_viz_lineage.png"
-    run_chromium(viz_url, f"--screenshot={target}", window=SCREENSHOT_WINDOW)
-    assert target.is_file()
-    with Image.open(target) as image:
+    with Image.open(screenshot) as image:
         assert image.format == "PNG" and image.size == SCREENSHOT_WINDOW
         pixels = np.asarray(image.convert("L"), dtype=np.float32)
-    # The flowchart canvas (right of the side panels) holds node boxes, labels and edges, not just
-    # its background colour (measured: ~3 % of its pixels differ from the background; blank: ~0).
     canvas = pixels[:, int(pixels.shape[1] * 0.3):]
     values, counts = np.unique(canvas, return_counts=True)
-    drawn = (np.abs(canvas - values[counts.argmax()]) > 8).mean()
+    return float((np.abs(canvas - values[counts.argmax()]) > 8).mean())
+
+
+def test_screenshot_of_the_lineage_is_kept(viz_project, viz_url):
+    target = viz_project / "data" / "08_reporting" / "kedro_viz_lineage.png"
+    # The canvas holds node boxes, labels and edges (measured: ~3 % of its pixels differ from the
+    # background; blank: ~0). On a loaded machine the app can still be laying the graph out when
+    # Chromium's time budget ends: one more screenshot is taken before calling the canvas empty.
+    for _ in range(2):
+        run_chromium(viz_url, f"--screenshot={target}", window=SCREENSHOT_WINDOW)
+        assert target.is_file()
+        drawn = _drawn_share(target)
+        if drawn > 0.01:
+            break
     assert drawn > 0.01, f"the flowchart area of the screenshot looks empty ({drawn:.2%} drawn)"
     print(f"lineage screenshot: {target}")
