@@ -102,7 +102,7 @@ def generate_evaluation_clips(
     names them in the record.
 
     The LoRAs are loaded from their folders with diffusers' ``pipe.load_lora_weights`` and
-    switched per variant with ``pipe.set_adapters`` (through :mod:`machining_t2v.generation.generator`),
+    switched per variant with ``pipe.set_adapters`` (through :mod:`machining_t2v.generation.loras`),
     exactly as a user of the console script or of diffusers would apply them.
 
     Returns:
