@@ -24,6 +24,14 @@ def read_marker(folder: Path, marker_name: str) -> dict[str, Any] | None:
         return None
 
 
+def marker_matches(folder: Path, marker_name: str, builder_version: int, seed: int | None = None) -> bool:
+    """Whether ``folder``'s marker says this builder version built it (and, if given, from ``seed``)."""
+    marker = read_marker(folder, marker_name)
+    if not marker or marker.get("builder_version") != builder_version:
+        return False
+    return seed is None or marker.get("seed") == seed
+
+
 def refuse_foreign_folder(out: Path, marker_name: str, what: str, setting: str) -> None:
     """Raise ``ValueError`` if ``out`` holds files but no marker: never overwrite the user's folder."""
     if out.exists() and any(out.iterdir()) and read_marker(out, marker_name) is None:
