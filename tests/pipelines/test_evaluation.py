@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 
 import mlflow
@@ -28,6 +29,7 @@ from machining_t2v.pipelines.evaluation.nodes import (
 from machining_t2v_starter import world as starter_world
 from machining_t2v_starter.evaluator_training import train_evaluator
 from tests.conftest import make_project, run_pipeline
+from tests.publishing.comfyui_checks import missing_files, referenced_files, workflow_problems
 
 VARIANTS = ["base", "image", "motion", "both"]
 PROMPT_IDS = ["mill_x_aluminium", "turn_brass", "mill_circle_titanium", "face_cast_iron"]
@@ -129,6 +131,30 @@ def test_mlflow_runs_hold_eval_metrics_and_report(project):
     assert {"evaluation_report.md", "evaluation_report.html", "evaluation_metrics.csv", "evaluation_summary.csv",
             "evaluation_models.json", "evaluation_plots", "evaluation_strips", "evaluation_videos"} <= artifacts
     assert len(client.list_artifacts(run.info.run_id, "evaluation_strips")) == 16
+
+
+def test_model_cards_and_the_comfyui_workflow_lie_beside_the_loras(project):
+    models = project / "data/06_models"
+    overall = pd.read_csv(project / "data/08_reporting/evaluation_summary.csv").query("split == 'all'")
+    flicker = overall.set_index("variant")["flicker"]
+    for kind in ("image", "motion"):
+        card = (models / f"{kind}_lora/README.md").read_text()
+        assert "| Steps | 4 |" in card and "| Trigger word | `mtv`" in card and "tiny-sd" in card
+        assert int(re.search(r"LoRA rank 8, alpha 8.0, (\d+) layers", card).group(1)) > 0
+        row = next(line for line in card.splitlines() if line.startswith("| flicker |"))
+        assert row == "| flicker | " + " | ".join(f"{flicker[v]:.3f}" for v in ("base", kind, "both", "reference")) + " |"
+        assert "stand-in CLIP" in card and "random weights (untrained)" in card
+        with Image.open(models / f"{kind}_lora/sample.gif") as gif:
+            assert (gif.n_frames, gif.size) == (6, (2 * 64 + 2, 64))  # base | +LoRA
+    assert not (models / "image_lora/comfyui_workflow.json").exists()
+    workflow = json.loads((models / "motion_lora/comfyui_workflow.json").read_text())
+    assert workflow_problems(workflow) == []
+    assert set(referenced_files(workflow)) == {"image_lora_kohya.safetensors", "motion_lora_animatediff.safetensors"}
+    assert missing_files(workflow, {"loras": models / "image_lora", "animatediff_motion_lora": models / "motion_lora"}) == []
+    texts = [node["inputs"]["text"] for node in workflow.values() if node["class_type"] == "CLIPTextEncode"]
+    assert texts[0].startswith("mtv slot milling along X") and texts[1] == ""
+    sampler = next(node["inputs"] for node in workflow.values() if node["class_type"] == "KSampler")
+    assert (sampler["steps"], sampler["cfg"], sampler["seed"]) == (3, 4.0, 0)
 
 
 def test_generate_pipeline_writes_gif_and_h264_with_project_loras(project, monkeypatch):

@@ -244,6 +244,20 @@ class ReportParams(Params):
     videos_folder: Text = "evaluation_videos"
 
 
+class ComfyUIParams(Params):
+    """``evaluation.model_cards.comfyui``: the model files the ComfyUI workflow loads."""
+
+    checkpoint: Text = "v1-5-pruned-emaonly.safetensors"
+    motion_module: Text = "mm_sd15_v3.safetensors"
+    frame_rate: float = 8.0
+
+
+class ModelCardsParams(Params):
+    """``evaluation.model_cards``: the cards and the ComfyUI workflow beside the LoRAs."""
+
+    comfyui: ComfyUIParams = ComfyUIParams()
+
+
 class EvaluationParams(Params):
     """``evaluation``: base vs fine-tuned, scored on the same prompts and seeds."""
 
@@ -256,6 +270,7 @@ class EvaluationParams(Params):
     processes: dict[Text, list[Text]]
     reference: ReferenceParams = ReferenceParams()
     report: ReportParams = ReportParams()
+    model_cards: ModelCardsParams = ModelCardsParams()
     cpu_threads: int | None = 1
 
 

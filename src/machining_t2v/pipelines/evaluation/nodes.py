@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from diffusers import MotionAdapter
 
     from machining_t2v.models.loading import BaseModel
+    from machining_t2v.publishing.model_card import ModelCard
 
 logger = logging.getLogger(__name__)
 
@@ -346,7 +347,83 @@ def build_report(
     return to_markdown(blocks), to_html(blocks, report_title(report))
 
 
+# --------------------------------------------------------------------------- beside the LoRAs
+
+
+def build_model_cards(
+    image_lora: TrainedLora | None,
+    motion_lora: TrainedLora | None,
+    summary: pd.DataFrame,
+    inworld: pd.DataFrame,
+    models: dict[str, Any],
+    generated: dict[str, np.ndarray],
+    prompts: pd.DataFrame,
+    trigger: str | None,
+    params: dict[str, Any],
+) -> tuple[ModelCard, ModelCard]:
+    """The model cards of the image and the motion LoRA, to be written beside them: ``README.md``
+    with the evaluation's figures, a sample GIF (base | +LoRA, the first prompt and seed) and,
+    beside the motion LoRA, the ComfyUI workflow of the pair (:mod:`machining_t2v.publishing`).
+
+    A LoRA that does not exist gets an empty card (its folder's old card files are removed).
+    """
+    from machining_t2v.publishing.model_card import ModelCard
+
+    cards = {}
+    for kind, lora in (("image", image_lora), ("motion", motion_lora)):
+        cards[kind] = ModelCard() if lora is None else _model_card(
+            kind, lora, image_lora is not None, summary, inworld, models, generated, prompts, trigger or "", params)
+    return cards["image"], cards["motion"]
+
+
+def _model_card(kind: str, lora: TrainedLora, with_image_lora: bool, summary: pd.DataFrame, inworld: pd.DataFrame,
+                models: dict[str, Any], generated: dict[str, np.ndarray], prompts: pd.DataFrame, trigger: str,
+                params: dict[str, Any]) -> ModelCard:
+    from machining_t2v.diffusion.sampling import side_by_side
+    from machining_t2v.lora.formats import (
+        ANIMATEDIFF_MOTION_LORA_FILENAME,
+        KOHYA_IMAGE_LORA_FILENAME,
+        group_by_module,
+    )
+    from machining_t2v.publishing.comfyui_workflow import WorkflowSettings, comfyui_workflow
+    from machining_t2v.publishing.model_card import (
+        CardFacts,
+        ModelCard,
+        model_card_text,
+        sample_clips,
+    )
+
+    texts = dict(zip(prompts["prompt_id"], prompts["prompt"], strict=True))
+    evaluated = any(parse_clip_key(key)[0] == kind for key in generated)
+    prompt_id, seed, clips = sample_clips(generated, kind) if evaluated else (prompts["prompt_id"].iloc[0], None, {})
+    scale = float(params["lora_scales"][kind])
+    comfyui = params["model_cards"]["comfyui"]
+    facts = CardFacts(
+        kind=kind, info=lora.info, lora_config=lora.lora_config,
+        num_layers=len(group_by_module(lora.state_dict)), trigger=trigger, scale=scale,
+        evaluation=models, summary=summary, inworld=inworld, sample_prompt=texts[prompt_id], sample_seed=seed,
+        sample_variants=list(clips), with_workflow=kind == "motion",
+        workflow_models={"checkpoint": comfyui["checkpoint"], "motion_module": comfyui["motion_module"]},
+    )  # fmt: skip
+    workflow = None
+    if kind == "motion":
+        sampling = models["sampling"]
+        workflow = comfyui_workflow(WorkflowSettings(
+            checkpoint=comfyui["checkpoint"], motion_module=comfyui["motion_module"],
+            motion_lora_file=ANIMATEDIFF_MOTION_LORA_FILENAME, motion_lora_scale=scale,
+            image_lora_file=KOHYA_IMAGE_LORA_FILENAME if with_image_lora else None,
+            image_lora_scale=float(params["lora_scales"]["image"]), prompt=texts[prompt_id],
+            negative_prompt=sampling.get("negative_prompt") or "", num_frames=int(sampling["num_frames"]),
+            size=int(sampling["size"]), steps=int(sampling["num_inference_steps"]),
+            guidance_scale=float(sampling["guidance_scale"]), seed=seed or 0, sampler=sampling["scheduler"],
+            beta_schedule=lora.info.get("beta_schedule", "linear"), frame_rate=float(comfyui["frame_rate"]),
+        ))  # fmt: skip
+    sample = side_by_side(list(clips.values())) if clips else None
+    return ModelCard(readme=model_card_text(facts), sample=sample, workflow=workflow)
+
+
 __all__ = [
+    "build_model_cards",
     "build_prompt_table",
     "build_report",
     "describe_models",

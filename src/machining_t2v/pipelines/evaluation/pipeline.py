@@ -1,4 +1,5 @@
-"""``evaluation`` pipeline: base vs +image LoRA vs +motion LoRA vs both -> metrics, report, plots, strips.
+"""``evaluation`` pipeline: base vs +image LoRA vs +motion LoRA vs both -> metrics, report, plots, strips,
+and a model card beside each LoRA (with a ComfyUI workflow beside the motion LoRA).
 
 When the base model is the starter model, its in-world evaluator adds in-world metrics
 (style, scene and motion accuracy); for any other base model that table is empty.
@@ -11,6 +12,7 @@ because it reads the ``image_lora`` and ``motion_lora`` datasets they write.
 from kedro.pipeline import Node, Pipeline
 
 from .nodes import (
+    build_model_cards,
     build_prompt_table,
     build_report,
     describe_models,
@@ -61,5 +63,9 @@ def create_pipeline(**kwargs) -> Pipeline:
                          "evaluation_plots", "evaluation_strips", "evaluation_inworld",
                          "evaluation_inworld_predictions", "params:evaluation"],
                  outputs=["evaluation_report", "evaluation_report_html"], name="build_evaluation_report"),
+            Node(build_model_cards,
+                 inputs=["image_lora", "motion_lora", "evaluation_summary", "evaluation_inworld", "evaluation_models",
+                         "evaluation_clips", "evaluation_prompts", "params:captions.trigger", "params:evaluation"],
+                 outputs=["image_lora_card", "motion_lora_card"], name="build_model_cards"),
         ]
     )

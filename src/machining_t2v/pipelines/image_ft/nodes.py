@@ -117,6 +117,7 @@ def train_image_lora(
     trained = TrainedLora(
         state_dict={k: v.detach().cpu().contiguous() for k, v in lora_state_dict(base.unet).items()},
         lora_config=lora_config.to_dict(), kind="image",
-        info={"base_model": base.source, "steps": final_step, "trigger_captions": sorted(set(texts))[:20], **schedule},
+        info={"base_model": base.source, "steps": final_step, "num_samples": len(images),
+              "trigger_captions": sorted(set(texts))[:20], **schedule},
     )  # fmt: skip
     return trained, grids, summary

@@ -179,7 +179,8 @@ def train_motion_lora(
                                  "num_frames": int(clip_frames.shape[1]),
                                  "image_lora_merged": bool(image_lora_used), "image_lora_scale": image_scale})
     info = {"base_model": base.source, "motion_adapter": str(base_model["motion_adapter"]),
-            "steps": fit.training.global_step, "mode": mode, "num_frames": int(clip_frames.shape[1]), **schedule}
+            "steps": fit.training.global_step, "mode": mode, "num_frames": int(clip_frames.shape[1]),
+            "num_samples": len(clip_frames), "trigger_captions": sorted(set(clip_texts))[:20], **schedule}
     motion_lora = TrainedLora(state_dict=_cpu(lora_state_dict(unet, "motion")), lora_config=motion_config.to_dict(),
                               kind="motion", info=info)
     spatial_lora = TrainedLora(state_dict={}, lora_config={}, kind="image", info=info)
