@@ -380,12 +380,7 @@ def _model_card(kind: str, lora: TrainedLora, with_image_lora: bool, summary: pd
                 models: dict[str, Any], generated: dict[str, np.ndarray], prompts: pd.DataFrame, trigger: str,
                 params: dict[str, Any]) -> ModelCard:
     from machining_t2v.diffusion.sampling import side_by_side
-    from machining_t2v.lora.formats import (
-        ANIMATEDIFF_MOTION_LORA_FILENAME,
-        KOHYA_IMAGE_LORA_FILENAME,
-        group_by_module,
-    )
-    from machining_t2v.publishing.comfyui_workflow import WorkflowSettings, comfyui_workflow
+    from machining_t2v.lora.formats import group_by_module
     from machining_t2v.publishing.model_card import (
         CardFacts,
         ModelCard,
@@ -396,31 +391,42 @@ def _model_card(kind: str, lora: TrainedLora, with_image_lora: bool, summary: pd
     texts = dict(zip(prompts["prompt_id"], prompts["prompt"], strict=True))
     evaluated = any(parse_clip_key(key)[0] == kind for key in generated)
     prompt_id, seed, clips = sample_clips(generated, kind) if evaluated else (prompts["prompt_id"].iloc[0], None, {})
-    scale = float(params["lora_scales"][kind])
     comfyui = params["model_cards"]["comfyui"]
     facts = CardFacts(
-        kind=kind, info=lora.info, lora_config=lora.lora_config,
-        num_layers=len(group_by_module(lora.state_dict)), trigger=trigger, scale=scale,
-        evaluation=models, summary=summary, inworld=inworld, sample_prompt=texts[prompt_id], sample_seed=seed,
-        sample_variants=list(clips), with_workflow=kind == "motion",
+        kind=kind, info=lora.info, lora_config=lora.lora_config, num_layers=len(group_by_module(lora.state_dict)),
+        trigger=trigger, scale=float(params["lora_scales"][kind]), evaluation=models, summary=summary,
+        inworld=inworld, sample_prompt=texts[prompt_id], sample_seed=seed, sample_variants=list(clips),
+        with_workflow=kind == "motion",
         workflow_models={"checkpoint": comfyui["checkpoint"], "motion_module": comfyui["motion_module"]},
     )  # fmt: skip
     workflow = None
     if kind == "motion":
-        sampling = models["sampling"]
-        workflow = comfyui_workflow(WorkflowSettings(
-            checkpoint=comfyui["checkpoint"], motion_module=comfyui["motion_module"],
-            motion_lora_file=ANIMATEDIFF_MOTION_LORA_FILENAME, motion_lora_scale=scale,
-            image_lora_file=KOHYA_IMAGE_LORA_FILENAME if with_image_lora else None,
-            image_lora_scale=float(params["lora_scales"]["image"]), prompt=texts[prompt_id],
-            negative_prompt=sampling.get("negative_prompt") or "", num_frames=int(sampling["num_frames"]),
-            size=int(sampling["size"]), steps=int(sampling["num_inference_steps"]),
-            guidance_scale=float(sampling["guidance_scale"]), seed=seed or 0, sampler=sampling["scheduler"],
-            beta_schedule=lora.info.get("beta_schedule", "linear"), frame_rate=float(comfyui["frame_rate"]),
-        ))  # fmt: skip
+        workflow = _pair_workflow(lora, with_image_lora, models["sampling"], texts[prompt_id], seed or 0, params)
     sample = side_by_side(list(clips.values())) if clips else None
     return ModelCard(readme=model_card_text(facts), sample=sample, workflow=workflow)
 
+
+def _pair_workflow(motion_lora: TrainedLora, with_image_lora: bool, sampling: dict[str, Any], prompt: str, seed: int,
+                   params: dict[str, Any]) -> dict[str, Any]:
+    """The ComfyUI workflow of the image + motion LoRA pair with the evaluation's prompt and sampler."""
+    from machining_t2v.lora.formats import (
+        ANIMATEDIFF_MOTION_LORA_FILENAME,
+        KOHYA_IMAGE_LORA_FILENAME,
+    )
+    from machining_t2v.publishing.comfyui_workflow import WorkflowSettings, comfyui_workflow
+
+    comfyui = params["model_cards"]["comfyui"]
+    return comfyui_workflow(WorkflowSettings(
+        checkpoint=comfyui["checkpoint"], motion_module=comfyui["motion_module"],
+        motion_lora_file=ANIMATEDIFF_MOTION_LORA_FILENAME, motion_lora_scale=float(params["lora_scales"]["motion"]),
+        image_lora_file=KOHYA_IMAGE_LORA_FILENAME if with_image_lora else None,
+        image_lora_scale=float(params["lora_scales"]["image"]), prompt=prompt,
+        negative_prompt=sampling.get("negative_prompt") or "", num_frames=int(sampling["num_frames"]),
+        size=int(sampling["size"]), steps=int(sampling["num_inference_steps"]),
+        guidance_scale=float(sampling["guidance_scale"]), seed=seed, sampler=sampling["scheduler"],
+        # The motion LoRA trained under the video sampler's schedule, which the workflow must sample with.
+        beta_schedule=motion_lora.info.get("beta_schedule", "linear"), frame_rate=float(comfyui["frame_rate"]),
+    ))  # fmt: skip
 
 __all__ = [
     "build_model_cards",
