@@ -46,7 +46,7 @@ def facts(kind="image", **overrides) -> CardFacts:
 def test_the_card_states_base_adapter_trigger_training_and_scale():
     text = model_card_text(facts())
     assert text.startswith("---\ntags:\n- lora\n") and "library_name: diffusers" in text
-    assert "base_model:" not in text  # a local folder is no hub id
+    assert "| Adapter | LoRA rank 8, alpha 8, 32 layers (`^(?!.*motion_modules).*attn.*(to_q\\|to_k\\|to_v" in text
     for expected in ("| Base model | `models/starter` |", "LoRA rank 8, alpha 8, 32 layers",
                      "| Trigger word | `mtv` (start prompts with it) |", "48 stills of the project's videos",
                      "\"mtv slot milling on a milling machine, aluminium workpiece\"", "| Steps | 900 |",
@@ -54,7 +54,8 @@ def test_the_card_states_base_adapter_trigger_training_and_scale():
                      "`image_lora_kohya.safetensors`", "![sample](sample.gif)", "left to right: base, +image LoRA",
                      "--image-lora data/06_models/image_lora --scale-image 0.8"):
         assert expected in text, expected
-    assert "comfyui_workflow.json" not in text and "motion_lora_animatediff" not in text
+    assert "- `comfyui_workflow.json`" not in text and "motion_lora_animatediff" not in text
+    assert "(`../motion_lora/comfyui_workflow.json`)" in text
 
 
 def test_the_card_shows_the_evaluation_figures_of_its_variants_with_the_standin_note():
@@ -73,11 +74,10 @@ def test_the_card_shows_the_evaluation_figures_of_its_variants_with_the_standin_
         assert expected in text, expected
 
 
-def test_in_world_accuracies_and_a_hub_base_model_appear_when_there_are_any():
+def test_in_world_accuracies_appear_when_there_are_any():
     inworld = pd.DataFrame([{"variant": v, "split": "all", "n_clips": 8, "style_accuracy": a, "scene_accuracy": 0.25,
                              "motion_accuracy": 0.5} for v, a in (("base", 0.0), ("image", 1.0))], columns=INWORLD_COLUMNS)
-    text = model_card_text(facts(inworld=inworld, info={**INFO, "base_model": "stable-diffusion-v1-5/stable-diffusion-v1-5"}))
-    assert "base_model: stable-diffusion-v1-5/stable-diffusion-v1-5\n---" in text
+    text = model_card_text(facts(inworld=inworld))
     assert "| style | 0.000 | 1.000 |" in text and "| accuracy | base | +image LoRA |" in text
 
 

@@ -85,12 +85,15 @@ def _number(value: Any) -> str:
     return f"{float(value):.3f}"
 
 
-def _front_matter(base_model: str) -> list[str]:
-    lines = ["---", "tags:", *(f"- {tag}" for tag in _HUB_TAGS), "library_name: diffusers"]
-    # The Hub only understands hub ids here; a local folder is named in the table instead.
-    if base_model.count("/") == 1 and not base_model.startswith((".", "/", "models/", "data/")):
-        lines.append(f"base_model: {base_model}")
-    return [*lines, "---", ""]
+def _front_matter() -> list[str]:
+    # No `base_model` key: the Hub wants a hub id there, and a base model's name alone does not say
+    # whether it is one or a local folder (models/starter looks like an id). The table names it.
+    return ["---", "tags:", *(f"- {tag}" for tag in _HUB_TAGS), "library_name: diffusers", "---", ""]
+
+
+def _cell(value: str) -> str:
+    """A Markdown table cell: a pipe (regex target modules) would end the cell."""
+    return value.replace("|", "\\|")
 
 
 def _trained_on(facts: CardFacts) -> str:
@@ -113,7 +116,8 @@ def _facts_table(facts: CardFacts) -> list[str]:
     targets = targets if isinstance(targets, str) else ", ".join(map(str, targets or []))
     rows = [
         ("Base model", f"`{info.get('base_model', evaluation.get('base_model_source', '?'))}`"),
-        ("Motion adapter", f"`{info.get('motion_adapter', evaluation.get('motion_adapter', '?'))}`"),
+        ("Motion adapter" if facts.kind == "motion" else "Motion adapter (evaluation)",
+         f"`{info.get('motion_adapter', evaluation.get('motion_adapter', '?'))}`"),
         ("Adapter", f"LoRA rank {config.get('r')}, alpha {config.get('lora_alpha')}, {facts.num_layers} layers "
                     f"(`{targets}`)"),
         ("Trigger word", f"`{facts.trigger}` (start prompts with it)" if facts.trigger else "none"),
@@ -125,7 +129,7 @@ def _facts_table(facts: CardFacts) -> list[str]:
                       f"{sampling.get('num_inference_steps')} {evaluation.get('scheduler', '')} steps, guidance "
                       f"{sampling.get('guidance_scale')}, {sampling.get('size')} px, seeds {sampling.get('seeds')}"),
     ]
-    return ["| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows), ""]
+    return ["| | |", "|---|---|", *(f"| {name} | {_cell(value)} |" for name, value in rows), ""]
 
 
 def _files(facts: CardFacts) -> list[str]:
@@ -193,6 +197,10 @@ def _usage(facts: CardFacts) -> list[str]:
              f"machining-t2v generate \"{facts.sample_prompt}\" \\",
              f"    --base {evaluation.get('base_model')} --motion-adapter {evaluation.get('motion_adapter')} \\",
              f"    {flag} data/06_models/{facts.kind}_lora --scale-{facts.kind} {facts.scale:g}", "```", ""]
+    if facts.kind == "image":
+        lines += [f"ComfyUI: `LoraLoader` reads `{KOHYA_IMAGE_LORA_FILENAME}` from `models/loras/`; a workflow "
+                  f"with both LoRAs lies beside the motion LoRA (`../motion_lora/{WORKFLOW_FILE}`) once motion_ft "
+                  "has run.", ""]
     if facts.with_workflow:
         models = facts.workflow_models
         lines += [
@@ -210,9 +218,8 @@ def _usage(facts: CardFacts) -> list[str]:
 
 def model_card_text(facts: CardFacts) -> str:
     """The card as Markdown with Hugging Face front matter (see the module docstring)."""
-    base_model = str(facts.info.get("base_model") or facts.evaluation.get("base_model_source") or "")
     title = "Image LoRA" if facts.kind == "image" else "Motion LoRA"
-    lines = [*_front_matter(base_model), f"# {title} for machine-tool process videos (machining-t2v)", "",
+    lines = [*_front_matter(), f"# {title} for machine-tool process videos (machining-t2v)", "",
              _WHAT[facts.kind], "", *_facts_table(facts), *_files(facts), *_evaluation(facts),
              *_sample(facts), *_usage(facts)]
     return "\n".join(lines).rstrip() + "\n"
