@@ -65,8 +65,8 @@ def build_app(studio: Studio) -> Any:
         mp4 = str(result.mp4) if result.mp4 else None
         table = [[clip[column] for column in CLIP_COLUMNS] for clip in reversed(clips)]
         files = [clip["file"] for clip in clips if Path(clip["file"]).is_file()] or None
-        return (result.message, result.prompt, made, mp4 or gr.Video(), mp4 or gr.File(), clips, table, files,
-                *lists)
+        # No clip: the player is emptied, so an earlier clip is not taken for this request's (it stays listed).
+        return result.message, result.prompt, made, mp4, mp4, clips, table, files, *lists
 
     trained = studio.trained_loras()
     with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
