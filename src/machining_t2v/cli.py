@@ -10,7 +10,9 @@ loaded by path from anywhere (a ``.safetensors`` file or a folder holding
 ``pytorch_lora_weights.safetensors``; diffusers, kohya and AnimateDiff MotionLoRA layouts).
 Everything runs through :mod:`machining_t2v.generation.generator`, the code the ``generate`` and
 ``evaluation`` pipelines use.
-No Kedro project is needed.
+No Kedro project is needed. ``machining-t2v prompt INSTRUCTION`` prints the prompt a work instruction
+(Korean or English) becomes; ``machining-t2v serve`` starts the local web page
+(:mod:`machining_t2v.webapp`) on http://127.0.0.1:7860/.
 
 Kedro also imports this module: ``kedro`` loads ``<package>.cli`` of a project and requires a
 click group named ``cli`` in it (its commands are added to ``kedro``'s). :data:`cli` is that group,
@@ -188,6 +190,8 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument("--tiny-model-dir", type=Path, default=None, help="where builtin:tiny is built and loaded")
     cmd.add_argument("--frames", type=_positive_int, default=None, help="frames per clip (default: the base "
                      f"model's, {STARTER_FRAMES} for the starter, {SD15_FRAMES} for SD1.5)")
+    cmd.add_argument("--steps", type=_positive_int, default=25, help="denoising steps the page starts with "
+                     "(default 25)")
     cmd.add_argument("--models-dir", type=Path, default=Path("data/06_models"), help="where the trained LoRA "
                      "folders are looked for (default data/06_models; the MLflow runs of ./mlflow.db too)")
     cmd.add_argument("--out-dir", type=Path, default=Path("data/07_model_output/web_clips"),
@@ -222,7 +226,8 @@ def serve_command(args: argparse.Namespace) -> int:
         base=base, motion_adapter=args.motion_adapter or default_motion_adapter(base),
         tiny_model_dir=args.tiny_model_dir or default_tiny_model_dir(), glossary=glossary,
         trigger=configured_trigger(args.env) if args.trigger is None else args.trigger, models_dir=args.models_dir,
-        out_dir=args.out_dir, frames=args.frames, device=args.device, dtype=args.dtype, threads=args.threads,
+        out_dir=args.out_dir, frames=args.frames, steps=args.steps, device=args.device, dtype=args.dtype,
+        threads=args.threads,
     )  # fmt: skip
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"{PROG}: note: listening on {args.host}: other machines can open the page, which has no login",

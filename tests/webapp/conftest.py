@@ -37,7 +37,8 @@ def settings_for(tiny_dir: Path, root: Path, **overrides) -> StudioSettings:
     """A studio on the tiny model (4 frames) with its LoRA, MLflow and output folders in ``root``."""
     values = {"base": "builtin:tiny", "motion_adapter": "builtin:tiny", "tiny_model_dir": tiny_dir,
               "glossary": load_glossary(GLOSSARY), "trigger": "mtv", "models_dir": root / "06_models",
-              "mlflow_db": root / "mlflow.db", "out_dir": root / "clips", "frames": 4, "threads": 1}
+              "mlflow_db": root / "mlflow.db", "out_dir": root / "clips", "frames": 4, "steps": FAST_STEPS,
+              "threads": 1}
     return StudioSettings(**{**values, **overrides})
 
 

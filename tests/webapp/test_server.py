@@ -19,7 +19,14 @@ from gradio_client import Client
 
 from machining_t2v.webapp.app import TITLE, launch
 from machining_t2v.webapp.studio import Studio
-from tests.webapp.conftest import FAST_STEPS, GLOSSARY, KOREAN_SLOT, SLOT_PROMPT, copy_loras, settings_for
+from tests.webapp.conftest import (
+    FAST_STEPS,
+    GLOSSARY,
+    KOREAN_SLOT,
+    SLOT_PROMPT,
+    copy_loras,
+    settings_for,
+)
 
 SCRIPT = Path(sys.executable).with_name("machining-t2v")
 

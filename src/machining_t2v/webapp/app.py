@@ -16,7 +16,6 @@ from machining_t2v.webapp.studio import ClipRequest, Studio
 
 TITLE = "Machining process video"
 CLIP_COLUMNS = ["time", "instruction", "prompt", "loras", "seed", "steps", "file"]
-DEFAULT_STEPS = 25
 
 
 def lora_options(trained: TrainedLoras, kind: str) -> list[tuple[str, str]]:
@@ -89,7 +88,7 @@ def build_app(studio: Studio) -> Any:
                 reload = gr.Button("Look for newly trained LoRAs", size="sm")
                 with gr.Row():
                     seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
-                    steps = gr.Slider(1, 100, value=DEFAULT_STEPS, step=1, label="Steps", elem_id="steps")
+                    steps = gr.Slider(1, 100, value=studio.settings.steps, step=1, label="Steps", elem_id="steps")
                 subtitle = gr.Checkbox(label="Burn the instruction in as a subtitle (shop-floor screen)")
                 start = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():

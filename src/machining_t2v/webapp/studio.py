@@ -43,6 +43,8 @@ class StudioSettings:
     """Frames per clip; None: the base model's (8 for the starter model, 16 for SD1.5)."""
     guidance: float | None = None
     """Guidance scale; None: the base model's (4.0 for the starter model, 7.5 for SD1.5)."""
+    steps: int = 25
+    """The denoising steps the page starts with (each clip may ask for others)."""
     fps: float = 8.0
     device: str | None = None
     dtype: str = "auto"
