@@ -62,6 +62,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -181,7 +188,7 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     cmd = commands.add_parser("serve", help="start the local web page (instruction -> prompt -> clip)",
                               description="Start the web page on http://127.0.0.1:PORT/: a work instruction becomes "
                               "the prompt, the trained LoRAs are offered, clips play and download there.")
-    cmd.add_argument("--port", type=_positive_int, default=7860, help="port (default 7860)")
+    cmd.add_argument("--port", type=_port, default=7860, help="port (default 7860)")
     cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                      "only; 0.0.0.0 opens the page, which has no login, to the network)")
     cmd.add_argument("--base", default=None, help="base model, as for generate (default: the project's starter "
@@ -232,8 +239,9 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"{PROG}: note: listening on {args.host}: other machines can open the page, which has no login",
               file=sys.stderr)
+    app = launch(Studio(settings), host=args.host, port=args.port)
     print(f"The page is on http://{args.host}:{args.port}/ (base model {base}; Ctrl+C stops it)", flush=True)
-    launch(Studio(settings), host=args.host, port=args.port)
+    app.block_thread()
     return 0
 
 

@@ -42,7 +42,7 @@ def served(tiny_dir, trained_loras, tmp_path_factory):
     """The page on a free port with two trained LoRAs; yields (app, client, LoRA folders)."""
     root = tmp_path_factory.mktemp("served")
     loras = copy_loras(trained_loras, root / "06_models")
-    app = launch(Studio(settings_for(tiny_dir, root)), port=free_port(), block=False)
+    app = launch(Studio(settings_for(tiny_dir, root)), port=free_port())
     try:
         yield app, Client(app.local_url, verbose=False), loras
     finally:
@@ -120,6 +120,8 @@ def test_the_console_script_serves_the_page_until_interrupted(tiny_dir, tmp_path
         process.send_signal(signal.SIGINT)
         output = process.communicate(timeout=60)[0]
     assert f"The page is on http://127.0.0.1:{port}/ (base model builtin:tiny" in output
+    assert process.returncode == 0, output  # Ctrl+C closes the server and ends the command normally
+    assert "share=True" not in output  # no hint at public links
 
 
 def test_serve_outside_a_project_asks_for_the_glossary(tmp_path):
@@ -127,3 +129,13 @@ def test_serve_outside_a_project_asks_for_the_glossary(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == ("machining-t2v: error: glossary not found: conf/base/glossary.yml "
                                      "(run in the project folder or give --glossary PATH)")
+
+
+def test_a_taken_port_is_a_clear_error(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run([str(SCRIPT), "serve", "--port", str(port), "--glossary", str(GLOSSARY)],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"machining-t2v: error: cannot listen on 127.0.0.1:{port} (Address already in "
+                                     "use): another program may be using the port; choose another with --port")

@@ -106,17 +106,35 @@ def build_app(studio: Studio) -> Any:
         start.click(generate, [instruction, prompt, auto_prompt, image_lora, motion_lora, scale_image, scale_motion,
                                seed, steps, subtitle, clips],
                     [status, prompt, auto_prompt, video, download, clips, table, files, image_lora, motion_lora],
-                    api_name="generate", concurrency_limit=1)  # fmt: skip
+                    api_name="generate", concurrency_limit=1, show_progress_on=[video])  # fmt: skip
     return app
 
 
-def launch(studio: Studio, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> Any:
-    """Start the page's server on ``host:port``; ``block=False`` returns at once (tests close it with
-    ``app.close()``). Clips are served from the studio's output folder only."""
+def check_address(host: str, port: int) -> None:
+    """Fail early, in the user's words, when ``host:port`` cannot be listened on.
+
+    Raises:
+        OSError: the port is taken or the address is not this machine's.
+    """
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise OSError(f"cannot listen on {host}:{port} ({reason}): another program may be using the port; "
+                      "choose another with --port") from error
+
+
+def launch(studio: Studio, host: str = "127.0.0.1", port: int = 7860) -> Any:
+    """Start the page's server on ``host:port`` in the background and return the app (``app.block_thread()``
+    waits for Ctrl+C, ``app.close()`` stops it). Clips are served from the studio's output folder only."""
+    check_address(host, port)
     app = build_app(studio)
     studio.settings.out_dir.mkdir(parents=True, exist_ok=True)
     app.queue(default_concurrency_limit=1)
-    app.launch(server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=not block,
+    app.launch(server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=True,
                allowed_paths=[str(studio.settings.out_dir.resolve())], ssr_mode=False, mcp_server=False,
-               show_error=True, quiet=not block, footer_links=["api"])
+               show_error=True, quiet=True, footer_links=["api"])
     return app

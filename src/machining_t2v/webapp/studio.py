@@ -163,7 +163,8 @@ class Studio:
         try:
             with self._lock, cpu_threads(self.settings.threads):
                 return self._generate(request, answer, on_step)
-        except (ValueError, OSError) as error:  # FileNotFoundError and LoraMismatchError included
+        # FileNotFoundError and LoraMismatchError included; RuntimeError: torch's, out of memory above all.
+        except (ValueError, OSError, RuntimeError) as error:
             logger.warning("Clip failed: %s", error)
             return ClipResult(f"**No clip:** {error}", answer.prompt, lora_gone=isinstance(error, FileNotFoundError))
 
