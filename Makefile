@@ -46,7 +46,7 @@ mlflow-ui: venv
 
 # The local web page on http://127.0.0.1:7860/: a work instruction in, a clip out, with the trained LoRAs.
 demo: venv
-	$(BIN)/machining-t2v serve
+	$(BIN)/machining-t2v serve --host 127.0.0.1
 
 clean:
 	rm -rf data/02_intermediate/* data/03_primary/* data/04_feature/* data/05_model_input/* \

@@ -190,7 +190,7 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
                               "the prompt, the trained LoRAs are offered, clips play and download there.")
     cmd.add_argument("--port", type=_port, default=7860, help="port (default 7860)")
     cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
-                     "only; 0.0.0.0 opens the page, which has no login, to the network)")
+                     "only; this machine's network address opens the page, which has no login, to the network)")
     cmd.add_argument("--base", default=None, help="base model, as for generate (default: the project's starter "
                      "model in the project folder, else builtin:tiny)")
     cmd.add_argument("--motion-adapter", default=None, help="motion adapter, as for generate")
