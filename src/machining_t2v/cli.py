@@ -239,9 +239,12 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"{PROG}: note: listening on {args.host}: other machines can open the page, which has no login",
               file=sys.stderr)
-    app = launch(Studio(settings), host=args.host, port=args.port)
+    try:
+        app = launch(Studio(settings), host=args.host, port=args.port)
+    except KeyboardInterrupt:  # Ctrl+C while the server was starting
+        return 130
     print(f"The page is on http://{args.host}:{args.port}/ (base model {base}; Ctrl+C stops it)", flush=True)
-    app.block_thread()
+    app.block_thread()  # until Ctrl+C, which closes the server
     return 0
 
 

@@ -31,16 +31,14 @@ def first_lora(trained: TrainedLoras, kind: str) -> str:
 
 def build_app(studio: Studio) -> Any:
     """The page as a ``gradio.Blocks`` app (not started)."""
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by Gradio at import: the page never calls home
     import gradio as gr
 
-    def choosers(trained: TrainedLoras) -> tuple[Any, Any]:
-        return tuple(gr.Dropdown(choices=lora_options(trained, kind), value=first_lora(trained, kind))
-                     for kind in ("image", "motion"))
-
-    def refresh() -> tuple[Any, Any, str]:
+    def lora_lists() -> tuple[Any, Any, str]:
         trained = studio.trained_loras()
-        return *choosers(trained), studio.lora_status(trained)
+        image, motion = (gr.Dropdown(choices=lora_options(trained, kind), value=first_lora(trained, kind))
+                         for kind in ("image", "motion"))
+        return image, motion, studio.lora_status(trained)
 
     def to_prompt(instruction: str) -> tuple[str, str, str]:
         answer = studio.make_prompt(instruction)
@@ -58,9 +56,10 @@ def build_app(studio: Studio) -> Any:
             image_lora=image_lora or "", motion_lora=motion_lora or "", scale_image=scale_image,
             scale_motion=scale_motion, seed=int(seed or 0), steps=int(steps), subtitle=bool(subtitle),
         ), on_step=on_step)  # fmt: skip
-        made = result.prompt if result.prompt != (prompt or "").strip() else auto_prompt
+        # The prompt made from the instruction is remembered, so an unedited box follows the next instruction.
+        made = auto_prompt if result.prompt == (prompt or "").strip() else result.prompt
         clips = [*clips, result.record] if result.mp4 else clips
-        lists = choosers(studio.trained_loras()) if result.lora_gone else (gr.Dropdown(), gr.Dropdown())
+        lists = lora_lists() if result.lora_gone else (gr.Dropdown(), gr.Dropdown(), gr.Markdown())
         mp4 = str(result.mp4) if result.mp4 else None
         table = [[clip[column] for column in CLIP_COLUMNS] for clip in reversed(clips)]
         files = [clip["file"] for clip in clips if Path(clip["file"]).is_file()] or None
@@ -85,6 +84,7 @@ def build_app(studio: Studio) -> Any:
                 motion_lora = gr.Dropdown(label="Motion LoRA", choices=lora_options(trained, "motion"),
                                           value=first_lora(trained, "motion"), elem_id="motion-lora")
                 scale_motion = gr.Slider(0, 2, value=1.0, step=0.05, label="Motion LoRA scale")
+                lora_note = gr.Markdown(studio.lora_status(trained), elem_id="lora-status")
                 reload = gr.Button("Look for newly trained LoRAs", size="sm")
                 with gr.Row():
                     seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
@@ -92,7 +92,7 @@ def build_app(studio: Studio) -> Any:
                 subtitle = gr.Checkbox(label="Burn the instruction in as a subtitle (shop-floor screen)")
                 start = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
-                status = gr.Markdown(studio.lora_status(trained), elem_id="status")
+                status = gr.Markdown(elem_id="status")
                 video = gr.Video(label="Clip", elem_id="clip", autoplay=True, loop=True, interactive=False,
                                  buttons=["download"])
                 download = gr.File(label="Download the clip (H.264 .mp4)", elem_id="download", interactive=False)
@@ -102,10 +102,11 @@ def build_app(studio: Studio) -> Any:
 
         make.click(to_prompt, instruction, [status, prompt, auto_prompt], api_name="make_prompt")
         instruction.submit(to_prompt, instruction, [status, prompt, auto_prompt], api_name=False)
-        reload.click(refresh, None, [image_lora, motion_lora, status], api_name="refresh_loras")
+        reload.click(lora_lists, None, [image_lora, motion_lora, lora_note], api_name="refresh_loras")
         start.click(generate, [instruction, prompt, auto_prompt, image_lora, motion_lora, scale_image, scale_motion,
                                seed, steps, subtitle, clips],
-                    [status, prompt, auto_prompt, video, download, clips, table, files, image_lora, motion_lora],
+                    [status, prompt, auto_prompt, video, download, clips, table, files, image_lora, motion_lora,
+                     lora_note],
                     api_name="generate", concurrency_limit=1, show_progress_on=[video])  # fmt: skip
     return app
 
