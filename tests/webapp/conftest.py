@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,13 @@ def settings_for(tiny_dir: Path, root: Path, **overrides) -> StudioSettings:
               "mlflow_db": root / "mlflow.db", "out_dir": root / "clips", "frames": 4, "steps": FAST_STEPS,
               "threads": 1}
     return StudioSettings(**{**values, **overrides})
+
+
+def free_port() -> int:
+    """A port nothing listens on now (the page's server takes it next)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def copy_loras(loras: dict[str, Path], models_dir: Path) -> dict[str, Path]:

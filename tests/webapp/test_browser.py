@@ -14,8 +14,7 @@ import pytest
 from machining_t2v.webapp.app import launch
 from machining_t2v.webapp.studio import Studio
 from tests.conftest import PROJECT_ROOT, find_chromium
-from tests.webapp.conftest import KOREAN_SLOT, SLOT_PROMPT, copy_loras, settings_for
-from tests.webapp.test_server import free_port
+from tests.webapp.conftest import KOREAN_SLOT, SLOT_PROMPT, copy_loras, free_port, settings_for
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(

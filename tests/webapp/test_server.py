@@ -25,16 +25,11 @@ from tests.webapp.conftest import (
     KOREAN_SLOT,
     SLOT_PROMPT,
     copy_loras,
+    free_port,
     settings_for,
 )
 
 SCRIPT = Path(sys.executable).with_name("machining-t2v")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

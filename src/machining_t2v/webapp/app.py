@@ -46,7 +46,8 @@ def build_app(studio: Studio) -> Any:
 
     def generate(instruction: str, prompt: str, auto_prompt: str, image_lora: str | None, motion_lora: str | None,
                  scale_image: float, scale_motion: float, seed: float | None, steps: float, subtitle: bool,
-                 clips: list[dict], progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008 (Gradio's way)
+                 clips: list[dict], progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
+        # (Gradio finds the progress bar to drive through that default value.)
         def on_step(done: int, total: int) -> None:
             progress((done, total), desc="denoising", unit="steps")
 
@@ -103,6 +104,8 @@ def build_app(studio: Studio) -> Any:
         make.click(to_prompt, instruction, [status, prompt, auto_prompt], api_name="make_prompt")
         instruction.submit(to_prompt, instruction, [status, prompt, auto_prompt], api_name=False)
         reload.click(lora_lists, None, [image_lora, motion_lora, lora_note], api_name="refresh_loras")
+        # Each page opened lists the LoRAs trained since the server started.
+        app.load(lora_lists, None, [image_lora, motion_lora, lora_note], api_name=False)
         start.click(generate, [instruction, prompt, auto_prompt, image_lora, motion_lora, scale_image, scale_motion,
                                seed, steps, subtitle, clips],
                     [status, prompt, auto_prompt, video, download, clips, table, files, image_lora, motion_lora,
