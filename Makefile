@@ -11,7 +11,7 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv run sample-data test test-slow lint viz mlflow-ui clean browser bench bench-gpu
+.PHONY: venv run sample-data test test-slow lint viz mlflow-ui demo clean browser bench bench-gpu
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,13 +44,19 @@ viz: venv
 mlflow-ui: venv
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
+# The local web page on http://127.0.0.1:7860/: a work instruction in, a clip out, with the trained LoRAs.
+demo: venv
+	$(BIN)/machining-t2v serve --host 127.0.0.1
+
 clean:
 	rm -rf data/02_intermediate/* data/03_primary/* data/04_feature/* data/05_model_input/* \
 	       data/07_model_output/* data/08_reporting/*
 
-# Headless Chromium for the browser tests (Kedro-Viz lineage); needs root for apt.
+# Headless Chromium for the browser tests (Kedro-Viz lineage, the web page) and a Korean font for the
+# page's burnt-in subtitles; needs root for apt.
 browser:
-	command -v chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)
+	(command -v chromium && fc-list :lang=ko | grep -q .) || \
+	  (apt-get update && apt-get install -y --no-install-recommends chromium fonts-nanum)
 
 # Benchmarks (decode, data prep, training, generation, Kedro overhead): prints a table and writes
 # data/08_reporting/benchmarks.{json,md}. `python -m benchmarks.run --quick` for a smoke run.

@@ -60,6 +60,17 @@ def add_audio_track(video: Path, out: Path) -> Path:
     return out
 
 
+def find_chromium() -> str | None:
+    """Debian's Chromium (``make browser``), or None when it is not installed."""
+    found = shutil.which("chromium")
+    if found is None:
+        return None
+    # Debian's /usr/bin/chromium is a shell wrapper that adds its own flags (remote extensions, ...);
+    # run the browser binary behind it when it is there.
+    binary = Path("/usr/lib/chromium/chromium")
+    return str(binary) if binary.is_file() and os.access(binary, os.X_OK) else found
+
+
 TINY_BASE_MODEL_CONF = """\
 base_model:
   pretrained: builtin:tiny

@@ -10,7 +10,9 @@ loaded by path from anywhere (a ``.safetensors`` file or a folder holding
 ``pytorch_lora_weights.safetensors``; diffusers, kohya and AnimateDiff MotionLoRA layouts).
 Everything runs through :mod:`machining_t2v.generation.generator`, the code the ``generate`` and
 ``evaluation`` pipelines use.
-No Kedro project is needed.
+No Kedro project is needed. ``machining-t2v prompt INSTRUCTION`` prints the prompt a work instruction
+(Korean or English) becomes; ``machining-t2v serve`` starts the local web page
+(:mod:`machining_t2v.webapp`) on http://127.0.0.1:7860/.
 
 Kedro also imports this module: ``kedro`` loads ``<package>.cli`` of a project and requires a
 click group named ``cli`` in it (its commands are added to ``kedro``'s). :data:`cli` is that group,
@@ -57,6 +59,13 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from error
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
     return value
 
 
@@ -154,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "torch's own choice; 1 is fastest for the tiny model on small CPUs)")
     gen.add_argument("-q", "--quiet", action="store_true", help="only errors and warnings")
     _add_prompt_parser(commands)
+    _add_serve_parser(commands)
     return parser
 
 
@@ -171,6 +181,71 @@ def _add_prompt_parser(commands: argparse._SubParsersAction) -> None:
                      "captions.trigger of the project's conf for --env, e.g. mtv, ohwx with --env sd15)")
     cmd.add_argument("--env", default=None, help="Kedro environment the trigger is read from (default local over base)")
     cmd.set_defaults(quiet=False)
+
+
+def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    """``machining-t2v serve``: the local web page (instruction in, clip out)."""
+    cmd = commands.add_parser("serve", help="start the local web page (instruction -> prompt -> clip)",
+                              description="Start the web page on http://127.0.0.1:PORT/: a work instruction becomes "
+                              "the prompt, the trained LoRAs are offered, clips play and download there.")
+    cmd.add_argument("--port", type=_port, default=7860, help="port (default 7860)")
+    cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                     "only; this machine's network address opens the page, which has no login, to the network)")
+    cmd.add_argument("--base", default=None, help="base model, as for generate (default: the project's starter "
+                     "model in the project folder, else builtin:tiny)")
+    cmd.add_argument("--motion-adapter", default=None, help="motion adapter, as for generate")
+    cmd.add_argument("--tiny-model-dir", type=Path, default=None, help="where builtin:tiny is built and loaded")
+    cmd.add_argument("--frames", type=_positive_int, default=None, help="frames per clip (default: the base "
+                     f"model's, {STARTER_FRAMES} for the starter, {SD15_FRAMES} for SD1.5)")
+    cmd.add_argument("--steps", type=_positive_int, default=25, help="denoising steps the page starts with "
+                     "(default 25)")
+    cmd.add_argument("--models-dir", type=Path, default=Path("data/06_models"), help="where the trained LoRA "
+                     "folders are looked for (default data/06_models; the MLflow runs of ./mlflow.db too)")
+    cmd.add_argument("--out-dir", type=Path, default=Path("data/07_model_output/web_clips"),
+                     help="where the clips are written (default data/07_model_output/web_clips)")
+    cmd.add_argument("--glossary", type=Path, default=None, metavar="PATH", help="glossary file (default: "
+                     "conf/base/glossary.yml of the project in the current folder)")
+    cmd.add_argument("--trigger", default=None, metavar="T", help="trigger word in front of the prompts "
+                     "(default: captions.trigger of the project's conf for --env)")
+    cmd.add_argument("--env", default=None, help="Kedro environment the trigger is read from")
+    cmd.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    cmd.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                     help="weights dtype (default auto)")
+    cmd.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch")
+    cmd.set_defaults(quiet=False)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """Run ``machining-t2v serve`` until interrupted; returns the exit status (2: no glossary)."""
+    from machining_t2v.instructions.glossary import DEFAULT_GLOSSARY, GlossaryError, load_glossary
+    from machining_t2v.instructions.trigger import configured_trigger
+
+    try:
+        glossary = load_glossary(args.glossary or DEFAULT_GLOSSARY)
+    except GlossaryError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    from machining_t2v.webapp.app import launch
+    from machining_t2v.webapp.studio import Studio, StudioSettings
+
+    base = args.base or default_base()
+    settings = StudioSettings(
+        base=base, motion_adapter=args.motion_adapter or default_motion_adapter(base),
+        tiny_model_dir=args.tiny_model_dir or default_tiny_model_dir(), glossary=glossary,
+        trigger=configured_trigger(args.env) if args.trigger is None else args.trigger, models_dir=args.models_dir,
+        out_dir=args.out_dir, frames=args.frames, steps=args.steps, device=args.device, dtype=args.dtype,
+        threads=args.threads,
+    )  # fmt: skip
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"{PROG}: note: listening on {args.host}: other machines can open the page, which has no login",
+              file=sys.stderr)
+    try:
+        app = launch(Studio(settings), host=args.host, port=args.port)
+    except KeyboardInterrupt:  # Ctrl+C while the server was starting
+        return 130
+    print(f"The page is on http://{args.host}:{args.port}/ (base model {base}; Ctrl+C stops it)", flush=True)
+    app.block_thread()  # until Ctrl+C, which closes the server
+    return 0
 
 
 def prompt_command(args: argparse.Namespace) -> int:
@@ -225,37 +300,24 @@ def generate_command(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace, out: Path) -> int:
-    from machining_t2v.fixtures.tiny_model import tiny_model_source
-    from machining_t2v.generation.generator import build_generator
-    from machining_t2v.generation.loras import load_lora, set_lora_scales
+    from machining_t2v.generation.generator import open_generator
+    from machining_t2v.generation.loras import use_loras
     from machining_t2v.generation.video import check_num_frames, generate_video, save_video
     from machining_t2v.instructions.tokenizer_words import warn_unknown_words
-    from machining_t2v.models.loading import load_base_model, load_motion_adapter
 
     log = logging.getLogger("machining_t2v.cli")
     base = args.base or default_base()
-    motion_adapter = args.motion_adapter or default_motion_adapter(base)
     # The console script, like the catalog's model datasets, is where builtin:tiny becomes a folder.
-    tiny_model_dir = args.tiny_model_dir or default_tiny_model_dir()
-    generator = build_generator(
-        load_base_model(tiny_model_source(base, tiny_model_dir), revision=args.revision, variant=args.variant),
-        load_motion_adapter(tiny_model_source(motion_adapter, tiny_model_dir, motion_adapter=True)),
-        base_spec=base, motion_adapter_spec=motion_adapter, scheduler=args.scheduler, device=args.device,
-        dtype=args.dtype,
-    )  # fmt: skip
+    generator = open_generator(base, args.motion_adapter or default_motion_adapter(base),
+                               args.tiny_model_dir or default_tiny_model_dir(), scheduler=args.scheduler,
+                               device=args.device, dtype=args.dtype, revision=args.revision, variant=args.variant)
     warn_unknown_words(generator.tokenizer, args.prompt)
     default_frames, default_guidance = default_sampling(base)
     num_frames = args.frames or default_frames
     guidance = default_guidance if args.guidance is None else args.guidance
     check_num_frames(generator, num_frames)
-    scales = {}
-    if args.image_lora:
-        load_lora(generator, args.image_lora, "image")
-        scales["image"] = args.scale_image
-    if args.motion_lora:
-        load_lora(generator, args.motion_lora, "motion")
-        scales["motion"] = args.scale_motion
-    set_lora_scales(generator, scales)
+    scales = use_loras(generator, {"image": (args.image_lora, args.scale_image),
+                                   "motion": (args.motion_lora, args.scale_motion)})
     generator.pipe.set_progress_bar_config(disable=args.quiet or not sys.stderr.isatty())
     log.info("Generating %d frames, %d steps, guidance %g, seed %d with base %s%s", num_frames, args.steps,
              guidance, args.seed, generator.base_source,
@@ -292,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                 return generate_command(args)
             if args.command == "prompt":
                 return prompt_command(args)
+            if args.command == "serve":
+                return serve_command(args)
         except (ValueError, FileNotFoundError, OSError) as error:
             print(f"{PROG}: error: {error}", file=sys.stderr)
             return 1

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from machining_t2v.generation.loras import LoraMismatchError, load_lora, set_lora_scales
+from machining_t2v.generation.loras import LoraMismatchError, load_lora, set_lora_scales, use_loras
 from machining_t2v.lora.formats import to_animatediff_motion_lora, to_kohya
 
 from .conftest import render
@@ -83,3 +83,16 @@ def test_missing_and_malformed_lora_paths(generator, tmp_path):
     (tmp_path / "broken.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         load_lora(generator, tmp_path / "broken.safetensors", "x")
+
+
+def test_use_loras_switches_to_exactly_the_chosen_loras_and_back(generator, loras):
+    base = render(generator)
+    assert use_loras(generator, {"image": (loras["image"], 0.7), "motion": (None, 1.0)}) == {"image": 0.7}
+    assert sorted(generator.loras) == ["image"]
+    image_only = render(generator)
+    assert use_loras(generator, {"image": ("", 1.0), "motion": (loras["motion"], 1.0)}) == {"motion": 1.0}
+    assert sorted(generator.loras) == ["motion"]  # the image LoRA was unloaded, not only switched off
+    assert use_loras(generator, {"image": (None, 1.0), "motion": (None, 1.0)}) == {}
+    assert generator.loras == {}
+    assert not np.array_equal(base, image_only)
+    np.testing.assert_array_equal(render(generator), base)

@@ -38,3 +38,9 @@ def test_save_video_writes_h264_and_gif(tmp_path):
     with pytest.raises(ValueError, match="must end in .mp4"):
         save_video(frames, tmp_path / "clip.avi")
     assert prompt_slug("Face the steel bar, on the lathe!") == "face_the_steel_bar_on_the_lathe"
+
+
+def test_on_step_follows_every_denoising_step(generator):
+    steps = []
+    render(generator, num_inference_steps=3, on_step=lambda done, total: steps.append((done, total)))
+    assert steps == [(1, 3), (2, 3), (3, 3)]

@@ -81,7 +81,7 @@ def test_mixed_korean_and_english_notes_the_words_left_out():
 
 def test_the_prompt_command_answers_without_the_deep_learning_stack():
     code = ("import sys\nfrom machining_t2v import cli\nassert cli.main(['prompt', 'mill the slot']) == 0\n"
-            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'gradio') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
                             timeout=120, env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"})
     assert result.returncode == 0, result.stderr

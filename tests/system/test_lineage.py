@@ -31,20 +31,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import make_project
+from tests.conftest import find_chromium, make_project
 
-
-def _find_chromium() -> str | None:
-    found = shutil.which("chromium")
-    if found is None:
-        return None
-    # Debian's /usr/bin/chromium is a shell wrapper that adds its own flags (remote extensions, ...);
-    # run the browser binary behind it when it is there.
-    binary = Path("/usr/lib/chromium/chromium")
-    return str(binary) if binary.is_file() and os.access(binary, os.X_OK) else found
-
-
-CHROMIUM = _find_chromium()
+CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed: run `make browser` (apt-get install chromium)"
 )

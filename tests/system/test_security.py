@@ -176,9 +176,11 @@ def test_nothing_is_unpickled_from_src_or_conf():
 def test_servers_listen_on_localhost_by_default():
     makefile = (PROJECT_ROOT / "Makefile").read_text(encoding="utf-8")
     commands = [line.strip() for line in makefile.splitlines()
-                if re.search(r"kedro viz( run)?\b|mlflow (ui|server)\b", line) and not line.lstrip().startswith("#")]
+                if re.search(r"kedro viz( run)?\b|mlflow (ui|server)\b|machining-t2v serve\b", line)
+                and not line.lstrip().startswith("#")]
     servers = [c for c in commands if "viz build" not in c]
     assert any("kedro viz" in c for c in servers) and any("mlflow ui" in c for c in servers), commands
+    assert any("machining-t2v serve" in c for c in servers), commands  # make demo, the web page
     for command in servers:
         assert re.search(r"--host[ =]127\.0\.0\.1\b", command), f"Makefile: {command} does not bind 127.0.0.1"
     mlflow = yaml.safe_load((CONF / "base" / "mlflow.yml").read_text(encoding="utf-8"))

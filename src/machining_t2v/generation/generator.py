@@ -7,6 +7,8 @@ frames and files: :mod:`.video`):
     folder = tiny_model_source("builtin:tiny", "data/06_models/tiny-sd")   # or any diffusers folder
     generator = build_generator(load_base_model(folder), load_motion_adapter(f"{folder}/motion_adapter"),
                                 base_spec="builtin:tiny", motion_adapter_spec="builtin:tiny")
+    # or, from what a user names (the console script and the web page):
+    generator = open_generator("builtin:tiny", "builtin:tiny", tiny_model_dir="data/06_models/tiny-sd")
     load_lora(generator, "data/06_models/image_lora", "image")      # pipe.load_lora_weights(...)
     load_lora(generator, "data/06_models/motion_lora", "motion")
     set_lora_scales(generator, {"image": 0.8, "motion": 1.0})         # pipe.set_adapters(...)
@@ -27,8 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from machining_t2v.fixtures.tiny_model import tiny_model_exists
-from machining_t2v.models.loading import BaseModel, build_motion_unet
+from machining_t2v.fixtures.tiny_model import tiny_model_exists, tiny_model_source
+from machining_t2v.models.loading import (
+    BaseModel,
+    build_motion_unet,
+    load_base_model,
+    load_motion_adapter,
+)
 from machining_t2v.models.sources import TINY_MODEL
 
 if TYPE_CHECKING:
@@ -181,3 +188,23 @@ def build_generator(
         base_is_tiny=tiny_model_exists(base.source),
     )
 
+
+
+def open_generator(
+    base: str,
+    motion_adapter: str,
+    tiny_model_dir: str | Path,
+    *,
+    scheduler: str = "ddim",
+    device: str | None = None,
+    dtype: str | None = "auto",
+    revision: str | None = None,
+    variant: str | None = None,
+) -> VideoGenerator:
+    """Load the base model and motion adapter a user names (a folder, a hub id or ``builtin:tiny``, which
+    is built in ``tiny_model_dir``) and put them into a generator (:func:`build_generator`)."""
+    return build_generator(
+        load_base_model(tiny_model_source(base, tiny_model_dir), revision=revision, variant=variant),
+        load_motion_adapter(tiny_model_source(motion_adapter, tiny_model_dir, motion_adapter=True)),
+        base_spec=base, motion_adapter_spec=motion_adapter, scheduler=scheduler, device=device, dtype=dtype,
+    )  # fmt: skip

@@ -331,3 +331,29 @@ def set_lora_scales(generator: VideoGenerator, scales: Mapping[str, float]) -> N
         return
     generator.pipe.enable_lora()
     generator.pipe.set_adapters(list(active), adapter_weights=list(active.values()))
+
+
+def unload_lora(generator: VideoGenerator, adapter_name: str) -> None:
+    """Remove a loaded LoRA from the generator's pipeline (``pipe.delete_adapters``); unknown names are ignored."""
+    if generator.loras.pop(adapter_name, None) is not None:
+        generator.pipe.delete_adapters(adapter_name)
+
+
+def use_loras(generator: VideoGenerator, choices: Mapping[str, tuple[str | Path | None, float]]) -> dict[str, float]:
+    """Make exactly the chosen LoRAs active: ``{adapter name: (path or None, scale)}``; returns the scales set.
+
+    Every LoRA loaded before is unloaded first and the chosen ones are read again from disk, so a
+    generator that serves many requests (the web page) always uses the files as they are now.
+
+    Raises:
+        FileNotFoundError, ValueError, LoraMismatchError: as :func:`load_lora`.
+    """
+    for name in list(generator.loras):
+        unload_lora(generator, name)
+    scales = {}
+    for name, (path, scale) in choices.items():
+        if path:
+            load_lora(generator, path, name)
+            scales[name] = float(scale)
+    set_lora_scales(generator, scales)
+    return scales

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,11 +97,13 @@ def generate_video(
     guidance_scale: float = 7.5,
     seed: int = 0,
     size: int | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Generate one clip with the currently active LoRAs; uint8 RGB frames ``(F, H, W, 3)``.
 
     The initial noise comes from a CPU ``torch.Generator`` seeded with ``seed``, so the same
-    seed gives the same noise on any device and for every LoRA variant.
+    seed gives the same noise on any device and for every LoRA variant. ``on_step(done, total)``
+    is called after each denoising step (a progress bar, e.g. the web page's).
 
     Raises:
         ValueError: empty prompt, too many frames, bad size or step count.
@@ -114,16 +117,23 @@ def generate_video(
     if int(num_inference_steps) < 1:
         raise ValueError(f"steps must be at least 1, got {num_inference_steps}")
     noise = torch.Generator("cpu").manual_seed(int(seed))
+    steps = int(num_inference_steps)
+
+    def step_done(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        on_step(step + 1, steps)
+        return tensors
+
     result = generator.pipe(
         prompt=prompt,
         negative_prompt=negative or None,
         num_frames=num_frames,
-        num_inference_steps=int(num_inference_steps),
+        num_inference_steps=steps,
         guidance_scale=float(guidance_scale),
         height=side,
         width=side,
         generator=noise,
         output_type="np",
+        callback_on_step_end=step_done if on_step else None,
     )
     frames = np.asarray(result.frames[0], dtype=np.float32)
     return (np.nan_to_num(frames) * 255).round().clip(0, 255).astype(np.uint8)
