@@ -43,6 +43,9 @@ METRIC_DESCRIPTIONS = {
     "rotation_ratio": "share of rotation (vs translation) in the motion, 0-1",
     "motion_fidelity": "1 - mean distance of flow magnitude/direction histograms and rotation ratio to the "
                        "reference clips of the same process (1 = moves like the references)",
+    "direction_agreement": "share of clips whose tool travels (net displacement of the moving region) the way "
+                           "the reference clips of the process mostly do; references: the way their "
+                           "metadata.csv direction says",
 }
 
 

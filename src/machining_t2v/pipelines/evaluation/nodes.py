@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from machining_t2v.evaluation.direction import screen_direction
 from machining_t2v.evaluation.inworld_scoring import (
     INWORLD_COLUMNS,
     INWORLD_FOLDER,
@@ -42,7 +43,7 @@ from machining_t2v.evaluation.variants import (
     strip_name,
 )
 from machining_t2v.kedro_glue import tracking
-from machining_t2v.kedro_glue.datasets import TrainedLora
+from machining_t2v.kedro_glue.datasets import RawVideoFolder, TrainedLora
 
 # clip_metrics, generation, inworld and sampling (torch, diffusers, transformers) are imported inside the
 # functions that use them: registering the pipelines must not pay for them.
@@ -69,13 +70,23 @@ def select_reference_clips(
     clips: dict[str, Any],
     frame_manifest: pd.DataFrame,
     captions: pd.DataFrame,
+    raw_videos: RawVideoFolder,
     params: dict[str, Any],
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
     """The reference clips per process of ``evaluation.processes``, at most
     ``evaluation.reference.max_clips_per_process`` each, loaded, and their table
-    (see :func:`~machining_t2v.evaluation.reference_clips.choose_reference_clips`)."""
+    (see :func:`~machining_t2v.evaluation.reference_clips.choose_reference_clips`), with the
+    direction each clip's tool travels from the ``direction`` column of ``metadata.csv``
+    (:func:`~machining_t2v.evaluation.direction.screen_direction`; None where it has none)."""
     limit = int((params.get("reference") or {}).get("max_clips_per_process") or 0)
-    return choose_reference_clips(clips, frame_manifest, captions, params["processes"], limit)
+    directions = {}
+    for video in raw_videos.videos:
+        word = (raw_videos.metadata_for(video) or {}).get("direction")
+        try:
+            directions[video.name] = screen_direction(word)
+        except ValueError as error:
+            raise ValueError(f"{raw_videos.root}/metadata.csv, row of {video.name}: {error}") from error
+    return choose_reference_clips(clips, frame_manifest, captions, params["processes"], limit, directions)
 
 
 # --------------------------------------------------------------------------- generation

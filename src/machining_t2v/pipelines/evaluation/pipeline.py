@@ -30,7 +30,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(build_prompt_table, inputs="params:evaluation", outputs="evaluation_prompts",
                  name="build_evaluation_prompts"),
-            Node(select_reference_clips, inputs=["clips", "frame_manifest", "captions", "params:evaluation"],
+            Node(select_reference_clips, inputs=["clips", "frame_manifest", "captions", "raw_videos",
+                                                     "params:evaluation"],
                  outputs=["evaluation_reference_clips", "evaluation_reference_table"],
                  name="select_reference_clips"),
             Node(generate_evaluation_clips,
