@@ -20,7 +20,12 @@ from machining_t2v.evaluation.metrics import (
     motion_fidelity,
     video_metrics,
 )
-from machining_t2v.evaluation.variants import REFERENCE, parse_clip_key, variant_split_groups
+from machining_t2v.evaluation.variants import (
+    REFERENCE,
+    concept_of,
+    parse_clip_key,
+    variant_split_groups,
+)
 
 if TYPE_CHECKING:
     from machining_t2v.evaluation.clip_metrics import ClipScorer
@@ -55,7 +60,9 @@ def score_every_clip(
     to the reference clips of the same process (a reference clip against the *other* references
     of its process) and direction agreement (:mod:`~machining_t2v.evaluation.direction`): 1 when
     the clip's tool travels the way the reference clips of its process mostly do (a reference
-    clip: the way its ``direction`` says), 0 when not, NaN when no direction is known.
+    clip: the way its ``direction`` says), 0 when not, NaN when no direction is known. A motion
+    concept's variant (``both:<concept>``) is compared with the reference clips of its concept
+    (``reference_table``'s ``concepts`` column) instead of its process.
 
     Args:
         scorer: the CLIP model of CLIP-T and CLIP-F.
@@ -77,9 +84,15 @@ def score_every_clip(
     prompt_of = prompts.set_index("prompt_id")
     rows: list[dict[str, Any]] = []
 
+    # A motion concept's variants (both:<concept>) are compared with that concept's own reference clips.
+    concept_refs: dict[str, list[str]] = {}
+    for sample_id, concepts in zip(reference_table["sample_id"], reference_table.get("concepts", ()), strict=False):
+        for concept in concepts:
+            concept_refs.setdefault(concept, []).append(sample_id)
     direction_of = dict(zip(reference_table["sample_id"], reference_table["direction"], strict=True))
-    process_direction = {process: most_common_direction(direction_of[r] for r in refs)
-                         for process, refs in process_refs.items()}
+    group_refs = {**{("process", p): refs for p, refs in process_refs.items()},
+                  **{("concept", c): refs for c, refs in concept_refs.items()}}
+    group_direction = {group: most_common_direction(direction_of[r] for r in refs) for group, refs in group_refs.items()}
 
     def add(base: dict[str, Any], frames: np.ndarray, text: str, stats: FlowStatistics, refs: list[str],
             expected: str | None) -> None:
@@ -92,9 +105,11 @@ def score_every_clip(
         variant, prompt_id, seed = parse_clip_key(key)
         prompt = prompt_of.loc[prompt_id]
         frames = generated[key]
+        concept = concept_of(variant)
+        group = ("process", prompt["process"]) if concept is None else ("concept", concept)
         add({"variant": variant, "prompt_id": prompt_id, "prompt": prompt["prompt"], "process": prompt["process"],
              "split": prompt["split"], "seed": seed}, frames, prompt["prompt"], flow_statistics(frames),
-            process_refs.get(prompt["process"], []), process_direction.get(prompt["process"]))
+            group_refs.get(group, []), group_direction.get(group))
     for row in reference_table.itertuples(index=False):
         others = [r for r in process_refs.get(row.process, []) if r != row.sample_id]
         add({"variant": REFERENCE, "prompt_id": row.sample_id, "prompt": row.caption, "process": row.process,
