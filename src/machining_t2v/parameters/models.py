@@ -304,6 +304,8 @@ class SampleDataParams(Params):
     min_seconds: float = 2.0
     max_seconds: float = 4.0
     webm_fraction: float = 0.5
+    close_up: float = 1.0
+    feed_scale: float = 1.0
 
 
 # --------------------------------------------------------------------------- the whole project
