@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import mlflow
 import pandas as pd
@@ -81,6 +83,7 @@ def test_each_concept_has_its_own_mlflow_entries(project):
     for concept in ("mill_feed_right", "turn_towards_chuck"):
         assert run.data.tags[f"motion_ft.{concept}.mode"] == "temporal"
         assert any(key.startswith(f"motion_ft.{concept}.") for key in run.data.metrics)
+        assert f"eval.motion:{concept}.direction_agreement" in run.data.metrics
         folder = f"motion_concepts/{concept}"
         assert {a.path for a in client.list_artifacts(run.info.run_id, folder)} >= {
             f"{folder}/motion_lora", f"{folder}/motion_ft_samples", f"{folder}/motion_ft_summary.json"}
@@ -128,3 +131,15 @@ def test_generate_picks_a_concepts_lora_by_name(project):
             run_pipeline(project, "generate", params={"generate": {"motion_concept": "drilling"}})
     finally:
         os.chdir(cwd)
+
+
+def test_the_training_launcher_trains_every_concept(project):
+    """``machining_t2v.training.launch motion_ft`` on one process: each concept's clip selection, then its training."""
+    args = [sys.executable, "-m", "machining_t2v.training.launch", "motion_ft", "--project-path", str(project),
+            "--train-only", "--no-mlflow", "--params",
+            "motion_ft.training.max_steps=2,motion_ft.training.checkpoint_every=2,motion_ft.validation.every=0"]
+    done = subprocess.run(args, cwd=project, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for concept in ("mill_feed_right", "turn_towards_chuck"):
+        info = json.loads((project / f"data/06_models/motion_concepts/{concept}/motion_lora/lora_info.json").read_text())
+        assert (info["concept"], info["steps"]) == (concept, 2)

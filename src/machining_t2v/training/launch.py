@@ -133,6 +133,15 @@ def training_nodes(pipeline_name: str) -> list:
     return nodes
 
 
+def _keep(catalog, name: str, data: Any) -> None:
+    """Save a node's output through the catalog, or keep it in memory when the catalog does not
+    define it (as Kedro's runner does: a concept's selected clips)."""
+    if name in catalog:
+        catalog.save(name, data)
+    else:
+        catalog[name] = data
+
+
 def _node_inputs(node, catalog, parameters: dict[str, Any]) -> dict[str, Any]:
     inputs = {}
     for name in node.inputs:
@@ -324,10 +333,10 @@ def main(argv: list[str] | None = None) -> int:
             outputs = node.run(inputs)
             if not state.is_main_process and _base_name(node) in EVERY_PROCESS_NODES:
                 for name, data in outputs.items():
-                    catalog.save(name, data)
+                    _keep(catalog, name, data)
             if state.is_main_process:
                 for name, data in outputs.items():
-                    catalog.save(name, data)
+                    _keep(catalog, name, data)
                     artifacts.after_dataset_saved(name, data, node)
                     logger.info("Saved %s", name)
             if everywhere:
