@@ -8,6 +8,10 @@ folder already holds videos.
 Pipelines are imported explicitly rather than with ``find_pipelines``: Kedro only discovers
 the pipelines named on the command line, and the chains need their upstream steps.
 
+With motion concepts in the conf files (``motion_ft.concepts``), ``motion_ft`` trains one motion
+LoRA per concept, each in its own namespace, and the evaluation compares them
+(:mod:`machining_t2v.kedro_glue.concepts`).
+
 The starter model's pretraining (``starter``, ``starter_check``) is a separate Kedro project for
 maintainers, in ``tools/starter``; nothing here imports it.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
+from machining_t2v.kedro_glue.concepts import configured_concepts
 from machining_t2v.pipelines import (
     captions,
     evaluation,
@@ -29,10 +34,11 @@ from machining_t2v.pipelines import (
 
 def register_pipelines() -> dict[str, Pipeline]:
     """Register the project's pipelines."""
+    concepts = configured_concepts()
     data_prep = sample_data.create_pipeline() + frames.create_pipeline() + captions.create_pipeline()
     # Each training chain ends with the evaluation of the LoRAs on disk (what it just trained).
-    image_chain = data_prep + image_ft.create_pipeline() + evaluation.create_pipeline()
-    motion_chain = data_prep + motion_ft.create_pipeline() + evaluation.create_pipeline()
+    image_chain = data_prep + image_ft.create_pipeline() + evaluation.create_pipeline(concepts)
+    motion_chain = data_prep + motion_ft.create_pipeline(concepts) + evaluation.create_pipeline(concepts)
     return {
         "sample_data": sample_data.create_pipeline(),
         "frames": frames.create_pipeline(),
@@ -40,8 +46,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         "data_prep": data_prep,
         "image_ft": image_chain,
         "motion_ft": motion_chain,
-        "evaluation": evaluation.create_pipeline(),
-        "generate": generate.create_pipeline(),
+        "evaluation": evaluation.create_pipeline(concepts),
+        "generate": generate.create_pipeline(concepts),
         # image_ft runs before motion_ft: its LoRA is merged into the motion training's base.
         # The evaluation nodes appear once and run last (they read both LoRAs).
         "__default__": image_chain + motion_chain,

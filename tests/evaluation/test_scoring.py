@@ -21,7 +21,8 @@ def scored(tmp_path_factory) -> pd.DataFrame:
                  for seed, (variant, prompt_id) in enumerate([("base", "mill"), ("base", "turn"), ("image", "mill")])}
     references = {f"ref{i}": moving_square_frames(4, 64, 64, seed=10 + i) for i in range(3)}
     reference_table = pd.DataFrame({"sample_id": list(references), "video": "", "caption": ["mill", "milling", ""],
-                                    "process": ["milling", "milling", "turning"]})
+                                    "process": ["milling", "milling", "turning"],
+                                    "direction": ["right", "right", None]})
     return score_every_clip(scorer, generated, prompts, references, reference_table)
 
 
@@ -38,6 +39,14 @@ def test_motion_fidelity_needs_other_references_of_the_process(scored):
     # ref2 is the only turning reference: a turning clip is compared with it, ref2 itself with nothing.
     assert np.isfinite(fidelity[("base", "turn")]) and np.isnan(fidelity[(REFERENCE, "ref2")])
     assert np.isfinite(fidelity[(REFERENCE, "ref0")]) and np.isfinite(fidelity[("image", "mill")])
+
+
+def test_direction_agreement_against_the_references_of_the_process(scored):
+    agreement = scored[scored["metric"] == "direction_agreement"].set_index(["variant", "prompt_id"])["value"]
+    # Every square slides right: the milling references say "right", the turning one says nothing.
+    assert agreement[(REFERENCE, "ref0")] == 1.0 and agreement[("base", "mill")] == 1.0
+    assert np.isnan(agreement[(REFERENCE, "ref2")]) and np.isnan(agreement[("base", "turn")])
+    assert metric_means(scored).set_index(["variant", "split"]).loc[(REFERENCE, "all"), "direction_agreement"] == 1.0
 
 
 def test_means_per_variant_and_split(scored):

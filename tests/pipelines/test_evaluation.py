@@ -79,6 +79,13 @@ def test_metrics_csv_has_every_variant_prompt_and_metric(project):
     assert fidelity.between(0, 1).all()
 
 
+def test_summary_reads_the_reference_clips_direction(project):
+    summary = pd.read_csv(project / "data/08_reporting/evaluation_summary.csv").set_index(["variant", "split"])
+    # The sample metadata.csv names every clip's direction: the reference row is a share, never empty.
+    assert 0.0 <= summary.loc[("reference", "all"), "direction_agreement"] <= 1.0
+    assert summary["direction_agreement"].between(0, 1).all()
+
+
 def test_report_names_models_and_labels_the_standin_clip(project):
     reporting = project / "data/08_reporting"
     report = (reporting / "evaluation_report.md").read_text()

@@ -12,7 +12,9 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["choose_reference_clips", "process_of"]
+__all__ = ["REFERENCE_COLUMNS", "choose_reference_clips", "process_of"]
+
+REFERENCE_COLUMNS = ["sample_id", "video", "caption", "process", "direction"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ def choose_reference_clips(
     captions: pd.DataFrame,
     keywords: Mapping[str, Sequence[str]],
     max_clips_per_process: int,
+    directions: Mapping[str, str | None] | None = None,
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
     """Pick the reference clips per process and load them.
 
@@ -47,9 +50,15 @@ def choose_reference_clips(
     words, e.g. "lathe", "chuck" -> turning). At most ``max_clips_per_process`` clips per process
     are kept (all when it is 0), spread evenly over the sorted clip ids.
 
+    Args:
+        directions: video name -> the on-screen direction its tool travels (one of
+            :data:`~machining_t2v.evaluation.flow.DIRECTIONS`, or None), e.g. from the
+            ``direction`` column of ``metadata.csv``; videos not in it have None.
+
     Returns:
-        the clips (sample id -> uint8 frames) and a table (sample_id, video, caption, process).
+        the clips (sample id -> uint8 frames) and a table (sample_id, video, caption, process, direction).
     """
+    directions = directions or {}
     manifest = frame_manifest[frame_manifest["kind"] == "clip"] if not frame_manifest.empty else frame_manifest
     video_of = dict(zip(manifest.get("sample_id", []), manifest.get("video", []), strict=True))
     caption_of = dict(zip(captions.get("sample_id", []), captions.get("caption", []), strict=True))
@@ -57,8 +66,9 @@ def choose_reference_clips(
     for sample_id in sorted(clips):
         video, caption = str(video_of.get(sample_id, "")), str(caption_of.get(sample_id, "") or "")
         process = process_of(f"{caption} {video.replace('_', ' ').replace('/', ' ')}", keywords)
-        rows.append({"sample_id": sample_id, "video": video, "caption": caption, "process": process})
-    table = pd.DataFrame(rows, columns=["sample_id", "video", "caption", "process"])
+        rows.append({"sample_id": sample_id, "video": video, "caption": caption, "process": process,
+                     "direction": directions.get(video)})
+    table = pd.DataFrame(rows, columns=REFERENCE_COLUMNS)
     unknown = table[table["process"].isna()]
     if len(unknown):
         logger.warning("%d reference clips match no process of evaluation.processes (e.g. %s); they are left out",

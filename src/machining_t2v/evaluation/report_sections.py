@@ -27,8 +27,9 @@ from machining_t2v.evaluation.scoring import METRICS
 from machining_t2v.evaluation.variants import (
     REFERENCE,
     VARIANT_ADAPTERS,
-    VARIANT_LABELS,
     strip_name,
+    variant_adapters,
+    variant_label,
 )
 
 __all__ = ["METRIC_DESCRIPTIONS", "report_blocks", "report_title"]
@@ -43,6 +44,9 @@ METRIC_DESCRIPTIONS = {
     "rotation_ratio": "share of rotation (vs translation) in the motion, 0-1",
     "motion_fidelity": "1 - mean distance of flow magnitude/direction histograms and rotation ratio to the "
                        "reference clips of the same process (1 = moves like the references)",
+    "direction_agreement": "share of clips whose tool travels (net displacement of the moving region) the way "
+                           "the reference clips of the process mostly do; references: the way their "
+                           "metadata.csv direction says",
 }
 
 
@@ -52,10 +56,12 @@ def report_title(report: Mapping[str, Any]) -> str:
 
 
 def _in_report_order(generated: pd.DataFrame) -> pd.DataFrame:
-    """Rows sorted by prompt, then variant in the order base, image, motion, both, then seed."""
+    """Rows sorted by prompt, then variant in the order base, image, motion, both (a concept variant
+    after its plain one), then seed."""
     order = {v: i for i, v in enumerate(VARIANT_ADAPTERS)}
     return generated.sort_values(["prompt_id", "variant", "seed"],
-                                 key=lambda s: s.map(order) if s.name == "variant" else s)
+                                 key=lambda s: s.map(lambda v: f"{order[v.partition(':')[0]]:03d}{v}")
+                                 if s.name == "variant" else s)
 
 
 def _models_table(models: dict[str, Any]) -> Table:
@@ -89,7 +95,7 @@ def _summary_table(summary: pd.DataFrame, split: str | None) -> Table:
     selected = summary[summary["split"] == "all"] if split is None else summary[summary["split"] != "all"]
     rows = []
     for row in selected.to_dict("records"):
-        label = VARIANT_LABELS.get(row["variant"], row["variant"])
+        label = variant_label(row["variant"])
         lead = (label,) if split is None else (label, row["split"])
         rows.append((*lead, row["n_clips"], *(row[m] for m in METRICS)))
     lead_columns = ("variant",) if split is None else ("variant", "prompts")
@@ -102,7 +108,7 @@ def _per_prompt_table(metrics: pd.DataFrame) -> Table:
     wide = generated.pivot_table(index=["prompt_id", "variant", "seed"], columns="metric", values="value",
                                  sort=False).reset_index()
     wide = _in_report_order(wide)
-    rows = tuple((r["prompt_id"], VARIANT_LABELS[r["variant"]], int(r["seed"]), *(r.get(m) for m in METRICS))
+    rows = tuple((r["prompt_id"], variant_label(r["variant"]), int(r["seed"]), *(r.get(m) for m in METRICS))
                  for r in wide.to_dict("records"))
     return Table(("prompt", "variant", "seed", *METRICS), rows)
 
@@ -123,7 +129,7 @@ def _in_world_blocks(inworld: pd.DataFrame, predictions: pd.DataFrame) -> list[B
     """The "In-world metrics" section; nothing when the base model has no in-world evaluator."""
     if inworld.empty:
         return []
-    rows = tuple((VARIANT_LABELS.get(r["variant"], r["variant"]), r["split"], int(r["n_clips"]),
+    rows = tuple((variant_label(r["variant"]), r["split"], int(r["n_clips"]),
                   *(_percent(r[f"{key}_accuracy"]) for key in INWORLD_KEYS)) for r in inworld.to_dict("records"))
     blocks: list[Block] = [
         Heading("In-world metrics"),
@@ -145,7 +151,7 @@ def _in_world_blocks(inworld: pd.DataFrame, predictions: pd.DataFrame) -> list[B
                    Paragraph("The label each clip got: ✓ where it is what the prompt asks for, ✗ with the expected "
                              "label where it is not, no mark where the prompt does not say."),
                    Table(("prompt", "variant", "seed", "scene", "style", "motion"),
-                         tuple((str(r["prompt_id"]), VARIANT_LABELS.get(r["variant"], r["variant"]), int(r["seed"]),
+                         tuple((str(r["prompt_id"]), variant_label(r["variant"]), int(r["seed"]),
                                 *(_label_cell(r[f"predicted_{key}"], r[f"expected_{key}"])
                                   for key in ("scene", "style", "motion")))
                                for r in generated.to_dict("records")))]
@@ -202,10 +208,10 @@ def report_blocks(
                               "Set `base_model.pretrained` and `base_model.motion_adapter` in conf/local for "
                               "real use."))
     blocks += [Heading("Models that produced these numbers"), _models_table(models)]
-    variant_items = [f"**{VARIANT_LABELS[v]}**: " + (", ".join(f"{kind} LoRA at scale {models['lora_scales'][kind]}"
-                                                               for kind in VARIANT_ADAPTERS[v]) or "no LoRA")
+    variant_items = [f"**{variant_label(v)}**: " + (", ".join(f"{kind} LoRA at scale {models['lora_scales'][kind]}"
+                                                              for kind in variant_adapters(v)) or "no LoRA")
                      for v in models["variants"]]
-    variant_items += [f"{VARIANT_LABELS[v]}: skipped ({why})" for v, why in models["skipped_variants"].items()]
+    variant_items += [f"{variant_label(v)}: skipped ({why})" for v, why in models["skipped_variants"].items()]
     blocks += [Heading("Variants"), BulletList(tuple(variant_items))]
 
     n_prompts = len(prompts)
@@ -232,6 +238,6 @@ def report_blocks(
             for seed in models["sampling"]["seeds"]:
                 name = strip_name(row.prompt_id, variant, seed)
                 if name in strips:
-                    blocks.append(Figure(f"{VARIANT_LABELS[variant]}, seed {seed}", f"{strips_link}/{name}.png",
+                    blocks.append(Figure(f"{variant_label(variant)}, seed {seed}", f"{strips_link}/{name}.png",
                                          strips[name]))
     return blocks

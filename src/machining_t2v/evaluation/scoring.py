@@ -13,13 +13,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from machining_t2v.evaluation.direction import agreement, most_common_direction, travel_direction
 from machining_t2v.evaluation.metrics import (
     FlowStatistics,
     flow_statistics,
     motion_fidelity,
     video_metrics,
 )
-from machining_t2v.evaluation.variants import REFERENCE, parse_clip_key, variant_split_groups
+from machining_t2v.evaluation.variants import (
+    REFERENCE,
+    concept_of,
+    parse_clip_key,
+    variant_split_groups,
+)
 
 if TYPE_CHECKING:
     from machining_t2v.evaluation.clip_metrics import ClipScorer
@@ -27,7 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["CLIP_METRICS", "METRICS", "SCORE_COLUMNS", "metric_means", "score_every_clip"]
 
 METRICS = ("clip_t", "clip_f", "flicker", "dynamic_degree", "dynamic", "mean_flow_magnitude", "rotation_ratio",
-           "motion_fidelity")
+           "motion_fidelity", "direction_agreement")
 CLIP_METRICS = ("clip_t", "clip_f")
 """The metrics that come from the CLIP model (they measure nothing with the stand-in CLIP)."""
 SCORE_COLUMNS = ["variant", "prompt_id", "prompt", "process", "split", "seed", "metric", "value"]
@@ -50,9 +56,13 @@ def score_every_clip(
     """Every metric of :data:`METRICS` for every generated clip and every reference clip.
 
     Per clip: CLIP-T (against its prompt; a reference clip against its caption), CLIP-F,
-    flicker, dynamic degree, dynamic, mean flow magnitude, rotation ratio and motion fidelity
+    flicker, dynamic degree, dynamic, mean flow magnitude, rotation ratio, motion fidelity
     to the reference clips of the same process (a reference clip against the *other* references
-    of its process).
+    of its process) and direction agreement (:mod:`~machining_t2v.evaluation.direction`): 1 when
+    the clip's tool travels the way the reference clips of its process mostly do (a reference
+    clip: the way its ``direction`` says), 0 when not, NaN when no direction is known. A motion
+    concept's variant (``both:<concept>``) is compared with the reference clips of its concept
+    (``reference_table``'s ``concepts`` column) instead of its process.
 
     Args:
         scorer: the CLIP model of CLIP-T and CLIP-F.
@@ -74,23 +84,37 @@ def score_every_clip(
     prompt_of = prompts.set_index("prompt_id")
     rows: list[dict[str, Any]] = []
 
-    def add(base: dict[str, Any], frames: np.ndarray, text: str, stats: FlowStatistics, refs: list[str]) -> None:
+    # A motion concept's variants (both:<concept>) are compared with that concept's own reference clips.
+    concept_refs: dict[str, list[str]] = {}
+    for sample_id, concepts in zip(reference_table["sample_id"], reference_table.get("concepts", ()), strict=False):
+        for concept in concepts:
+            concept_refs.setdefault(concept, []).append(sample_id)
+    direction_of = dict(zip(reference_table["sample_id"], reference_table["direction"], strict=True))
+    group_refs = {**{("process", p): refs for p, refs in process_refs.items()},
+                  **{("concept", c): refs for c, refs in concept_refs.items()}}
+    group_direction = {group: most_common_direction(direction_of[r] for r in refs) for group, refs in group_refs.items()}
+
+    def add(base: dict[str, Any], frames: np.ndarray, text: str, stats: FlowStatistics, refs: list[str],
+            expected: str | None) -> None:
         values = {"clip_t": clip_t(scorer, frames, text), "clip_f": clip_f(scorer, frames), **video_metrics(frames),
-                  "motion_fidelity": _fidelity(stats, [reference_stats[r] for r in refs])}
+                  "motion_fidelity": _fidelity(stats, [reference_stats[r] for r in refs]),
+                  "direction_agreement": agreement(travel_direction(frames), expected)}
         rows.extend({**base, "metric": metric, "value": float(values[metric])} for metric in METRICS)
 
     for key in sorted(generated):
         variant, prompt_id, seed = parse_clip_key(key)
         prompt = prompt_of.loc[prompt_id]
         frames = generated[key]
+        concept = concept_of(variant)
+        group = ("process", prompt["process"]) if concept is None else ("concept", concept)
         add({"variant": variant, "prompt_id": prompt_id, "prompt": prompt["prompt"], "process": prompt["process"],
              "split": prompt["split"], "seed": seed}, frames, prompt["prompt"], flow_statistics(frames),
-            process_refs.get(prompt["process"], []))
+            group_refs.get(group, []), group_direction.get(group))
     for row in reference_table.itertuples(index=False):
         others = [r for r in process_refs.get(row.process, []) if r != row.sample_id]
         add({"variant": REFERENCE, "prompt_id": row.sample_id, "prompt": row.caption, "process": row.process,
              "split": REFERENCE, "seed": -1}, reference_clips[row.sample_id], row.caption or row.process,
-            reference_stats[row.sample_id], others)
+            reference_stats[row.sample_id], others, row.direction)
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 

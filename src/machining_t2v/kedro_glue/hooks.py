@@ -26,7 +26,9 @@ whole-folder MLflow artifacts.
     environment, ``--params``) against the typed models of :mod:`machining_t2v.parameters`. An
     unknown key (``--params image_ft.method=textual_inversion``), a misspelling or a value of the
     wrong type fails the run at once with an error naming the key by its dotted path, instead of
-    being silently ignored while a model trains for minutes.
+    being silently ignored while a model trains for minutes. It also fails a run whose motion
+    concepts differ from those its pipelines were registered with
+    (:mod:`machining_t2v.kedro_glue.concepts`).
 
 ``ModelDatasetBinding``
     Binds the catalog's model datasets (``base_model``, ``motion_adapter``:
@@ -391,10 +393,13 @@ class ParameterCheck:
     # calls the later-registered first, so parameters are checked before any model is looked up,
     # and before the MLflow run is opened.
     @hook_impl(tryfirst=True)
-    def before_pipeline_run(self, catalog: Any) -> None:
+    def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
+        from machining_t2v.kedro_glue.concepts import check_registered_concepts
         from machining_t2v.parameters import check_parameters
 
-        check_parameters(catalog.load("parameters"))
+        parameters = catalog.load("parameters")
+        check_parameters(parameters)
+        check_registered_concepts(parameters, [node.name for node in pipeline.nodes])
 
 
 # --------------------------------------------------------------------------- model sources

@@ -181,9 +181,20 @@ class DualParams(Params):
     appearance_debias: float = 1.0
 
 
-class MotionFtParams(Params):
-    """``motion_ft``: the motion (temporal) LoRA."""
+class MotionConceptParams(Params):
+    """One of ``motion_ft.concepts``: which clips teach this motion, by exactly one rule
+    (``machining_t2v.data.concepts`` checks that)."""
 
+    column: Text | None = None
+    equals: Text | None = None
+    caption: Text | None = None
+    folder: Text | None = None
+
+
+class MotionFtParams(Params):
+    """``motion_ft``: the motion (temporal) LoRA, or one per concept."""
+
+    concepts: dict[Text, MotionConceptParams] = Field(default_factory=dict)
     mode: MotionMode = "temporal"
     num_frames: int | None = None
     image_lora_scale: float = 1.0
@@ -284,6 +295,7 @@ class GenerateParams(Params):
     use_motion_lora: bool = True
     image_lora_path: Text | None = None
     motion_lora_path: Text | None = None
+    motion_concept: Text | None = None
     scale_image: float = 0.8
     scale_motion: float = 1.0
     num_frames: int = 8
@@ -307,6 +319,8 @@ class SampleDataParams(Params):
     min_seconds: float = 2.0
     max_seconds: float = 4.0
     webm_fraction: float = 0.5
+    close_up: float = 1.0
+    feed_scale: float = 1.0
 
 
 # --------------------------------------------------------------------------- the whole project

@@ -45,6 +45,14 @@ TRAINING_PIPELINES = ("image_ft", "motion_ft")
 # Nodes that train through ``training.train`` and so run on every process; every other node
 # of the pipeline (after data preparation) runs on the main process only.
 DISTRIBUTED_NODES = ("train_image_lora", "train_motion_lora")
+# A motion concept's clip selection: cheap and deterministic, and its in-memory output is what every
+# process's training node reads, so every process runs it and keeps its output.
+EVERY_PROCESS_NODES = ("select_concept_clips",)
+
+
+def _base_name(node) -> str:
+    """A node's name without its namespace (a motion concept's: ``mill_x.train_motion_lora``)."""
+    return node.name.rpartition(".")[2]
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -120,9 +128,18 @@ def training_nodes(pipeline_name: str) -> list:
         nodes = [node for node in pipeline.nodes if node.name not in prep]
     else:  # pragma: no cover
         nodes = list(pipeline.nodes)
-    if not any(node.name in DISTRIBUTED_NODES for node in nodes):
+    if not any(_base_name(node) in DISTRIBUTED_NODES for node in nodes):
         raise ValueError(f"Pipeline {pipeline_name!r} has no training node ({', '.join(DISTRIBUTED_NODES)})")
     return nodes
+
+
+def _keep(catalog, name: str, data: Any) -> None:
+    """Save a node's output through the catalog, or keep it in memory when the catalog does not
+    define it (as Kedro's runner does: a concept's selected clips)."""
+    if name in catalog:
+        catalog.save(name, data)
+    else:
+        catalog[name] = data
 
 
 def _node_inputs(node, catalog, parameters: dict[str, Any]) -> dict[str, Any]:
@@ -287,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     bind_model_datasets(catalog, parameters["base_model"])  # as the ModelDatasetBinding hook does under kedro run
     nodes = training_nodes(args.pipeline)
     if args.train_only:
-        nodes = [node for node in nodes if node.name in DISTRIBUTED_NODES]
+        nodes = [node for node in nodes if _base_name(node) in DISTRIBUTED_NODES + EVERY_PROCESS_NODES]
 
     lock = ProjectLock(project_path, timeout=lock_timeout_from_env())
     if state.is_main_process:
@@ -305,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         with state.main_process_first():
             _ensure_builtin_models(parameters)
         for node in nodes:
-            everywhere = node.name in DISTRIBUTED_NODES
+            everywhere = _base_name(node) in DISTRIBUTED_NODES + EVERY_PROCESS_NODES
             if not (everywhere or state.is_main_process):
                 continue
             logger.info("Running node %s on %s", node.name,
@@ -314,9 +331,12 @@ def main(argv: list[str] | None = None) -> int:
             if mlflow_run is not None:
                 mlflow_run.log_params(node, inputs)
             outputs = node.run(inputs)
+            if not state.is_main_process and _base_name(node) in EVERY_PROCESS_NODES:
+                for name, data in outputs.items():
+                    _keep(catalog, name, data)
             if state.is_main_process:
                 for name, data in outputs.items():
-                    catalog.save(name, data)
+                    _keep(catalog, name, data)
                     artifacts.after_dataset_saved(name, data, node)
                     logger.info("Saved %s", name)
             if everywhere:

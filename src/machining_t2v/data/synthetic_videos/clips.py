@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .milling import render_milling
-from .turning import render_turning
+from .milling import milling_tool_path, render_milling
+from .turning import render_turning, turning_tool_path
 from .vocabulary import (
     MACHINES,
     MATERIAL_COLOURS,
@@ -30,6 +30,11 @@ class ClipSpec:
     pixels, added to the whole scene. ``container`` is the file extension a writer
     should use (``"mp4"`` or ``"webm"``). Geometry that is not listed here (block,
     bar and tool sizes, flute count, colours of tools) is drawn from ``seed``.
+
+    ``close_up`` frames the cutting zone that many times closer (1: the whole machine), as many
+    shop videos do: the scene is drawn ``close_up`` times larger and cropped around the tool's
+    path. ``feed_scale`` multiplies the turning insert's feed (and the facing insert's approach),
+    which at 1 is about a pixel per frame at 256 px, so slow that the spinning bar hides it.
     """
 
     name: str
@@ -47,6 +52,8 @@ class ClipSpec:
     container: str
     seed: int
     caption: str
+    close_up: float = 1.0
+    feed_scale: float = 1.0
 
     @property
     def seconds(self) -> float:
@@ -63,6 +70,8 @@ def sample_clip_specs(
     min_seconds: float = 2.0,
     max_seconds: float = 4.0,
     webm_fraction: float = 0.5,
+    close_up: float = 1.0,
+    feed_scale: float = 1.0,
 ) -> list[ClipSpec]:
     """Specs for ``num_clips`` varied clips, deterministic from ``seed``.
 
@@ -73,7 +82,8 @@ def sample_clip_specs(
     both containers when ``0 < webm_fraction < 1`` and a process has >= 2 clips.
 
     The first ``k`` specs do not depend on ``num_clips``: asking for more clips
-    only appends.
+    only appends. ``close_up`` and ``feed_scale`` (see :class:`ClipSpec`) change how the clips
+    are drawn, not what they show or how they are named and captioned.
     """
     if num_clips < 0:
         raise ValueError("num_clips must be >= 0")
@@ -87,6 +97,10 @@ def sample_clip_specs(
         raise ValueError("need 0 < min_seconds <= max_seconds")
     if not 0.0 <= webm_fraction <= 1.0:
         raise ValueError("webm_fraction must be within [0, 1]")
+    if not 1.0 <= close_up <= 3.0:
+        raise ValueError("close_up must be within [1, 3] (1 = the whole machine)")
+    if not 0.0 < feed_scale <= 10.0:
+        raise ValueError("feed_scale must be within (0, 10]")
 
     root = np.random.default_rng([seed, 0x5EED])
     materials = list(MATERIAL_COLOURS)
@@ -137,6 +151,8 @@ def sample_clip_specs(
                 container="webm" if is_webm else "mp4",
                 seed=int(rng.integers(0, 2**31 - 1)),
                 caption=make_caption(process, operation, material, direction),
+                close_up=float(close_up),
+                feed_scale=float(feed_scale),
             )
         )
     return specs
@@ -147,9 +163,25 @@ def render_clip(spec: ClipSpec) -> np.ndarray:
 
     Deterministic: the same spec always gives the same array.
     """
+    if spec.close_up != 1.0:
+        return _render_close_up(spec)
     if spec.process == "milling":
         return render_milling(spec)
     if spec.process == "turning":
         return render_turning(spec)
     raise ValueError(f"unknown process {spec.process!r}")
 
+
+def _render_close_up(spec: ClipSpec) -> np.ndarray:
+    """The scene drawn ``close_up`` times larger, cropped to the spec's size around the centre of
+    the tool's path (kept inside the larger picture)."""
+    zoom = spec.close_up
+    dx, dy = spec.camera_offset
+    large = replace(spec, width=round(spec.width * zoom), height=round(spec.height * zoom),
+                    camera_offset=(round(dx * zoom), round(dy * zoom)), close_up=1.0)
+    frames = render_clip(large)
+    path = milling_tool_path(large) if spec.process == "milling" else turning_tool_path(large)
+    centre_x, centre_y = path.mean(axis=0)
+    x0 = int(np.clip(round(centre_x - spec.width / 2), 0, large.width - spec.width))
+    y0 = int(np.clip(round(centre_y - spec.height / 2), 0, large.height - spec.height))
+    return np.ascontiguousarray(frames[:, y0 : y0 + spec.height, x0 : x0 + spec.width])

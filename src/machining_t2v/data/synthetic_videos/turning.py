@@ -69,19 +69,21 @@ def _turning_scene(spec: ClipSpec) -> _TurningScene:
 
     if facing:
         x = end_x - face_depth
-        start = (x, yc + radius + 0.04 * h)
+        start = (x, yc + radius + 0.04 * h * spec.feed_scale)
         end = (x, yc + radius * rng.uniform(0.1, 0.25))
     else:
         # Real feeds are far too slow to see; keep the exaggerated feed small next to
         # the spin (about a pixel per frame at 256 px) so the bar stays the main motion.
-        travel = min(0.45 * length, w * rng.uniform(0.004, 0.006) * max(1, spec.num_frames - 1))
+        # A feed_scale above 1 speeds it up and lets it run along more of the bar.
+        travel = min(min(0.45 * spec.feed_scale, 0.85) * length,
+                     w * rng.uniform(0.004, 0.006) * spec.feed_scale * max(1, spec.num_frames - 1))
         if spec.direction == "left":
             start = (end_x + 0.02 * w, yc + cut_radius)
             end = (start[0] - travel, yc + cut_radius)
         else:
             sx = face_x + 0.08 * w + length * rng.uniform(0.0, 0.1)
             start = (sx, yc + cut_radius)
-            end = (sx + travel, yc + cut_radius)
+            end = (min(sx + travel, end_x - 0.02 * w), yc + cut_radius)
     tip_path = drawing.linear_path(start, end, spec.num_frames)
 
     marks = int(rng.integers(4, 7))

@@ -16,6 +16,7 @@ __all__ = [
     "MILLING_JOBS",
     "PROCESSES",
     "TURNING_DIRECTIONS",
+    "TURNING_DIRECTION_VECTORS",
     "TURNING_JOBS",
     "make_caption",
 ]
@@ -47,6 +48,11 @@ MILLING_DIRECTION_VECTORS: dict[str, tuple[float, float]] = {
 #: Turning feed directions. The chuck is always on the left of the picture, so
 #: "left" feeds towards the chuck; "inward" is the radial feed used for facing.
 TURNING_DIRECTIONS: tuple[str, ...] = ("left", "right", "inward")
+
+#: Unit vector (image x right, image y down) of the insert's feed per turning direction: the
+#: facing insert starts below the bar and feeds up towards its axis.
+TURNING_DIRECTION_VECTORS: dict[str, tuple[float, float]] = {"left": (-1.0, 0.0), "right": (1.0, 0.0),
+                                                             "inward": (0.0, -1.0)}
 
 #: How a caption says each milling and turning direction.
 DIRECTION_WORDS: dict[str, str] = {

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from machining_t2v.data.concepts import concept_mask
+from machining_t2v.evaluation.direction import screen_direction
 from machining_t2v.evaluation.inworld_scoring import (
     INWORLD_COLUMNS,
     INWORLD_FOLDER,
@@ -36,13 +38,16 @@ from machining_t2v.evaluation.scoring import CLIP_METRICS, METRICS, metric_means
 from machining_t2v.evaluation.variants import (
     REFERENCE,
     VARIANT_ADAPTERS,
-    VARIANT_LABELS,
     clip_key,
+    concept_variant,
+    motion_adapter_name,
     parse_clip_key,
     strip_name,
+    variant_adapters,
+    variant_label,
 )
 from machining_t2v.kedro_glue import tracking
-from machining_t2v.kedro_glue.datasets import TrainedLora
+from machining_t2v.kedro_glue.datasets import RawVideoFolder, TrainedLora
 
 # clip_metrics, generation, inworld and sampling (torch, diffusers, transformers) are imported inside the
 # functions that use them: registering the pipelines must not pay for them.
@@ -70,13 +75,29 @@ def select_reference_clips(
     clips: dict[str, Any],
     frame_manifest: pd.DataFrame,
     captions: pd.DataFrame,
+    raw_videos: RawVideoFolder,
     params: dict[str, Any],
+    concepts: dict[str, Any] | None = None,
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
     """The reference clips per process of ``evaluation.processes``, at most
     ``evaluation.reference.max_clips_per_process`` each, loaded, and their table
-    (see :func:`~machining_t2v.evaluation.reference_clips.choose_reference_clips`)."""
+    (see :func:`~machining_t2v.evaluation.reference_clips.choose_reference_clips`), with the
+    direction each clip's tool travels from the ``direction`` column of ``metadata.csv``
+    (:func:`~machining_t2v.evaluation.direction.screen_direction`; None where it has none) and
+    the motion concepts (``motion_ft.concepts``) each belongs to (column ``concepts``, a list)."""
     limit = int((params.get("reference") or {}).get("max_clips_per_process") or 0)
-    return choose_reference_clips(clips, frame_manifest, captions, params["processes"], limit)
+    directions, metadata_of = {}, {}
+    for video in raw_videos.videos:
+        metadata_of[video.name] = raw_videos.metadata_for(video) or {}
+        try:
+            directions[video.name] = screen_direction(metadata_of[video.name].get("direction"))
+        except ValueError as error:
+            raise ValueError(f"{raw_videos.root}/metadata.csv, row of {video.name}: {error}") from error
+    loaded, table = choose_reference_clips(clips, frame_manifest, captions, params["processes"], limit, directions)
+    rows = table.assign(metadata=[metadata_of.get(video, {}) for video in table["video"]])
+    members = {name: concept_mask(name, rule, rows, allow_empty=True).tolist() for name, rule in (concepts or {}).items()}
+    table["concepts"] = [[name for name, mask in members.items() if mask[i]] for i in range(len(table))]
+    return loaded, table
 
 
 # --------------------------------------------------------------------------- generation
@@ -96,6 +117,8 @@ def generate_evaluation_clips(
     adapter: MotionAdapter,
     base_model: dict[str, Any],
     params: dict[str, Any],
+    reference_table: pd.DataFrame | None = None,
+    **concept_loras: TrainedLora | None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Generate every prompt with every variant whose LoRAs exist, with the same seeds.
 
@@ -106,23 +129,41 @@ def generate_evaluation_clips(
     switched per variant with ``pipe.set_adapters`` (through :mod:`machining_t2v.generation.loras`),
     exactly as a user of the console script or of diffusers would apply them.
 
+    ``concept_loras`` (concept name -> its motion LoRA, None when not trained) add the variants
+    ``motion:<concept>`` and ``both:<concept>`` (when ``motion`` and ``both`` are asked for); they
+    generate the prompts of the concept's process, the process most of its reference clips show
+    (``reference_table``'s ``concepts`` column, see :func:`select_reference_clips`).
+
     Returns:
         the clips (see :func:`clip_key`) and a record of what produced them (models, LoRA
         folders, scales, sampler settings, variants run and skipped).
     """
-    scales = {"image": float(params["lora_scales"]["image"]), "motion": float(params["lora_scales"]["motion"])}
     unknown = [v for v in params["variants"] if v not in VARIANT_ADAPTERS]
     if unknown:
         raise ValueError(f"evaluation.variants: unknown {unknown}; choose from {list(VARIANT_ADAPTERS)}")
     from machining_t2v.generation.generator import cpu_threads
 
+    processes = _concept_processes(reference_table, list(concept_loras))
     with cpu_threads(params.get("cpu_threads")):
-        return _generate_variants(prompts, image_lora, motion_lora, base, adapter, base_model, params, scales)
+        return _generate_variants(prompts, image_lora, {None: motion_lora, **concept_loras}, processes, base, adapter,
+                                  base_model, params)
 
 
-def _generate_variants(prompts: pd.DataFrame, image_lora: TrainedLora | None, motion_lora: TrainedLora | None,
-                       base: BaseModel, adapter: MotionAdapter, base_model: dict[str, Any], params: dict[str, Any],
-                       scales: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _concept_processes(reference_table: pd.DataFrame | None, concepts: list[str]) -> dict[str, str | None]:
+    """The process most of each concept's reference clips show; None for a concept without any."""
+    processes: dict[str, str | None] = {}
+    for concept in concepts:
+        rows = pd.DataFrame() if reference_table is None else reference_table[
+            reference_table["concepts"].map(lambda names, c=concept: c in names)]
+        counts = rows["process"].value_counts() if len(rows) else pd.Series(dtype=int)
+        processes[concept] = str(counts.index[0]) if len(counts) else None
+    return processes
+
+
+def _generate_variants(prompts: pd.DataFrame, image_lora: TrainedLora | None,
+                       motion_loras: dict[str | None, TrainedLora | None], concept_processes: dict[str, str | None],
+                       base: BaseModel, adapter: MotionAdapter, base_model: dict[str, Any],
+                       params: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     from machining_t2v.generation.generator import build_generator
     from machining_t2v.generation.loras import load_lora, set_lora_scales
     from machining_t2v.generation.video import generate_video
@@ -134,21 +175,32 @@ def _generate_variants(prompts: pd.DataFrame, image_lora: TrainedLora | None, mo
                                 motion_adapter_spec=base_model["motion_adapter"], scheduler=sampling["scheduler"])
     for row in prompts.itertuples(index=False):
         warn_unknown_words(generator.tokenizer, row.prompt, what=f"evaluation prompt {row.prompt_id}")
-    for kind, lora in (("image", image_lora), ("motion", motion_lora)):
+    scales = {"image": float(params["lora_scales"]["image"])}
+    if image_lora is not None:
+        load_lora(generator, _lora_folder(image_lora, "image"), "image")
+    for concept, lora in motion_loras.items():
+        scales[motion_adapter_name(concept)] = float(params["lora_scales"]["motion"])
         if lora is not None:
-            load_lora(generator, _lora_folder(lora, kind), kind)
-    variants, skipped = [], {}
-    for variant in params["variants"]:
-        missing = [kind for kind in VARIANT_ADAPTERS[variant] if kind not in generator.loras]
-        if missing:
-            skipped[variant] = f"no trained {' and '.join(missing)} LoRA"
-        else:
-            variants.append(variant)
+            load_lora(generator, _lora_folder(lora, "motion"), motion_adapter_name(concept))
+    variants, skipped, variant_prompts = [], {}, {}
+    for plain in params["variants"]:
+        concepts = [None, *concept_processes] if "motion" in VARIANT_ADAPTERS[plain] else [None]
+        for concept in concepts:
+            variant = plain if concept is None else concept_variant(plain, concept)
+            missing = [kind for kind in variant_adapters(variant) if kind not in generator.loras]
+            chosen = prompts if concept is None else prompts[prompts["process"] == concept_processes[concept]]
+            if missing:
+                skipped[variant] = f"no trained {' and '.join(missing)} LoRA"
+            elif chosen.empty:
+                skipped[variant] = f"no evaluation prompt of its process ({concept_processes[concept]})"
+            else:
+                variants.append(variant)
+                variant_prompts[variant] = chosen
     seeds = [int(sampling["seed"]) + offset for offset in range(int(sampling.get("seeds_per_prompt", 1)))]
     clips: dict[str, np.ndarray] = {}
     for variant in variants:
-        set_lora_scales(generator, {kind: scales[kind] for kind in VARIANT_ADAPTERS[variant]})
-        for row in prompts.itertuples(index=False):
+        set_lora_scales(generator, {kind: scales[kind] for kind in variant_adapters(variant)})
+        for row in variant_prompts[variant].itertuples(index=False):
             for seed in seeds:
                 clips[clip_key(variant, row.prompt_id, seed)] = generate_video(
                     generator, row.prompt, negative_prompt=sampling.get("negative_prompt"),
@@ -312,7 +364,7 @@ def plot_metrics(summary: pd.DataFrame, models: dict[str, Any]) -> dict[str, Ima
         reference = overall.loc[REFERENCE, metric] if REFERENCE in overall.index else None
         note = "stand-in CLIP (random weights): this score measures nothing" if standin and metric in CLIP_METRICS \
             else ""
-        plots[metric] = bar_chart(f"{metric}: mean per variant", [VARIANT_LABELS[v] for v in variants],
+        plots[metric] = bar_chart(f"{metric}: mean per variant", [variant_label(v) for v in variants],
                                   [float(overall.loc[v, metric]) for v in variants], reference=reference,
                                   note=note)
     return plots

@@ -6,8 +6,11 @@ When the base model is the starter model, its in-world evaluator adds in-world m
 
 Registered on its own (``kedro run --pipelines=evaluation`` evaluates the LoRAs on disk) and
 appended to the ``image_ft`` and ``motion_ft`` chains, where it runs after the training nodes
-because it reads the ``image_lora`` and ``motion_lora`` datasets they write.
+because it reads the ``image_lora`` and ``motion_lora`` datasets they write (with motion concepts,
+also each ``<concept>.motion_lora``).
 """
+
+from collections.abc import Sequence
 
 from kedro.pipeline import Node, Pipeline
 
@@ -27,17 +30,29 @@ from .nodes import (
 )
 
 
-def create_pipeline(**kwargs) -> Pipeline:
+def _generation_inputs(concepts: Sequence[str]) -> list[str] | dict[str, str]:
+    """The generation node's inputs: with motion concepts, also each concept's LoRA (by concept name)
+    and the reference table that tells each concept's process."""
+    plain = ["evaluation_prompts", "image_lora", "motion_lora", "base_model", "motion_adapter", "params:base_model",
+             "params:evaluation"]
+    if not concepts:
+        return plain
+    names = ["prompts", "image_lora", "motion_lora", "base", "adapter", "base_model", "params"]
+    return {**dict(zip(names, plain, strict=True)), "reference_table": "evaluation_reference_table",
+            **{concept: f"{concept}.motion_lora" for concept in concepts}}
+
+
+def create_pipeline(concepts: Sequence[str] = (), **kwargs) -> Pipeline:
+    """The evaluation; ``concepts`` (names of ``motion_ft.concepts``) add each concept's motion LoRA."""
     return Pipeline(
         [
             Node(build_prompt_table, inputs="params:evaluation", outputs="evaluation_prompts",
                  name="build_evaluation_prompts"),
-            Node(select_reference_clips, inputs=["clips", "frame_manifest", "captions", "params:evaluation"],
+            Node(select_reference_clips, inputs=["clips", "frame_manifest", "captions", "raw_videos",
+                                                     "params:evaluation", "params:motion_ft.concepts"],
                  outputs=["evaluation_reference_clips", "evaluation_reference_table"],
                  name="select_reference_clips"),
-            Node(generate_evaluation_clips,
-                 inputs=["evaluation_prompts", "image_lora", "motion_lora", "base_model", "motion_adapter",
-                         "params:base_model", "params:evaluation"],
+            Node(generate_evaluation_clips, inputs=_generation_inputs(concepts),
                  outputs=["evaluation_clips", "evaluation_generation_record"], name="generate_evaluation_clips"),
             Node(score_clips,
                  inputs=["evaluation_clips", "evaluation_prompts", "evaluation_reference_clips",

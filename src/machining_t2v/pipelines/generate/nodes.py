@@ -45,6 +45,18 @@ def _lora_source(kind: str, use_project: bool, override: str | None, project: Tr
     return str(project.path)
 
 
+def _concept_lora(concept: str, concept_loras: dict[str, TrainedLora | None]) -> TrainedLora:
+    """The trained motion LoRA of ``concept``; an error naming it when it is unknown or not trained."""
+    if concept not in concept_loras:
+        raise ValueError(f"generate.motion_concept {concept!r} is not a motion concept of this project "
+                         f"(motion_ft.concepts: {', '.join(concept_loras) or 'none'})")
+    lora = concept_loras[concept]
+    if lora is None:
+        raise ValueError(f"generate.motion_concept {concept!r}: its motion LoRA is not trained yet; run "
+                         "`kedro run --pipelines=motion_ft`")
+    return lora
+
+
 def generate_clip(
     image_lora: TrainedLora | None,
     motion_lora: TrainedLora | None,
@@ -53,6 +65,7 @@ def generate_clip(
     base_model: dict[str, Any],
     trigger: str | None,
     params: dict[str, Any],
+    **concept_loras: TrainedLora | None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Generate ``generate.prompt`` with the LoRAs applied through diffusers' loaders.
 
@@ -62,6 +75,8 @@ def generate_clip(
 
     LoRAs: ``image_lora_path``/``motion_lora_path`` when set (any file or folder), else the
     project's trained LoRAs when ``use_image_lora``/``use_motion_lora`` are on and they exist.
+    ``motion_concept`` picks the motion LoRA of that motion concept (``concept_loras``: concept
+    name -> its LoRA, from the ``<concept>.motion_lora`` datasets) instead of ``motion_lora``.
 
     Returns:
         ``{name: frames}`` for the video dataset (GIF + H.264) and a record of the prompt,
@@ -70,6 +85,9 @@ def generate_clip(
     from machining_t2v.generation.generator import cpu_threads
 
     prompt = with_trigger(params["prompt"], trigger if params.get("prepend_trigger", True) else None)
+    concept = params.get("motion_concept")
+    if concept:
+        motion_lora = _concept_lora(str(concept), concept_loras)
     with cpu_threads(params.get("cpu_threads")):
         return _generate(prompt, image_lora, motion_lora, base, adapter, base_model, params)
 

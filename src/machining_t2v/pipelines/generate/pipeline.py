@@ -5,18 +5,31 @@ data/07_model_output/generated, with the project's LoRAs (or LoRAs given by path
         --params "generate.prompt=pocket milling on a milling machine with a steel workpiece"
 """
 
+from collections.abc import Sequence
+
 from kedro.pipeline import Node, Pipeline
 
 from .nodes import generate_clip
 
 
-def create_pipeline(**kwargs) -> Pipeline:
+def _inputs(concepts: Sequence[str]) -> list[str] | dict[str, str]:
+    """The node's inputs: with motion concepts, also each concept's LoRA, by concept name
+    (``generate.motion_concept`` picks one)."""
+    plain = ["image_lora", "motion_lora", "base_model", "motion_adapter", "params:base_model",
+             "params:captions.trigger", "params:generate"]
+    if not concepts:
+        return plain
+    names = ["image_lora", "motion_lora", "base", "adapter", "base_model", "trigger", "params"]
+    return {**dict(zip(names, plain, strict=True)), **{concept: f"{concept}.motion_lora" for concept in concepts}}
+
+
+def create_pipeline(concepts: Sequence[str] = (), **kwargs) -> Pipeline:
+    """``concepts``: names of ``motion_ft.concepts``, whose LoRAs ``generate.motion_concept`` can pick."""
     return Pipeline(
         [
             Node(
                 generate_clip,
-                inputs=["image_lora", "motion_lora", "base_model", "motion_adapter", "params:base_model",
-                        "params:captions.trigger", "params:generate"],
+                inputs=_inputs(concepts),
                 outputs=["generated_videos", "generation_record"],
                 name="generate_clip",
             )

@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from machining_t2v.data.concepts import concept_mask, describe_rule
 from machining_t2v.kedro_glue import tracking
-from machining_t2v.kedro_glue.datasets import TrainedLora
+from machining_t2v.kedro_glue.datasets import RawVideoFolder, TrainedLora
 
 # torch, diffusers, transformers and peft are imported inside the functions that use them: registering
 # the pipelines (every `kedro run`, `kedro registry list`, `kedro viz`) must not pay for them.
@@ -29,6 +30,32 @@ logger = logging.getLogger(__name__)
 MODES = ("temporal", "dual")
 
 
+def select_concept_clips(
+    clips: dict[str, Callable[[], np.ndarray]],
+    frame_manifest: pd.DataFrame,
+    captions: pd.DataFrame,
+    raw_videos: RawVideoFolder,
+    rule: dict[str, Any],
+    concept: str,
+) -> dict[str, Callable[[], np.ndarray]]:
+    """The training clips of motion concept ``concept``, chosen by its ``rule``
+    (``motion_ft.concepts.<concept>``: a ``metadata.csv`` column value, a caption pattern or a
+    sub-folder; see :mod:`machining_t2v.data.concepts`). A concept that selects nothing is an
+    error naming it."""
+    manifest = frame_manifest[frame_manifest["kind"] == "clip"]
+    video_of = dict(zip(manifest["sample_id"], manifest["video"], strict=True))
+    caption_of = dict(zip(captions["sample_id"], captions["caption"], strict=True))
+    metadata_of = {video.name: raw_videos.metadata_for(video) or {} for video in raw_videos.videos}
+    ids = sorted(clips)
+    table = pd.DataFrame({"sample_id": ids, "video": [str(video_of.get(i, "")) for i in ids],
+                          "caption": [caption_of.get(i, "") for i in ids]})
+    table["metadata"] = [metadata_of.get(video, {}) for video in table["video"]]
+    chosen = table.loc[concept_mask(concept, rule, table).to_numpy(), "sample_id"].tolist()
+    logger.info("Motion concept %s (%s): %d of %d clips, from %d videos", concept, describe_rule(rule), len(chosen),
+                len(ids), table.loc[table["sample_id"].isin(chosen), "video"].nunique())
+    return {sample_id: clips[sample_id] for sample_id in chosen}
+
+
 def train_motion_lora(
     clips: dict[str, Callable[[], np.ndarray]],
     stills: dict[str, Callable[[], Image.Image]],
@@ -38,6 +65,7 @@ def train_motion_lora(
     adapter: MotionAdapter,
     base_model: dict[str, Any],
     params: dict[str, Any],
+    concept: str | None = None,
 ) -> tuple[TrainedLora, TrainedLora, dict[str, np.ndarray], dict[str, Any]]:
     """Train a motion LoRA on the motion module's temporal attention, base model frozen.
 
@@ -50,6 +78,10 @@ def train_motion_lora(
     UNet that gets the LoRA layers; ``base_model`` (the parameters) names the adapter in errors.
     Exception to I/O-free nodes, on purpose: the training core writes resumable checkpoints to
     ``checkpoint_dir`` and live per-step metrics to MLflow while it trains.
+
+    ``concept`` names the motion concept whose clips ``clips`` are (:func:`select_concept_clips`):
+    its checkpoints go to ``checkpoint_dir/<concept>``, its MLflow keys start with
+    ``motion_ft.<concept>.`` and the LoRA's info records it. None: every clip, one LoRA.
 
     Returns:
         the motion LoRA, the spatial LoRA (no weights in temporal mode), validation videos
@@ -143,6 +175,8 @@ def train_motion_lora(
 
     validation = params["validation"]
     videos: dict[str, np.ndarray] = {}
+    prefix = "motion_ft." if concept is None else f"motion_ft.{concept}."
+    checkpoint_dir = params["checkpoint_dir"] if concept is None else f"{params['checkpoint_dir']}/{concept}"
 
     def sample_comparison(step: int) -> None:
         pipe = video_pipeline(base, unet, adapter)
@@ -159,16 +193,17 @@ def train_motion_lora(
 
     schedule = schedule_info(noise_scheduler)
     tracking.set_tags({"base_model": base.source, "motion_adapter": str(base_model["motion_adapter"]),
-                       "motion_ft.mode": mode})
-    tracking.log_params({f"motion_ft.{key}": value for key, value in schedule.items()})
-    logger.info("Training a %s motion LoRA (rank %s) on %d clips of %d frames for %d steps on %s", mode,
-                motion_config.r, len(clip_frames), clip_frames.shape[1], config.max_steps, device)
+                       f"{prefix}mode": mode})
+    tracking.log_params({f"{prefix}{key}": value for key, value in schedule.items()})
+    logger.info("Training a %s motion LoRA%s (rank %s) on %d clips of %d frames for %d steps on %s", mode,
+                "" if concept is None else f" for concept {concept}", motion_config.r, len(clip_frames),
+                clip_frames.shape[1], config.max_steps, device)
     fit = finetune.fit_lora(
-        unet, noise_scheduler, cache, loss_config, config, params["checkpoint_dir"],
+        unet, noise_scheduler, cache, loss_config, config, checkpoint_dir,
         param_groups=param_groups, compute_loss=compute_loss, loss_runs_backward=mode == "dual", validation_batch_size=int(validation["batch_size"]),
         validate_every=int(validation["every"]), on_validate=sample_comparison,
-        on_log=lambda step, metrics: tracking.log_metrics(metrics, step=step, prefix="motion_ft."),
-        description=f"motion LoRA ({mode})",
+        on_log=lambda step, metrics: tracking.log_metrics(metrics, step=step, prefix=prefix),
+        description=f"motion LoRA ({mode})" if concept is None else f"motion LoRA {concept} ({mode})",
     )  # fmt: skip
     if not any(name.startswith(f"step_{fit.training.global_step:06d}") for name in videos):
         unet.eval()
@@ -181,6 +216,8 @@ def train_motion_lora(
     info = {"base_model": base.source, "motion_adapter": str(base_model["motion_adapter"]),
             "steps": fit.training.global_step, "mode": mode, "num_frames": int(clip_frames.shape[1]),
             "num_samples": len(clip_frames), "trigger_captions": sorted(set(clip_texts))[:20], **schedule}
+    if concept is not None:
+        summary["concept"] = info["concept"] = concept
     motion_lora = TrainedLora(state_dict=_cpu(lora_state_dict(unet, "motion")), lora_config=motion_config.to_dict(),
                               kind="motion", info=info)
     spatial_lora = TrainedLora(state_dict={}, lora_config={}, kind="image", info=info)

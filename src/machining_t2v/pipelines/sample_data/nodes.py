@@ -31,5 +31,6 @@ def render_sample_videos(params: dict[str, Any]) -> dict[str, Callable[[], Sampl
         num_clips=int(params["num_clips"]), seed=int(params["seed"]), width=int(params["width"]),
         height=int(params["height"]), fps=int(params["fps"]), min_seconds=float(params["min_seconds"]),
         max_seconds=float(params["max_seconds"]), webm_fraction=float(params["webm_fraction"]),
+        close_up=float(params["close_up"]), feed_scale=float(params["feed_scale"]),
     )  # fmt: skip
     return {f"{spec.name}.{spec.container}": functools.partial(_render, spec) for spec in specs}
