@@ -25,9 +25,10 @@ Text = Annotated[str, BeforeValidator(_number_to_text)]
 
 Scalar = Union[str, int, float, bool, None]  # noqa: UP007 - a runtime alias, also for Python 3.10
 
-LrScheduler = Literal["constant", "constant_with_warmup", "cosine", "linear"]
+LrScheduler = Literal["constant", "constant_with_warmup", "cosine", "linear", "cosine_with_restarts", "polynomial",
+                      "piecewise_constant"]
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
-Optimizer = Literal["adamw", "adamw8bit"]
+Optimizer = Literal["adamw", "adamw8bit", "prodigy"]
 Sampler = Literal["ddim", "euler", "dpm++"]
 MotionMode = Literal["temporal", "dual"]
 Variant = Literal["base", "image", "motion", "both"]
@@ -57,6 +58,9 @@ class TrainingParams(Params):
     learning_rate: float = 1e-4
     lr_scheduler: LrScheduler = "constant"
     lr_warmup_steps: int = 0
+    lr_num_cycles: int = 1
+    lr_power: float = 1.0
+    lr_step_rules: Text | None = None
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2
