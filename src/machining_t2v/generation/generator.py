@@ -56,6 +56,8 @@ class VideoGenerator:
     max_frames: int
     """The motion adapter's ``motion_max_seq_length``: the most frames one clip may have."""
     base_is_tiny: bool
+    clip_skip: int = 1
+    """Which text-encoder layer conditions the UNet (1: the last; see ``diffusion.text_encoding``)."""
     loras: dict[str, LoadedLora] = field(default_factory=dict)
 
     @property
@@ -76,6 +78,7 @@ class VideoGenerator:
             "motion_adapter": self.motion_adapter_source,
             "motion_max_seq_length": self.max_frames,
             "scheduler": self.scheduler,
+            "clip_skip": self.clip_skip,
             "loras": {name: lora.describe() for name, lora in self.loras.items()},
         }
 
@@ -143,6 +146,7 @@ def build_generator(
     scheduler: str = "ddim",
     device: str | None = None,
     dtype: str | None = "auto",
+    clip_skip: int = 1,
 ) -> VideoGenerator:
     """Put a loaded base model and motion adapter (:mod:`machining_t2v.models.loading`) into an
     ``AnimateDiffPipeline`` with the motion UNet, cast to the generation dtype.
@@ -155,11 +159,17 @@ def build_generator(
         scheduler: ``ddim``, ``euler`` or ``dpm++``.
         device: ``cuda``/``cpu``; default CUDA when available.
         dtype: ``auto`` (float16 on CUDA, float32 on CPU), ``float32``, ``float16``, ``bfloat16``.
+        clip_skip: the text-encoder layer every prompt is encoded at (1: the last), as in training.
+
+    Raises:
+        ValueError: an unknown scheduler, or ``clip_skip`` beyond the text encoder's layers.
     """
     from machining_t2v.diffusion.sampling import video_pipeline
+    from machining_t2v.diffusion.text_encoding import check_clip_skip
 
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
+    check_clip_skip(base.text_encoder, clip_skip)
     device = device or _default_device()
     torch_dtype = resolve_dtype(dtype, device)
     for module in (base.text_encoder, base.vae, base.unet, adapter):
@@ -179,5 +189,6 @@ def build_generator(
         scheduler=scheduler,
         max_frames=int(adapter.config.motion_max_seq_length),
         base_is_tiny=tiny_model_exists(base.source),
+        clip_skip=clip_skip,
     )
 

@@ -114,6 +114,7 @@ class BaseModelParams(Params):
     tiny_model_dir: Text = "data/06_models/tiny-sd"
     revision: Text | None = None
     variant: Text | None = None
+    clip_skip: int = 1
 
 
 class CaptionsParams(Params):

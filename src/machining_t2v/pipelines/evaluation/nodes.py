@@ -130,7 +130,8 @@ def _generate_variants(prompts: pd.DataFrame, image_lora: TrainedLora | None, mo
     sampling = params["sampling"]
     started = time.perf_counter()
     generator = build_generator(base, adapter, base_spec=base_model["pretrained"],
-                                motion_adapter_spec=base_model["motion_adapter"], scheduler=sampling["scheduler"])
+                                motion_adapter_spec=base_model["motion_adapter"], scheduler=sampling["scheduler"],
+                                clip_skip=base_model.get("clip_skip", 1))
     for row in prompts.itertuples(index=False):
         warn_unknown_words(generator.tokenizer, row.prompt, what=f"evaluation prompt {row.prompt_id}")
     for kind, lora in (("image", image_lora), ("motion", motion_lora)):

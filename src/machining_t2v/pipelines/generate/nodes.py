@@ -83,7 +83,8 @@ def _generate(prompt: str, image_lora: TrainedLora | None, motion_lora: TrainedL
     from machining_t2v.instructions.tokenizer_words import warn_unknown_words
 
     generator = build_generator(base, adapter, base_spec=base_model["pretrained"],
-                                motion_adapter_spec=base_model["motion_adapter"], scheduler=params["scheduler"])
+                                motion_adapter_spec=base_model["motion_adapter"], scheduler=params["scheduler"],
+                                clip_skip=base_model.get("clip_skip", 1))
     warn_unknown_words(generator.tokenizer, prompt)
     scales = {}
     for kind, project in (("image", image_lora), ("motion", motion_lora)):

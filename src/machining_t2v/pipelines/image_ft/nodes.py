@@ -35,8 +35,8 @@ def train_image_lora(
 ) -> tuple[TrainedLora, dict[str, Image.Image], dict[str, Any]]:
     """Train an image LoRA on the UNet's spatial attention with the base model frozen.
 
-    ``base`` is the catalog's freshly loaded base model, which gets the LoRA layers; ``base_model``
-    (the parameters) is not read here but taken so that kedro-mlflow logs it with the run.
+    ``base`` is the catalog's freshly loaded base model, which gets the LoRA layers; of ``base_model``
+    (the parameters, which kedro-mlflow logs with the run) only ``clip_skip`` is read here.
     Exception to I/O-free nodes, on purpose: the training core writes resumable checkpoints to
     ``checkpoint_dir`` and live per-step metrics to MLflow while it trains.
 
@@ -74,14 +74,16 @@ def train_image_lora(
                           what="image LoRA training")
 
     # Encode every still and caption once; training then never touches the VAE or text encoder.
-    cache = build_cache(base.tokenizer, base.text_encoder, base.vae, images, texts)
+    clip_skip = base_model.get("clip_skip", 1)
+    cache = build_cache(base.tokenizer, base.text_encoder, base.vae, images, texts, clip_skip)
     validation = params["validation"]
     grids: dict[str, Image.Image] = {}
 
     def sample_grid(step: int) -> None:
         pipe = image_pipeline(base, base.unet)
         options = {"seed": int(validation["seed"]), "num_inference_steps": int(validation["num_inference_steps"]),
-                   "guidance_scale": float(validation["guidance_scale"]), "resolution": images.shape[1]}
+                   "guidance_scale": float(validation["guidance_scale"]), "resolution": images.shape[1],
+                   "clip_skip": clip_skip}
         with finetune.inference_autocast(device, frozen_dtype):
             base.unet.disable_adapters()
             base_images = sample_images(pipe, validation["prompts"], **options)
