@@ -25,6 +25,7 @@ from machining_t2v.evaluation.report import (
 )
 from machining_t2v.evaluation.scoring import METRICS
 from machining_t2v.evaluation.variants import (
+    EMBEDDING_VARIANTS,
     REFERENCE,
     VARIANT_ADAPTERS,
     VARIANT_LABELS,
@@ -203,7 +204,8 @@ def report_blocks(
                               "real use."))
     blocks += [Heading("Models that produced these numbers"), _models_table(models)]
     variant_items = [f"**{VARIANT_LABELS[v]}**: " + (", ".join(f"{kind} LoRA at scale {models['lora_scales'][kind]}"
-                                                               for kind in VARIANT_ADAPTERS[v]) or "no LoRA")
+                                                               for kind in VARIANT_ADAPTERS[v])
+                                                     or ("its token" if v in EMBEDDING_VARIANTS else "no LoRA"))
                      for v in models["variants"]]
     variant_items += [f"{VARIANT_LABELS[v]}: skipped ({why})" for v, why in models["skipped_variants"].items()]
     blocks += [Heading("Variants"), BulletList(tuple(variant_items))]

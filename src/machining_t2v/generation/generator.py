@@ -59,6 +59,8 @@ class VideoGenerator:
     clip_skip: int = 1
     """Which text-encoder layer conditions the UNet (1: the last; see ``diffusion.text_encoding``)."""
     loras: dict[str, LoadedLora] = field(default_factory=dict)
+    embeddings: dict[str, str] = field(default_factory=dict)
+    """Textual-inversion tokens loaded, and their files."""
 
     @property
     def tokenizer(self):
@@ -80,6 +82,7 @@ class VideoGenerator:
             "scheduler": self.scheduler,
             "clip_skip": self.clip_skip,
             "loras": {name: lora.describe() for name, lora in self.loras.items()},
+            "embeddings": dict(self.embeddings),
         }
 
 

@@ -31,7 +31,8 @@ MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
 Optimizer = Literal["adamw", "adamw8bit", "prodigy"]
 Sampler = Literal["ddim", "euler", "dpm++"]
 MotionMode = Literal["temporal", "dual"]
-Variant = Literal["base", "image", "motion", "both"]
+Variant = Literal["base", "image", "motion", "both", "dreambooth", "textual_inversion"]
+ImageMethod = Literal["lora", "dreambooth_lora", "textual_inversion"]
 Split = Literal["seen", "held_out"]
 
 
@@ -155,14 +156,36 @@ class ImageLoraParams(Params):
     target_modules: Text | list[Text] | None = "default"
 
 
-class ImageFtParams(Params):
-    """``image_ft``: the image (spatial) LoRA."""
+class DreamBoothParams(Params):
+    """``image_ft.dreambooth``: the class-prior images and the prior-preservation loss (``method: dreambooth_lora``)."""
 
+    class_prompt: Text = "a milling machine or a lathe"
+    num_class_images: int = 16
+    prior_loss_weight: float = 1.0
+    guidance_scale: float = 4.0
+    num_inference_steps: int = 20
+    seed: int = 0
+    class_data_dir: Text = "data/05_model_input/class_images"
+
+
+class TextualInversionParams(Params):
+    """``image_ft.textual_inversion``: the new token and the word its embedding starts from."""
+
+    placeholder_token: Text = "<mtv>"
+    initializer_token: Text = "machine"
+
+
+class ImageFtParams(Params):
+    """``image_ft``: the image (spatial) fine-tuning: LoRA, DreamBooth-LoRA or textual inversion."""
+
+    method: ImageMethod = "lora"
     lora: ImageLoraParams = ImageLoraParams()
     loss: LossParams = LossParams(caption_dropout=0.1, snr_gamma=None, noise_offset=0.0)
     training: TrainingParams = TrainingParams(
         max_steps=900, batch_size=8, learning_rate=1.0e-3, lr_scheduler="cosine", lr_warmup_steps=20,
         mixed_precision="auto", log_every=10, checkpoint_every=100, checkpoints_total_limit=2)
+    dreambooth: DreamBoothParams = DreamBoothParams()
+    textual_inversion: TextualInversionParams = TextualInversionParams()
     gradient_checkpointing: bool = False
     checkpoint_dir: Text = "data/06_models/checkpoints/image_ft"
     validation: ValidationParams
@@ -254,7 +277,8 @@ class EvaluationParams(Params):
 
     clip_model: Text = "builtin:standin-clip"
     clip_standin_dir: Text | None = "data/06_models/standin-clip"
-    variants: list[Variant] = Field(default_factory=lambda: ["base", "image", "motion", "both"])
+    variants: list[Variant] = Field(default_factory=lambda: ["base", "image", "motion", "both", "dreambooth",
+                                                             "textual_inversion"])
     lora_scales: LoraScalesParams = LoraScalesParams()
     sampling: EvaluationSamplingParams = EvaluationSamplingParams()
     prompts: list[EvaluationPrompt]
@@ -272,6 +296,7 @@ class GenerateParams(Params):
     negative_prompt: Text | None = ""
     use_image_lora: bool = True
     use_motion_lora: bool = True
+    use_image_embedding: bool = True
     image_lora_path: Text | None = None
     motion_lora_path: Text | None = None
     scale_image: float = 0.8

@@ -34,6 +34,7 @@ from machining_t2v.evaluation.report import bar_chart, frame_strip, to_html, to_
 from machining_t2v.evaluation.report_sections import report_blocks, report_title
 from machining_t2v.evaluation.scoring import CLIP_METRICS, METRICS, metric_means, score_every_clip
 from machining_t2v.evaluation.variants import (
+    EMBEDDING_VARIANTS,
     REFERENCE,
     VARIANT_ADAPTERS,
     VARIANT_LABELS,
@@ -42,7 +43,7 @@ from machining_t2v.evaluation.variants import (
     strip_name,
 )
 from machining_t2v.kedro_glue import tracking
-from machining_t2v.kedro_glue.datasets import TrainedLora
+from machining_t2v.kedro_glue.datasets import TrainedEmbedding, TrainedLora
 
 # clip_metrics, generation, inworld and sampling (torch, diffusers, transformers) are imported inside the
 # functions that use them: registering the pipelines must not pay for them.
@@ -95,35 +96,41 @@ def generate_evaluation_clips(
     adapter: MotionAdapter,
     base_model: dict[str, Any],
     params: dict[str, Any],
+    dreambooth_lora: TrainedLora | None = None,
+    image_embedding: TrainedEmbedding | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Generate every prompt with every variant whose LoRAs exist, with the same seeds.
+    """Generate every prompt with every variant whose LoRAs (or embedding) exist, with the same seeds.
 
     ``base`` and ``adapter`` are the catalog's loaded models; ``base_model`` (the parameters) only
     names them in the record.
 
     The LoRAs are loaded from their folders with diffusers' ``pipe.load_lora_weights`` and
     switched per variant with ``pipe.set_adapters`` (through :mod:`machining_t2v.generation.loras`),
-    exactly as a user of the console script or of diffusers would apply them.
+    exactly as a user of the console script or of diffusers would apply them. The textual-inversion
+    embedding is loaded with ``pipe.load_textual_inversion``; its variant's prompts carry the token.
 
     Returns:
         the clips (see :func:`clip_key`) and a record of what produced them (models, LoRA
         folders, scales, sampler settings, variants run and skipped).
     """
     scales = {"image": float(params["lora_scales"]["image"]), "motion": float(params["lora_scales"]["motion"])}
+    scales["dreambooth"] = scales["image"]
     unknown = [v for v in params["variants"] if v not in VARIANT_ADAPTERS]
     if unknown:
         raise ValueError(f"evaluation.variants: unknown {unknown}; choose from {list(VARIANT_ADAPTERS)}")
     from machining_t2v.generation.generator import cpu_threads
 
     with cpu_threads(params.get("cpu_threads")):
-        return _generate_variants(prompts, image_lora, motion_lora, base, adapter, base_model, params, scales)
+        return _generate_variants(prompts, {"image": image_lora, "motion": motion_lora, "dreambooth": dreambooth_lora},
+                                  image_embedding, base, adapter, base_model, params, scales)
 
 
-def _generate_variants(prompts: pd.DataFrame, image_lora: TrainedLora | None, motion_lora: TrainedLora | None,
-                       base: BaseModel, adapter: MotionAdapter, base_model: dict[str, Any], params: dict[str, Any],
+def _generate_variants(prompts: pd.DataFrame, loras: dict[str, TrainedLora | None],
+                       embedding: TrainedEmbedding | None, base: BaseModel, adapter: MotionAdapter,
+                       base_model: dict[str, Any], params: dict[str, Any],
                        scales: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     from machining_t2v.generation.generator import build_generator
-    from machining_t2v.generation.loras import load_lora, set_lora_scales
+    from machining_t2v.generation.loras import load_lora, load_textual_inversion, set_lora_scales
     from machining_t2v.generation.video import generate_video
     from machining_t2v.instructions.tokenizer_words import warn_unknown_words
 
@@ -134,14 +141,18 @@ def _generate_variants(prompts: pd.DataFrame, image_lora: TrainedLora | None, mo
                                 clip_skip=base_model.get("clip_skip", 1))
     for row in prompts.itertuples(index=False):
         warn_unknown_words(generator.tokenizer, row.prompt, what=f"evaluation prompt {row.prompt_id}")
-    for kind, lora in (("image", image_lora), ("motion", motion_lora)):
+    for kind, lora in loras.items():
         if lora is not None:
             load_lora(generator, _lora_folder(lora, kind), kind)
+    if embedding is not None:
+        load_textual_inversion(generator, embedding.path, embedding.token)
     variants, skipped = [], {}
     for variant in params["variants"]:
         missing = [kind for kind in VARIANT_ADAPTERS[variant] if kind not in generator.loras]
         if missing:
             skipped[variant] = f"no trained {' and '.join(missing)} LoRA"
+        elif variant in EMBEDDING_VARIANTS and embedding is None:
+            skipped[variant] = "no trained textual-inversion embedding"
         else:
             variants.append(variant)
     seeds = [int(sampling["seed"]) + offset for offset in range(int(sampling.get("seeds_per_prompt", 1)))]
@@ -150,8 +161,9 @@ def _generate_variants(prompts: pd.DataFrame, image_lora: TrainedLora | None, mo
         set_lora_scales(generator, {kind: scales[kind] for kind in VARIANT_ADAPTERS[variant]})
         for row in prompts.itertuples(index=False):
             for seed in seeds:
+                prompt = embedding.prompt(row.prompt) if variant in EMBEDDING_VARIANTS else row.prompt
                 clips[clip_key(variant, row.prompt_id, seed)] = generate_video(
-                    generator, row.prompt, negative_prompt=sampling.get("negative_prompt"),
+                    generator, prompt, negative_prompt=sampling.get("negative_prompt"),
                     num_frames=int(sampling["num_frames"]), num_inference_steps=int(sampling["num_inference_steps"]),
                     guidance_scale=float(sampling["guidance_scale"]), seed=seed, size=sampling.get("size"),
                 )  # fmt: skip

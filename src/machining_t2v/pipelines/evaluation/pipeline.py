@@ -35,7 +35,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                  name="select_reference_clips"),
             Node(generate_evaluation_clips,
                  inputs=["evaluation_prompts", "image_lora", "motion_lora", "base_model", "motion_adapter",
-                         "params:base_model", "params:evaluation"],
+                         "params:base_model", "params:evaluation", "image_dreambooth_lora", "image_embedding"],
                  outputs=["evaluation_clips", "evaluation_generation_record"], name="generate_evaluation_clips"),
             Node(score_clips,
                  inputs=["evaluation_clips", "evaluation_prompts", "evaluation_reference_clips",

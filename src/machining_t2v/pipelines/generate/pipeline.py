@@ -16,7 +16,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 generate_clip,
                 inputs=["image_lora", "motion_lora", "base_model", "motion_adapter", "params:base_model",
-                        "params:captions.trigger", "params:generate"],
+                        "params:captions.trigger", "params:generate", "image_embedding"],
                 outputs=["generated_videos", "generation_record"],
                 name="generate_clip",
             )
