@@ -86,6 +86,14 @@ def test_textual_inversion_trains_only_the_new_embedding(tiny_dir, tmp_path):
     assert embedding.prompt("mtv turning on a lathe") == f"{TOKEN} turning on a lathe"
 
 
+def test_textual_inversion_resumes_bit_identically(tiny_dir, tmp_path):
+    _, (*_, whole) = _run(tiny_dir, tmp_path / "whole", "textual_inversion")
+    _run(tiny_dir, tmp_path / "cut", "textual_inversion", training={"max_steps": 2})
+    _, (_, _, summary, _, resumed) = _run(tiny_dir, tmp_path / "cut", "textual_inversion",
+                                          training={"resume": "latest"})
+    assert summary["resumed_from"].endswith("checkpoint-2") and torch.equal(whole.vector, resumed.vector)
+
+
 def test_the_embedding_changes_only_prompts_holding_the_token_and_round_trips_through_diffusers(tiny_dir, tmp_path):
     from diffusers import StableDiffusionPipeline
 
@@ -179,3 +187,34 @@ def test_unusable_dreambooth_settings_are_refused_before_training(tiny_dir, tmp_
     with pytest.raises(ValueError, match=message):
         _run(tiny_dir, tmp_path, "dreambooth_lora", dreambooth=dreambooth)
     assert not (tmp_path / "checkpoints-dreambooth_lora").exists()
+
+
+# --------------------------------------------------------------------------- the evaluation's method variants
+
+
+def test_the_evaluation_runs_the_textual_inversion_variant_with_the_token_in_its_prompts(tiny_dir, tmp_path):
+    from machining_t2v.fixtures.tiny_model import tiny_model_source
+    from machining_t2v.kedro_glue.datasets import TrainedEmbedding
+    from machining_t2v.models.loading import load_motion_adapter
+    from machining_t2v.pipelines.evaluation.nodes import (
+        build_prompt_table,
+        generate_evaluation_clips,
+    )
+
+    width = load_base_model(str(tiny_dir)).text_encoder.config.hidden_size
+    dataset = EmbeddingDataset(str(tmp_path / "embedding"))
+    dataset.save(TrainedEmbedding(token=TOKEN, vector=3 * torch.randn(width, generator=torch.Generator().manual_seed(1)),
+                                  replaces="mtv"))
+    prompts = build_prompt_table({"prompts": [{"id": "turn", "text": "mtv turning on a lathe", "process": "turning",
+                                               "split": "seen"}], "processes": {"turning": ["lathe"]}})
+    params = {"variants": ["base", "dreambooth", "textual_inversion"], "lora_scales": {"image": 1.0, "motion": 1.0},
+              "cpu_threads": 1, "sampling": {"num_frames": 2, "num_inference_steps": 2, "guidance_scale": 1.0,
+                                             "size": 32, "scheduler": "ddim", "seed": 0, "seeds_per_prompt": 1}}
+    base_model = {"pretrained": "builtin:tiny", "motion_adapter": "builtin:tiny", "clip_skip": 1}
+    adapter = load_motion_adapter(tiny_model_source("builtin:tiny", tiny_dir, motion_adapter=True))
+    clips, record = generate_evaluation_clips(prompts, None, None, load_base_model(str(tiny_dir)), adapter, base_model,
+                                              params, None, dataset.load())
+    assert record["variants"] == ["base", "textual_inversion"]
+    assert record["skipped_variants"] == {"dreambooth": "no trained dreambooth LoRA"}
+    assert record["embeddings"] == {TOKEN: str(tmp_path / "embedding" / ti.DIFFUSERS_FILENAME)}
+    assert not np.array_equal(clips["base__turn__seed0"], clips["textual_inversion__turn__seed0"])

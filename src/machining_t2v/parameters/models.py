@@ -166,6 +166,7 @@ class DreamBoothParams(Params):
     num_inference_steps: int = 20
     seed: int = 0
     class_data_dir: Text = "data/05_model_input/class_images"
+    cpu_threads: int | None = 1
 
 
 class TextualInversionParams(Params):

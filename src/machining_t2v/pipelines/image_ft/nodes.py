@@ -203,6 +203,7 @@ def _prior_preservation(base: BaseModel, cache, params: dict[str, Any], options:
     and how many images were drawn now."""
     from machining_t2v.diffusion.caches import build_cache
     from machining_t2v.diffusion.sampling import image_pipeline, sample_images
+    from machining_t2v.generation.generator import cpu_threads
     from machining_t2v.training import finetune
     from machining_t2v.training.dreambooth import class_prior_images, dreambooth_loss
 
@@ -215,7 +216,7 @@ def _prior_preservation(base: BaseModel, cache, params: dict[str, Any], options:
     def sample(prompts: list[str]):
         base.unet.disable_adapters()
         try:
-            with finetune.inference_autocast(device, frozen_dtype):
+            with cpu_threads(settings.get("cpu_threads")), finetune.inference_autocast(device, frozen_dtype):
                 return sample_images(image_pipeline(base, base.unet), prompts, seed=key["seed"],
                                      num_inference_steps=key["num_inference_steps"],
                                      guidance_scale=key["guidance_scale"], resolution=key["resolution"],
