@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                      f"{DEFAULT_REAL_MOTION_ADAPTER})")
     gen.add_argument("--scheduler", choices=SCHEDULERS, default="ddim", help="sampler (default ddim)")
     gen.add_argument("--negative-prompt", default=None, help="what not to show")
+    gen.add_argument("--clip-skip", type=_positive_int, default=1, help="text-encoder layer the prompt is encoded "
+                     "at, counted from the end: 1 the last (default), 2 the one before (as the LoRA was trained)")
     gen.add_argument("--size", type=_positive_int, default=None, help="frame side in pixels, a multiple of 8 "
                      "(default: the base model's native size: 64 tiny, 512 SD1.5)")
     gen.add_argument("--fps", type=_non_negative_float, default=8.0, help="frame rate of the files (default 8)")
@@ -310,7 +312,8 @@ def _generate(args: argparse.Namespace, out: Path) -> int:
     # The console script, like the catalog's model datasets, is where builtin:tiny becomes a folder.
     generator = open_generator(base, args.motion_adapter or default_motion_adapter(base),
                                args.tiny_model_dir or default_tiny_model_dir(), scheduler=args.scheduler,
-                               device=args.device, dtype=args.dtype, revision=args.revision, variant=args.variant)
+                               device=args.device, dtype=args.dtype, revision=args.revision, variant=args.variant,
+                               clip_skip=args.clip_skip)
     warn_unknown_words(generator.tokenizer, args.prompt)
     default_frames, default_guidance = default_sampling(base)
     num_frames = args.frames or default_frames

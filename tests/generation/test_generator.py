@@ -7,7 +7,7 @@ import pytest
 
 from machining_t2v.generation.loras import load_lora, set_lora_scales
 
-from .conftest import render
+from .conftest import render, tiny_generator
 
 
 def test_same_seed_same_clip_and_scales_switch_loras(generator, loras):
@@ -40,3 +40,11 @@ def test_generation_report_and_cli_modules_do_not_import_kedro():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kedro', 'kedro_datasets')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_generation_follows_the_clip_skip(tiny_dir):
+    last, before_last = tiny_generator(tiny_dir), tiny_generator(tiny_dir, clip_skip=2)
+    assert before_last.describe()["clip_skip"] == 2
+    frames = render(last)
+    assert np.array_equal(frames, render(tiny_generator(tiny_dir, clip_skip=1)))
+    assert not np.array_equal(frames, render(before_last))

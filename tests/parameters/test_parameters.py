@@ -99,9 +99,10 @@ def test_the_starter_projects_conf_validates_against_its_own_model(env):
 
 
 def test_an_unknown_key_is_refused_by_its_dotted_path_with_the_valid_ones(base_parameters):
-    (problem,) = problems(changed(base_parameters, "image_ft.method", "textual_inversion"))
-    assert problem.startswith("Unknown parameter image_ft.method ")
-    assert "valid keys of image_ft: lora, loss, training, gradient_checkpointing, checkpoint_dir, validation" in problem
+    (problem,) = problems(changed(base_parameters, "image_ft.scheme", "textual_inversion"))
+    assert problem.startswith("Unknown parameter image_ft.scheme ")
+    assert ("valid keys of image_ft: method, lora, loss, training, dreambooth, textual_inversion, "
+            "gradient_checkpointing, checkpoint_dir, validation") in problem
 
     (problem,) = problems(changed(base_parameters, "motion_ft.loss.snr", 5.0))
     assert "Unknown parameter motion_ft.loss.snr" in problem and "snr_gamma" in problem
@@ -143,16 +144,17 @@ def test_a_misspelling_suggests_the_key_it_meant(base_parameters):
      "image_ft.validation.prompts must be a list of strings, got 'one prompt'"),
     ("evaluation.processes.milling", "mill", "evaluation.processes.milling must be a list of strings, got 'mill'"),
     ("evaluation.variants", "base",
-     "evaluation.variants must be a list of values among base, image, motion, both, got 'base'"),
+     "evaluation.variants must be a list of values among base, image, motion, both, dreambooth, "
+     "textual_inversion, got 'base'"),
 ])
 def test_a_value_of_the_wrong_type_is_refused_by_name(base_parameters, path, value, expected):
     assert problems(changed(base_parameters, path, value)) == [expected]
 
 
 def test_every_problem_is_reported_at_once_and_numbers_pass_as_text(base_parameters):
-    parameters = changed(changed(base_parameters, "image_ft.method", "x"), "generate.seed", "0")
+    parameters = changed(changed(base_parameters, "image_ft.scheme", "x"), "generate.seed", "0")
     assert [problem.split(" ")[:3] for problem in problems(parameters)] == [
-        ["Unknown", "parameter", "image_ft.method"], ["generate.seed", "must", "be"]]
+        ["Unknown", "parameter", "image_ft.scheme"], ["generate.seed", "must", "be"]]
     # `--params generate.name=2024` arrives as a number; text fields take it.
     check_parameters(changed(base_parameters, "generate.name", 2024))
 
@@ -200,8 +202,8 @@ def test_a_run_with_an_unknown_parameter_fails_before_its_first_node(project, tm
     from tests.conftest import run_pipeline
 
     start = time.monotonic()
-    with pytest.raises(ParameterError, match=r"Unknown parameter image_ft\.method "):
-        run_pipeline(project, "image_ft", {"image_ft": {"method": "textual_inversion"}})
+    with pytest.raises(ParameterError, match=r"Unknown parameter image_ft\.scheme "):
+        run_pipeline(project, "image_ft", {"image_ft": {"scheme": "textual_inversion"}})
     assert time.monotonic() - start < 60
     assert _written(project) == []  # not even the sample videos
     # The check comes before the base model is looked up (a broken folder would fail that too).
@@ -230,11 +232,11 @@ def test_kedro_run_refuses_an_unknown_params_key_in_seconds(tmp_path):
     project = make_project(tmp_path / "project")
     kedro = Path(sys.executable).with_name("kedro")
     start = time.monotonic()
-    result = subprocess.run([str(kedro), "run", "--pipelines=image_ft", "--params", "image_ft.method=textual_inversion"],
+    result = subprocess.run([str(kedro), "run", "--pipelines=image_ft", "--params", "image_ft.scheme=textual_inversion"],
                             cwd=project, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     output = " ".join((result.stdout + result.stderr).split())  # rich wraps long lines
-    assert "Unknown parameter image_ft.method" in output, output[-3000:]
+    assert "Unknown parameter image_ft.scheme" in output, output[-3000:]
     assert time.monotonic() - start < 120
     assert _written(project) == []
 

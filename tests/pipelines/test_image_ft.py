@@ -131,10 +131,10 @@ def test_resume_gives_bit_identical_lora(image_ft_run, tmp_path):
     stills, captions = _node_inputs(image_ft_run)
     base_model = {"pretrained": "builtin:tiny", "tiny_model_dir": str(image_ft_run / "data/06_models/tiny-sd")}
     dataset = BaseModelDataset(base_model=base_model)  # a fresh base model on every load, as in a run
-    uninterrupted, _, _ = train_image_lora(stills, captions, dataset.load(), base_model, _params(tmp_path / "a"))
+    uninterrupted, *_ = train_image_lora(stills, captions, dataset.load(), base_model, _params(tmp_path / "a"))
     # First half, then a fresh process-like start that resumes from the newest checkpoint.
     train_image_lora(stills, captions, dataset.load(), base_model, _params(tmp_path / "b", max_steps=3))
-    resumed, _, summary = train_image_lora(stills, captions, dataset.load(), base_model,
+    resumed, _, summary, *_ = train_image_lora(stills, captions, dataset.load(), base_model,
                                            _params(tmp_path / "b", resume="latest"))
     assert summary["resumed_from"].endswith("checkpoint-3")
     assert uninterrupted.state_dict.keys() == resumed.state_dict.keys()

@@ -81,8 +81,12 @@ def test_loss_falls_on_learnable_problem(tmp_path):
     [
         {},
         {"gradient_accumulation_steps": 2, "lr_scheduler": "cosine", "lr_warmup_steps": 3},
+        {"optimizer": "prodigy", "learning_rate": 1.0, "lr_scheduler": "cosine_with_restarts", "lr_num_cycles": 2,
+         "lr_warmup_steps": 2},
+        {"lr_scheduler": "polynomial", "lr_power": 2.0, "lr_warmup_steps": 1},
+        {"lr_scheduler": "piecewise_constant", "lr_step_rules": "1:5,0.1:9,0.01"},
     ],
-    ids=["plain", "accum2-cosine-warmup"],
+    ids=["plain", "accum2-cosine-warmup", "prodigy-restarts", "polynomial", "piecewise"],
 )
 def test_resume_is_bit_identical(tmp_path, overrides):
     cfg = config(**overrides)
@@ -527,6 +531,56 @@ def test_8bit_adamw_on_a_cpu_is_refused_before_training():
 
     with pytest.raises(ValueError, match="adamw8bit.*CUDA"):
         training_config_from_params({"optimizer": "adamw8bit", "max_steps": 1}, num_samples=4)
+
+
+def test_8bit_adamw_is_refused_by_the_loop_on_a_cpu_too(tmp_path):
+    with pytest.raises(ValueError, match="adamw8bit.*CUDA GPU.*cpu"):
+        train(make_model(), compute_loss, NUM_SAMPLES, config(optimizer="adamw8bit"), tmp_path, progress=False)
+
+
+def test_prodigy_finds_its_own_step_size_and_learns(tmp_path):
+    model = make_model()
+    result = train(model, compute_loss, NUM_SAMPLES, config(max_steps=80, optimizer="prodigy", learning_rate=1.0),
+                   tmp_path, progress=False)  # fmt: skip
+    first, last = sum(result.losses[:10]) / 10, sum(result.losses[-10:]) / 10
+    assert last < 0.5 * first, (first, last)
+    optimizer_state = torch.load(tmp_path / "checkpoint-80" / "optimizer.pt", weights_only=False)
+    assert optimizer_state["param_groups"][0]["d"] > 1e-6  # grew from Prodigy's initial d0
+
+
+def test_the_schedules_are_those_of_diffusers():
+    from diffusers.optimization import SchedulerType
+
+    from machining_t2v.training.config import LR_SCHEDULERS
+
+    assert set(LR_SCHEDULERS) == {kind.value for kind in SchedulerType}
+
+
+@pytest.mark.parametrize("kind", ["constant", "constant_with_warmup", "cosine", "linear"])
+def test_the_earlier_schedules_keep_their_learning_rates(kind):
+    """The multipliers the hand-written schedule gave, step by step (linear: to the last bit or two)."""
+    import math
+
+    from machining_t2v.training.loop import make_lr_scheduler
+
+    warmup, total = 20, 900
+    model = make_model()
+    scheduler = make_lr_scheduler(torch.optim.AdamW(model.parameters()),
+                                  TrainingConfig(max_steps=total, lr_scheduler=kind, lr_warmup_steps=warmup))
+    for step in range(total):
+        progress = (step - warmup) / (total - warmup)
+        expected = {"constant": 1.0,
+                    "constant_with_warmup": min(step / warmup, 1.0),
+                    "cosine": step / warmup if step < warmup else 0.5 * (1.0 + math.cos(math.pi * progress)),
+                    "linear": step / warmup if step < warmup else 1.0 - progress}[kind]
+        assert scheduler.lr_lambdas[0](step) == pytest.approx(expected, rel=0, abs=1e-15), step
+
+
+def test_an_unusable_schedule_setting_is_refused():
+    with pytest.raises(ValueError, match="piecewise_constant' needs lr_step_rules"):
+        TrainingConfig(lr_scheduler="piecewise_constant")
+    with pytest.raises(ValueError, match="lr_num_cycles must be >= 1"):
+        TrainingConfig(lr_scheduler="cosine_with_restarts", lr_num_cycles=0)
 
 
 def test_unknown_optimizer_is_refused():

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from machining_t2v.diffusion.text_encoding import text_hidden_states
+
 __all__ = ["LazySamples", "TrainingCache", "build_cache", "encode_frames", "encode_text", "images_to_tensor"]
 
 
@@ -64,14 +66,18 @@ def images_to_tensor(frames: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_text(tokenizer, text_encoder, prompts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
-    """CLIP last hidden states for each prompt, padded to the tokenizer's max length (SD1.5 style)."""
+def encode_text(tokenizer, text_encoder, prompts: Sequence[str], batch_size: int = 32,
+                clip_skip: int = 1) -> torch.Tensor:
+    """CLIP hidden states for each prompt, padded to the tokenizer's max length (SD1.5 style).
+
+    ``clip_skip`` picks the layer (see :mod:`machining_t2v.diffusion.text_encoding`).
+    """
     device = next(text_encoder.parameters()).device
     states = []
     for start in range(0, len(prompts), batch_size):
         tokens = tokenizer(list(prompts[start : start + batch_size]), padding="max_length",
                            max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
-        states.append(text_encoder(tokens.input_ids.to(device))[0])
+        states.append(text_hidden_states(text_encoder, tokens.input_ids.to(device), clip_skip))
     return torch.cat(states)
 
 
@@ -109,13 +115,14 @@ def encode_frames(vae, frames: np.ndarray | Iterable[np.ndarray], batch_size: in
 
 
 def build_cache(
-    tokenizer, text_encoder, vae, samples: np.ndarray | LazySamples, captions: Sequence[str]
+    tokenizer, text_encoder, vae, samples: np.ndarray | LazySamples, captions: Sequence[str], clip_skip: int = 1
 ) -> TrainingCache:
     """Encode every still (N, H, W, 3) or clip (N, F, H, W, 3) and caption once.
 
     Identical captions are encoded once; clips are encoded frame by frame and laid out as
     (N, C, F, h, w). With ``LazySamples`` only the latents and about one batch of pixels are
-    in memory at any time; the latents are the same as for the stacked array.
+    in memory at any time; the latents are the same as for the stacked array. The captions are
+    encoded at ``clip_skip`` (1: the text encoder's last layer).
     """
     if len(samples) != len(captions):
         raise ValueError(f"{len(samples)} samples but {len(captions)} captions")
@@ -126,7 +133,7 @@ def build_cache(
     else:
         latents = encode_frames(vae, samples)
     unique = sorted(set(captions))
-    unique_states = encode_text(tokenizer, text_encoder, unique + [""]).float().cpu()
+    unique_states = encode_text(tokenizer, text_encoder, unique + [""], clip_skip=clip_skip).float().cpu()
     index = {caption: i for i, caption in enumerate(unique)}
     text_embeddings = unique_states[[index[c] for c in captions]]
     return TrainingCache(latents=latents, text_embeddings=text_embeddings, empty_text_embedding=unique_states[-1:])

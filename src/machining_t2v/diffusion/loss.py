@@ -16,7 +16,7 @@ from diffusers.training_utils import compute_snr
 
 from machining_t2v.training import LossRandomness
 
-__all__ = ["LossConfig", "appearance_debiased", "draw_timesteps", "noise_prediction_loss"]
+__all__ = ["LossConfig", "appearance_debiased", "draw_timesteps", "noise_prediction_loss", "prior_preservation_loss"]
 
 
 @dataclass
@@ -114,6 +114,13 @@ def noise_prediction_loss(
         weights = weights / (snr + 1) if prediction_type == "v_prediction" else weights / snr
         loss = loss * weights
     return loss if per_sample else loss.mean()
+
+
+def prior_preservation_loss(instance_losses: torch.Tensor, prior_losses: torch.Tensor,
+                            prior_loss_weight: float) -> torch.Tensor:
+    """DreamBooth's loss: the mean loss on the instance samples plus ``prior_loss_weight`` times the
+    mean on the class-prior samples the base model generated (which keeps the class as it was)."""
+    return instance_losses.mean() + prior_loss_weight * prior_losses.mean()
 
 
 def _per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -26,13 +26,19 @@ def image_pipeline(base, unet):
 
 @torch.no_grad()
 def sample_images(pipe, prompts: Sequence[str], *, seed: int, num_inference_steps: int, guidance_scale: float,
-                  resolution: int) -> list[np.ndarray]:
-    """One uint8 image per prompt; prompt ``i`` always uses seed ``seed + i`` so variants compare."""
+                  resolution: int, clip_skip: int = 1) -> list[np.ndarray]:
+    """One uint8 image per prompt; prompt ``i`` always uses seed ``seed + i`` so variants compare.
+
+    ``clip_skip`` counts as in :mod:`machining_t2v.diffusion.text_encoding` (1: the last layer).
+    """
+    from machining_t2v.diffusion.text_encoding import prompt_embeddings
+
     images = []
     for offset, prompt in enumerate(prompts):
         generator = torch.Generator("cpu").manual_seed(seed + offset)
-        result = pipe(prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                      height=resolution, width=resolution, generator=generator, output_type="np")
+        result = pipe(**prompt_embeddings(pipe, prompt, None, clip_skip), num_inference_steps=num_inference_steps,
+                      guidance_scale=guidance_scale, height=resolution, width=resolution, generator=generator,
+                      output_type="np")
         images.append((result.images[0] * 255).round().clip(0, 255).astype(np.uint8))
     return images
 
@@ -82,14 +88,16 @@ def video_pipeline(base, motion_unet, motion_adapter):
 
 @torch.no_grad()
 def sample_videos(pipe, prompts: Sequence[str], *, seed: int, num_inference_steps: int, guidance_scale: float,
-                  num_frames: int, resolution: int) -> list[np.ndarray]:
+                  num_frames: int, resolution: int, clip_skip: int = 1) -> list[np.ndarray]:
     """One uint8 clip (F, H, W, 3) per prompt; prompt ``i`` always uses seed ``seed + i``."""
+    from machining_t2v.diffusion.text_encoding import prompt_embeddings
+
     videos = []
     for offset, prompt in enumerate(prompts):
         generator = torch.Generator("cpu").manual_seed(seed + offset)
-        result = pipe(prompt, num_frames=num_frames, num_inference_steps=num_inference_steps,
-                      guidance_scale=guidance_scale, height=resolution, width=resolution, generator=generator,
-                      output_type="np")
+        result = pipe(**prompt_embeddings(pipe, prompt, None, clip_skip), num_frames=num_frames,
+                      num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=resolution,
+                      width=resolution, generator=generator, output_type="np")
         videos.append((np.asarray(result.frames[0]) * 255).round().clip(0, 255).astype(np.uint8))
     return videos
 

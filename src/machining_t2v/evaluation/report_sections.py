@@ -25,6 +25,7 @@ from machining_t2v.evaluation.report import (
 )
 from machining_t2v.evaluation.scoring import METRICS
 from machining_t2v.evaluation.variants import (
+    EMBEDDING_VARIANTS,
     REFERENCE,
     VARIANT_ADAPTERS,
     strip_name,
@@ -209,7 +210,8 @@ def report_blocks(
                               "real use."))
     blocks += [Heading("Models that produced these numbers"), _models_table(models)]
     variant_items = [f"**{variant_label(v)}**: " + (", ".join(f"{kind} LoRA at scale {models['lora_scales'][kind]}"
-                                                              for kind in variant_adapters(v)) or "no LoRA")
+                                                              for kind in variant_adapters(v))
+                                                    or ("its token" if v in EMBEDDING_VARIANTS else "no LoRA"))
                      for v in models["variants"]]
     variant_items += [f"{variant_label(v)}: skipped ({why})" for v, why in models["skipped_variants"].items()]
     blocks += [Heading("Variants"), BulletList(tuple(variant_items))]

@@ -1,4 +1,5 @@
-"""What an evaluation compares: the variants (base, +image LoRA, +motion LoRA, both), the reference
+"""What an evaluation compares: the variants (base, +image LoRA, +motion LoRA, both, and the other
+image_ft methods: +DreamBooth LoRA, +textual-inversion token), the reference
 clips that give the ceiling, the prompt splits, and the names of the clips generated for them.
 
 With motion concepts (``motion_ft.concepts``) the motion variants come once per concept, named
@@ -16,6 +17,7 @@ import pandas as pd
 __all__ = [
     "REFERENCE",
     "SPLITS",
+    "EMBEDDING_VARIANTS",
     "VARIANT_ADAPTERS",
     "VARIANT_LABELS",
     "clip_key",
@@ -34,10 +36,15 @@ VARIANT_ADAPTERS: dict[str, tuple[str, ...]] = {
     "image": ("image",),
     "motion": ("motion",),
     "both": ("image", "motion"),
+    "dreambooth": ("dreambooth",),
+    "textual_inversion": (),
 }
-"""Which LoRA adapters each variant switches on."""
+"""Which LoRA adapters each variant switches on (the DreamBooth LoRA at the image LoRA's scale)."""
+EMBEDDING_VARIANTS = ("textual_inversion",)
+"""The variants whose prompts carry the textual-inversion token (in place of the trigger word)."""
 
 VARIANT_LABELS = {"base": "base", "image": "+image LoRA", "motion": "+motion LoRA", "both": "+image +motion LoRA",
+                  "dreambooth": "+DreamBooth LoRA", "textual_inversion": "+textual-inversion token",
                   "reference": "reference clips (ceiling)"}
 REFERENCE = "reference"
 """The variant (and split) name of the reference clips in every table."""

@@ -63,7 +63,11 @@ class VideoGenerator:
     max_frames: int
     """The motion adapter's ``motion_max_seq_length``: the most frames one clip may have."""
     base_is_tiny: bool
+    clip_skip: int = 1
+    """Which text-encoder layer conditions the UNet (1: the last; see ``diffusion.text_encoding``)."""
     loras: dict[str, LoadedLora] = field(default_factory=dict)
+    embeddings: dict[str, str] = field(default_factory=dict)
+    """Textual-inversion tokens loaded, and their files."""
 
     @property
     def tokenizer(self):
@@ -83,7 +87,9 @@ class VideoGenerator:
             "motion_adapter": self.motion_adapter_source,
             "motion_max_seq_length": self.max_frames,
             "scheduler": self.scheduler,
+            "clip_skip": self.clip_skip,
             "loras": {name: lora.describe() for name, lora in self.loras.items()},
+            "embeddings": dict(self.embeddings),
         }
 
 
@@ -150,6 +156,7 @@ def build_generator(
     scheduler: str = "ddim",
     device: str | None = None,
     dtype: str | None = "auto",
+    clip_skip: int = 1,
 ) -> VideoGenerator:
     """Put a loaded base model and motion adapter (:mod:`machining_t2v.models.loading`) into an
     ``AnimateDiffPipeline`` with the motion UNet, cast to the generation dtype.
@@ -162,11 +169,17 @@ def build_generator(
         scheduler: ``ddim``, ``euler`` or ``dpm++``.
         device: ``cuda``/``cpu``; default CUDA when available.
         dtype: ``auto`` (float16 on CUDA, float32 on CPU), ``float32``, ``float16``, ``bfloat16``.
+        clip_skip: the text-encoder layer every prompt is encoded at (1: the last), as in training.
+
+    Raises:
+        ValueError: an unknown scheduler, or ``clip_skip`` beyond the text encoder's layers.
     """
     from machining_t2v.diffusion.sampling import video_pipeline
+    from machining_t2v.diffusion.text_encoding import check_clip_skip
 
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
+    check_clip_skip(base.text_encoder, clip_skip)
     device = device or _default_device()
     torch_dtype = resolve_dtype(dtype, device)
     for module in (base.text_encoder, base.vae, base.unet, adapter):
@@ -186,6 +199,7 @@ def build_generator(
         scheduler=scheduler,
         max_frames=int(adapter.config.motion_max_seq_length),
         base_is_tiny=tiny_model_exists(base.source),
+        clip_skip=clip_skip,
     )
 
 
@@ -200,6 +214,7 @@ def open_generator(
     dtype: str | None = "auto",
     revision: str | None = None,
     variant: str | None = None,
+    clip_skip: int = 1,
 ) -> VideoGenerator:
     """Load the base model and motion adapter a user names (a folder, a hub id or ``builtin:tiny``, which
     is built in ``tiny_model_dir``) and put them into a generator (:func:`build_generator`)."""
@@ -207,4 +222,5 @@ def open_generator(
         load_base_model(tiny_model_source(base, tiny_model_dir), revision=revision, variant=variant),
         load_motion_adapter(tiny_model_source(motion_adapter, tiny_model_dir, motion_adapter=True)),
         base_spec=base, motion_adapter_spec=motion_adapter, scheduler=scheduler, device=device, dtype=dtype,
+        clip_skip=clip_skip,
     )  # fmt: skip

@@ -357,3 +357,23 @@ def use_loras(generator: VideoGenerator, choices: Mapping[str, tuple[str | Path 
             scales[name] = float(scale)
     set_lora_scales(generator, scales)
     return scales
+
+
+def load_textual_inversion(generator: VideoGenerator, path: str | Path, token: str) -> None:
+    """Load a textual-inversion embedding under ``token`` (``pipe.load_textual_inversion``); it changes
+    only prompts that hold the token.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not an embedding the text encoder can take, or the token is taken.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"textual-inversion embedding {path} does not exist")
+    try:
+        generator.pipe.load_textual_inversion(str(path), token=token)
+    except ValueError as error:
+        raise ValueError(f"textual-inversion embedding {path} could not be loaded as {token!r} into base model "
+                         f"{generator.base_source}: {error}") from error
+    generator.embeddings[token] = str(path)
+    logger.info("Loaded textual-inversion embedding %s as %r", path, token)

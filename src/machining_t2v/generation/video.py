@@ -101,6 +101,8 @@ def generate_video(
 ) -> np.ndarray:
     """Generate one clip with the currently active LoRAs; uint8 RGB frames ``(F, H, W, 3)``.
 
+    The prompt is encoded at the generator's ``clip_skip``.
+
     The initial noise comes from a CPU ``torch.Generator`` seeded with ``seed``, so the same
     seed gives the same noise on any device and for every LoRA variant. ``on_step(done, total)``
     is called after each denoising step (a progress bar, e.g. the web page's).
@@ -116,6 +118,8 @@ def generate_video(
     side = check_size(generator, size)
     if int(num_inference_steps) < 1:
         raise ValueError(f"steps must be at least 1, got {num_inference_steps}")
+    from machining_t2v.diffusion.text_encoding import prompt_embeddings
+
     noise = torch.Generator("cpu").manual_seed(int(seed))
     steps = int(num_inference_steps)
 
@@ -124,8 +128,7 @@ def generate_video(
         return tensors
 
     result = generator.pipe(
-        prompt=prompt,
-        negative_prompt=negative or None,
+        **prompt_embeddings(generator.pipe, prompt, negative, generator.clip_skip),
         num_frames=num_frames,
         num_inference_steps=steps,
         guidance_scale=float(guidance_scale),

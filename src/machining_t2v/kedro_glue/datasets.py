@@ -218,6 +218,40 @@ class TrainedLora:
     path: Path | None = None
 
 
+class NotTrained:
+    """What a training node returns for an output of a method it did not run this time."""
+
+    def __repr__(self) -> str:
+        return "NOT_TRAINED"
+
+
+NOT_TRAINED = NotTrained()
+"""Saved to a :class:`LoraFolderDataset` or :class:`EmbeddingDataset`, it leaves what is on disk as it is,
+so the result of each ``image_ft.method`` stays for the evaluation to compare."""
+
+
+@dataclass
+class TrainedEmbedding:
+    """A textual-inversion token and its learned (D,) embedding, as the training node hands it to the catalog.
+
+    ``replaces`` is the caption word the token stands in for (the trigger), which :meth:`prompt`
+    swaps for the token. After loading, ``path`` is the diffusers-format file, which
+    ``pipe.load_textual_inversion(path, token=token)`` accepts.
+    """
+
+    token: str
+    vector: Any
+    replaces: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def prompt(self, text: str) -> str:
+        """``text`` with the token in place of the trigger word (or in front)."""
+        from machining_t2v.training.textual_inversion import with_placeholder
+
+        return with_placeholder(text, self.replaces, self.token)
+
+
 class LoraFolderDataset(AbstractDataset[TrainedLora, TrainedLora | None]):
     """A LoRA folder in every format a user's tool may want.
 
@@ -241,11 +275,15 @@ class LoraFolderDataset(AbstractDataset[TrainedLora, TrainedLora | None]):
         self._allow_missing = allow_missing
         self.metadata = metadata
 
-    def _save(self, data: TrainedLora) -> None:
+    def _save(self, data: TrainedLora | NotTrained) -> None:
         import json
 
         from machining_t2v.lora import formats
 
+        if isinstance(data, NotTrained):
+            logger.info("No %s LoRA of this folder's method trained in this run; %s left as it is", self._kind,
+                        self._path)
+            return
         if not data.state_dict:
             stale = [self._path / name for name in LORA_FILES if (self._path / name).is_file()]
             for path in stale:
@@ -299,6 +337,53 @@ class LoraFolderDataset(AbstractDataset[TrainedLora, TrainedLora | None]):
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path), "kind": self._kind}
+
+
+class EmbeddingDataset(AbstractDataset[TrainedEmbedding, TrainedEmbedding | None]):
+    """A textual-inversion embedding folder: ``learned_embeds.safetensors`` (diffusers), ``<token>.safetensors``
+    (A1111, ``{"emb_params": ...}``) and ``embedding_info.json`` (token, the word it replaces, what made it).
+
+    Loading a folder without an embedding gives ``None`` (nothing was trained with textual inversion).
+    """
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def _save(self, data: TrainedEmbedding | NotTrained) -> None:
+        import json
+
+        from machining_t2v.training.textual_inversion import save_embedding
+
+        if isinstance(data, NotTrained):
+            return
+        files = save_embedding(data.token, data.vector, self._path, data.info.get("steps"))
+        info = {"token": data.token, "replaces": data.replaces, "files": {k: p.name for k, p in files.items()},
+                **data.info}
+        tmp = self._path / f".embedding_info.json.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+        os.replace(tmp, self._path / "embedding_info.json")
+
+    def _load(self) -> TrainedEmbedding | None:
+        import json
+
+        from machining_t2v.training.textual_inversion import DIFFUSERS_FILENAME, load_embedding
+
+        info_path = self._path / "embedding_info.json"
+        if not info_path.is_file():
+            return None
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        token, vector = load_embedding(self._path / DIFFUSERS_FILENAME)
+        replaces = info.pop("replaces", None)
+        info.pop("token", None)
+        return TrainedEmbedding(token=token, vector=vector, replaces=replaces, info=info,
+                                path=self._path / DIFFUSERS_FILENAME)
+
+    def _exists(self) -> bool:
+        return (self._path / "embedding_info.json").is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}
 
 
 class VideoSamplesDataset(AbstractDataset[dict[str, np.ndarray], dict[str, Path]]):

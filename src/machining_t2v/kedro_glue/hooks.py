@@ -451,7 +451,10 @@ class MlflowArtifactHooks:
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any, node: Any) -> None:
-        if self._catalog is None or dataset_name not in self._catalog:
+        from machining_t2v.kedro_glue.datasets import NotTrained
+
+        # What the dataset holds is an earlier run's, not this run's.
+        if self._catalog is None or dataset_name not in self._catalog or isinstance(data, NotTrained):
             return
         dataset = self._catalog.get(dataset_name)
         options = (getattr(dataset, "metadata", None) or {}).get("machining_t2v", {})

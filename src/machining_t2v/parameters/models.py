@@ -25,12 +25,14 @@ Text = Annotated[str, BeforeValidator(_number_to_text)]
 
 Scalar = Union[str, int, float, bool, None]  # noqa: UP007 - a runtime alias, also for Python 3.10
 
-LrScheduler = Literal["constant", "constant_with_warmup", "cosine", "linear"]
+LrScheduler = Literal["constant", "constant_with_warmup", "cosine", "linear", "cosine_with_restarts", "polynomial",
+                      "piecewise_constant"]
 MixedPrecision = Literal["auto", "no", "fp16", "bf16"]
-Optimizer = Literal["adamw", "adamw8bit"]
+Optimizer = Literal["adamw", "adamw8bit", "prodigy"]
 Sampler = Literal["ddim", "euler", "dpm++"]
 MotionMode = Literal["temporal", "dual"]
-Variant = Literal["base", "image", "motion", "both"]
+Variant = Literal["base", "image", "motion", "both", "dreambooth", "textual_inversion"]
+ImageMethod = Literal["lora", "dreambooth_lora", "textual_inversion"]
 Split = Literal["seen", "held_out"]
 
 
@@ -57,6 +59,9 @@ class TrainingParams(Params):
     learning_rate: float = 1e-4
     lr_scheduler: LrScheduler = "constant"
     lr_warmup_steps: int = 0
+    lr_num_cycles: int = 1
+    lr_power: float = 1.0
+    lr_step_rules: Text | None = None
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2
@@ -110,6 +115,7 @@ class BaseModelParams(Params):
     tiny_model_dir: Text = "data/06_models/tiny-sd"
     revision: Text | None = None
     variant: Text | None = None
+    clip_skip: int = 1
 
 
 class CaptionsParams(Params):
@@ -150,14 +156,37 @@ class ImageLoraParams(Params):
     target_modules: Text | list[Text] | None = "default"
 
 
-class ImageFtParams(Params):
-    """``image_ft``: the image (spatial) LoRA."""
+class DreamBoothParams(Params):
+    """``image_ft.dreambooth``: the class-prior images and the prior-preservation loss (``method: dreambooth_lora``)."""
 
+    class_prompt: Text = "a milling machine or a lathe"
+    num_class_images: int = 16
+    prior_loss_weight: float = 1.0
+    guidance_scale: float = 4.0
+    num_inference_steps: int = 20
+    seed: int = 0
+    class_data_dir: Text = "data/05_model_input/class_images"
+    cpu_threads: int | None = 1
+
+
+class TextualInversionParams(Params):
+    """``image_ft.textual_inversion``: the new token and the word its embedding starts from."""
+
+    placeholder_token: Text = "<mtv>"
+    initializer_token: Text = "machine"
+
+
+class ImageFtParams(Params):
+    """``image_ft``: the image (spatial) fine-tuning: LoRA, DreamBooth-LoRA or textual inversion."""
+
+    method: ImageMethod = "lora"
     lora: ImageLoraParams = ImageLoraParams()
     loss: LossParams = LossParams(caption_dropout=0.1, snr_gamma=None, noise_offset=0.0)
     training: TrainingParams = TrainingParams(
         max_steps=900, batch_size=8, learning_rate=1.0e-3, lr_scheduler="cosine", lr_warmup_steps=20,
         mixed_precision="auto", log_every=10, checkpoint_every=100, checkpoints_total_limit=2)
+    dreambooth: DreamBoothParams = DreamBoothParams()
+    textual_inversion: TextualInversionParams = TextualInversionParams()
     gradient_checkpointing: bool = False
     checkpoint_dir: Text = "data/06_models/checkpoints/image_ft"
     validation: ValidationParams
@@ -274,7 +303,8 @@ class EvaluationParams(Params):
 
     clip_model: Text = "builtin:standin-clip"
     clip_standin_dir: Text | None = "data/06_models/standin-clip"
-    variants: list[Variant] = Field(default_factory=lambda: ["base", "image", "motion", "both"])
+    variants: list[Variant] = Field(default_factory=lambda: ["base", "image", "motion", "both", "dreambooth",
+                                                             "textual_inversion"])
     lora_scales: LoraScalesParams = LoraScalesParams()
     sampling: EvaluationSamplingParams = EvaluationSamplingParams()
     prompts: list[EvaluationPrompt]
@@ -293,6 +323,7 @@ class GenerateParams(Params):
     negative_prompt: Text | None = ""
     use_image_lora: bool = True
     use_motion_lora: bool = True
+    use_image_embedding: bool = True
     image_lora_path: Text | None = None
     motion_lora_path: Text | None = None
     motion_concept: Text | None = None

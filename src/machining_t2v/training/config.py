@@ -13,9 +13,11 @@ from typing import Any
 
 import torch
 
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
+# The schedules of diffusers.optimization.get_scheduler (a test keeps the two lists equal).
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear", "cosine_with_restarts", "polynomial",
+                 "piecewise_constant")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
-OPTIMIZERS = ("adamw", "adamw8bit")
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
 # Config keys that change the training trajectory; a resume with different values is
 # allowed (e.g. a new learning rate on purpose) but is no longer a faithful continuation.
 TRAJECTORY_KEYS = (
@@ -24,6 +26,9 @@ TRAJECTORY_KEYS = (
     "learning_rate",
     "lr_scheduler",
     "lr_warmup_steps",
+    "lr_num_cycles",
+    "lr_power",
+    "lr_step_rules",
     "adam_beta1",
     "adam_beta2",
     "adam_weight_decay",
@@ -44,15 +49,22 @@ class TrainingConfig:
         batch_size: Global batch per micro-step; split across processes under DDP.
         gradient_accumulation_steps: Micro-steps per optimizer step.
         learning_rate: Default learning rate; a param group's own ``lr`` wins.
-        lr_scheduler: ``constant``, ``constant_with_warmup``, ``cosine`` or ``linear``.
+        lr_scheduler: A schedule of ``diffusers.optimization.get_scheduler``: ``constant``,
+            ``constant_with_warmup``, ``cosine``, ``linear``, ``cosine_with_restarts``,
+            ``polynomial`` or ``piecewise_constant``.
         lr_warmup_steps: Linear warm-up length in optimizer steps.
-        adam_beta1, adam_beta2, adam_weight_decay, adam_epsilon: AdamW settings.
+        lr_num_cycles: Hard restarts of ``cosine_with_restarts``.
+        lr_power: Power of ``polynomial`` decay (1.0 is linear).
+        lr_step_rules: ``piecewise_constant``'s rules, e.g. ``"1:10,0.1:20,0.01"`` (multiplier 1
+            until step 10, 0.1 until step 20, then 0.01).
+        adam_beta1, adam_beta2, adam_weight_decay, adam_epsilon: AdamW's (and Prodigy's) settings.
         max_grad_norm: Gradient-norm clip; ``<= 0`` disables clipping (norm still logged).
         seed: Seed of every random stream the loop owns.
         mixed_precision: ``no``, ``fp16`` or ``bf16``; fp16 without CUDA falls back to ``no``
             (callers resolve ``auto`` with :func:`choose_mixed_precision`).
-        optimizer: ``adamw`` (torch) or ``adamw8bit`` (bitsandbytes, CUDA only: its states take
-            a quarter of the memory).
+        optimizer: ``adamw`` (torch), ``adamw8bit`` (bitsandbytes, CUDA only: its states take
+            a quarter of the memory) or ``prodigy`` (prodigyopt, which finds the step size itself:
+            ``learning_rate`` is a multiplier of it, usually 1.0).
         checkpoint_every: Periodic checkpoint interval in optimizer steps; 0 disables the
             periodic ones (the final checkpoint is always written).
         checkpoints_total_limit: Keep only this many newest checkpoints; None keeps all.
@@ -67,6 +79,9 @@ class TrainingConfig:
     learning_rate: float = 1e-4
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
+    lr_num_cycles: int = 1
+    lr_power: float = 1.0
+    lr_step_rules: str | None = None
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2
@@ -100,6 +115,10 @@ class TrainingConfig:
             problems.append(
                 f"lr_scheduler must be one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}"
             )
+        if self.lr_scheduler == "piecewise_constant" and not self.lr_step_rules:
+            problems.append("lr_scheduler 'piecewise_constant' needs lr_step_rules, e.g. '1:10,0.1:20,0.01'")
+        if self.lr_num_cycles < 1:
+            problems.append(f"lr_num_cycles must be >= 1, got {self.lr_num_cycles}")
         if self.mixed_precision not in MIXED_PRECISIONS:
             problems.append(
                 f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}"

@@ -230,15 +230,20 @@ def _checkpointed_forward(forward: Callable) -> Callable:
 
 @torch.no_grad()
 def fixed_batch_loss(unet: torch.nn.Module, noise_scheduler, cache: TrainingCache, indices: torch.Tensor,
-                     seed: int) -> float:
-    """Noise-prediction loss on the same samples, noise and timesteps at every call."""
+                     seed: int, text_states: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """Noise-prediction loss on the same samples, noise and timesteps at every call.
+
+    ``text_states(indices)`` gives the captions' text states when they are not fixed in the cache
+    (textual inversion encodes them with the token's current embedding).
+    """
     device = next(unet.parameters()).device
     was_training = unet.training
     unet.eval()
     randomness = LossRandomness.fixed(seed, len(indices))
     with inference_autocast(device, _frozen_dtype(unet)):
-        loss = noise_prediction_loss(unet, noise_scheduler, cache.latents[indices].to(device),
-                                     cache.text_embeddings[indices].to(device), randomness, LossConfig())
+        texts = cache.text_embeddings[indices] if text_states is None else text_states(indices)
+        loss = noise_prediction_loss(unet, noise_scheduler, cache.latents[indices].to(device), texts.to(device),
+                                     randomness, LossConfig())
     unet.train(was_training)
     return float(loss)
 
@@ -263,12 +268,16 @@ def fit_lora(
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     description: str = "training",
     loss_runs_backward: bool = False,
+    trained: torch.nn.Module | None = None,
+    text_states: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> FitResult:
-    """Train the LoRA parameters of ``unet`` on the cached samples.
+    """Train the LoRA parameters of ``unet`` (or the trainable ones of ``trained``) on the cached samples.
 
     ``compute_loss`` defaults to the plain noise-prediction loss over the cache; the motion
     trainer passes its own (the MotionDirector dual path, which runs its parts' backward
-    itself: ``loss_runs_backward``, see :func:`machining_t2v.training.train`).
+    itself: ``loss_runs_backward``, see :func:`machining_t2v.training.train`), DreamBooth its
+    prior-preservation loss. Textual inversion trains the text encoder's new token (``trained``)
+    and gives ``text_states(indices)``, the captions encoded with it, to the fixed-batch loss.
     """
     num_samples = cache.latents.shape[0]
     device = training_device()
@@ -283,8 +292,11 @@ def fit_lora(
                 randomness, loss_config, cache.empty_text_embedding,
             )  # fmt: skip
 
+    def validation_loss() -> float:
+        return fixed_batch_loss(unet, noise_scheduler, cache, validation_indices, config.seed, text_states)
+
     def validate(step: int) -> None:
-        validation_losses[step] = fixed_batch_loss(unet, noise_scheduler, cache, validation_indices, config.seed)
+        validation_losses[step] = validation_loss()
         logger.info("step %d: fixed-batch validation loss %.4f", step, validation_losses[step])
         if on_log:
             on_log(step, {"validation_loss": validation_losses[step]})
@@ -294,15 +306,14 @@ def fit_lora(
     unet.to(device)
     start = time.perf_counter()
     # Step 0 is the untrained LoRA (on resume too: the checkpoint is loaded inside train()).
-    validation_losses[0] = fixed_batch_loss(unet, noise_scheduler, cache, validation_indices, config.seed)
+    validation_losses[0] = validation_loss()
     result = train(
-        unet, compute_loss, num_samples, config, checkpoint_dir, param_groups=param_groups, on_log=on_log,
+        unet if trained is None else trained, compute_loss, num_samples, config, checkpoint_dir, param_groups=param_groups, on_log=on_log,
         on_validate=validate, validate_every=validate_every, description=description,
         loss_runs_backward=loss_runs_backward,
     )  # fmt: skip
     if result.global_step not in validation_losses:
-        validation_losses[result.global_step] = fixed_batch_loss(
-            unet, noise_scheduler, cache, validation_indices, config.seed)
+        validation_losses[result.global_step] = validation_loss()
     return FitResult(training=result, validation_losses=validation_losses, seconds=time.perf_counter() - start)
 
 

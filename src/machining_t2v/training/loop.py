@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 
 def make_optimizer(name: str, groups: list[dict], config: TrainingConfig, device: torch.device):
-    """AdamW from torch, or bitsandbytes' 8-bit AdamW (CUDA only), over ``groups``.
+    """AdamW from torch, bitsandbytes' 8-bit AdamW (CUDA only) or Prodigy, over ``groups``.
 
     Raises:
         ValueError: ``adamw8bit`` without a CUDA device, or bitsandbytes not installed.
@@ -59,9 +59,17 @@ def make_optimizer(name: str, groups: list[dict], config: TrainingConfig, device
                "weight_decay": config.adam_weight_decay, "eps": config.adam_epsilon}
     if name == "adamw":
         return torch.optim.AdamW(groups, **options)
+    if name == "prodigy":
+        from prodigyopt import Prodigy
+
+        if config.learning_rate < 0.1:
+            logger.warning("optimizer prodigy finds the step size itself and learning_rate (%g) scales it; "
+                           "1.0 is the usual value", config.learning_rate)
+        # Bias correction and a warm-up safeguard: Prodigy's recommendations for diffusion models.
+        return Prodigy(groups, **options, use_bias_correction=True, safeguard_warmup=config.lr_warmup_steps > 0)
     if device.type != "cuda":
         raise ValueError(f"optimizer 'adamw8bit' (bitsandbytes) needs a CUDA GPU; this run is on {device.type}. "
-                         "Use optimizer: adamw.")
+                         "Use optimizer: adamw or prodigy.")
     try:
         import bitsandbytes
     except ImportError as error:
@@ -97,28 +105,18 @@ def _make_param_groups(
     return groups
 
 
-def _make_lr_scheduler(
+def make_lr_scheduler(
     optimizer: torch.optim.Optimizer, config: TrainingConfig
 ) -> torch.optim.lr_scheduler.LambdaLR:
+    """``config.lr_scheduler`` from ``diffusers.optimization.get_scheduler``, over ``config.max_steps``."""
+    from diffusers.optimization import get_scheduler
+
     # Stepped once per optimizer step on every process (not through accelerate's wrapper,
     # which steps once per process and would tie the schedule to the process count).
-    warmup = config.lr_warmup_steps
-    total = max(config.max_steps, 1)
-    kind = config.lr_scheduler
-
-    def lr_lambda(step: int) -> float:
-        if kind == "constant":
-            return 1.0
-        if step < warmup:
-            return step / max(warmup, 1)
-        if kind == "constant_with_warmup":
-            return 1.0
-        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-        if kind == "linear":
-            return max(0.0, 1.0 - progress)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    return get_scheduler(
+        config.lr_scheduler, optimizer, step_rules=config.lr_step_rules, num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=max(config.max_steps, 1), num_cycles=config.lr_num_cycles, power=config.lr_power,
+    )  # fmt: skip
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -158,7 +156,7 @@ def _prepare(
     state = RunState(
         model=accelerator.prepare_model(model, evaluation_mode=True),
         optimizer=accelerator.prepare_optimizer(optimizer),
-        scheduler=_make_lr_scheduler(optimizer, config),
+        scheduler=make_lr_scheduler(optimizer, config),
         sampler=sampler,
         num_samples=num_samples,
     )

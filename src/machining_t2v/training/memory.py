@@ -178,7 +178,8 @@ def estimate_training_memory(unet: nn.Module, others: list[nn.Module], *, batch_
     weights = sum(p.numel() * (4 if p.requires_grad else torch.finfo(dtype).bits // 8)
                   for model in models for p in model.parameters())
     trainable = sum(p.numel() for p in unet.parameters() if p.requires_grad)
-    state_bytes = 2 if optimizer == "adamw8bit" else 8  # two moments per weight
+    # AdamW: two moments per weight; Prodigy adds its running sum and the initial weights.
+    state_bytes = {"adamw8bit": 2, "prodigy": 16}.get(optimizer, 8)
     training_state = trainable * (4 + state_bytes)
     activations = activation_bytes(unet, batch_size=batch_size, latent_size=latent_size, num_frames=num_frames,
                                    dtype=dtype, checkpointing=checkpointing)

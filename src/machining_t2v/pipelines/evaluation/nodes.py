@@ -36,6 +36,7 @@ from machining_t2v.evaluation.report import bar_chart, frame_strip, to_html, to_
 from machining_t2v.evaluation.report_sections import report_blocks, report_title
 from machining_t2v.evaluation.scoring import CLIP_METRICS, METRICS, metric_means, score_every_clip
 from machining_t2v.evaluation.variants import (
+    EMBEDDING_VARIANTS,
     REFERENCE,
     VARIANT_ADAPTERS,
     clip_key,
@@ -47,7 +48,7 @@ from machining_t2v.evaluation.variants import (
     variant_label,
 )
 from machining_t2v.kedro_glue import tracking
-from machining_t2v.kedro_glue.datasets import RawVideoFolder, TrainedLora
+from machining_t2v.kedro_glue.datasets import RawVideoFolder, TrainedEmbedding, TrainedLora
 
 # clip_metrics, generation, inworld and sampling (torch, diffusers, transformers) are imported inside the
 # functions that use them: registering the pipelines must not pay for them.
@@ -118,16 +119,19 @@ def generate_evaluation_clips(
     base_model: dict[str, Any],
     params: dict[str, Any],
     reference_table: pd.DataFrame | None = None,
+    dreambooth_lora: TrainedLora | None = None,
+    image_embedding: TrainedEmbedding | None = None,
     **concept_loras: TrainedLora | None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Generate every prompt with every variant whose LoRAs exist, with the same seeds.
+    """Generate every prompt with every variant whose LoRAs (or embedding) exist, with the same seeds.
 
     ``base`` and ``adapter`` are the catalog's loaded models; ``base_model`` (the parameters) only
     names them in the record.
 
     The LoRAs are loaded from their folders with diffusers' ``pipe.load_lora_weights`` and
     switched per variant with ``pipe.set_adapters`` (through :mod:`machining_t2v.generation.loras`),
-    exactly as a user of the console script or of diffusers would apply them.
+    exactly as a user of the console script or of diffusers would apply them. The textual-inversion
+    embedding is loaded with ``pipe.load_textual_inversion``; its variant's prompts carry the token.
 
     ``concept_loras`` (concept name -> its motion LoRA, None when not trained) add the variants
     ``motion:<concept>`` and ``both:<concept>`` (when ``motion`` and ``both`` are asked for); they
@@ -145,8 +149,8 @@ def generate_evaluation_clips(
 
     processes = _concept_processes(reference_table, list(concept_loras))
     with cpu_threads(params.get("cpu_threads")):
-        return _generate_variants(prompts, image_lora, {None: motion_lora, **concept_loras}, processes, base, adapter,
-                                  base_model, params)
+        return _generate_variants(prompts, image_lora, dreambooth_lora, {None: motion_lora, **concept_loras},
+                                  image_embedding, processes, base, adapter, base_model, params)
 
 
 def _concept_processes(reference_table: pd.DataFrame | None, concepts: list[str]) -> dict[str, str | None]:
@@ -160,28 +164,33 @@ def _concept_processes(reference_table: pd.DataFrame | None, concepts: list[str]
     return processes
 
 
-def _generate_variants(prompts: pd.DataFrame, image_lora: TrainedLora | None,
-                       motion_loras: dict[str | None, TrainedLora | None], concept_processes: dict[str, str | None],
-                       base: BaseModel, adapter: MotionAdapter, base_model: dict[str, Any],
-                       params: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _generate_variants(prompts: pd.DataFrame, image_lora: TrainedLora | None, dreambooth_lora: TrainedLora | None,
+                       motion_loras: dict[str | None, TrainedLora | None], embedding: TrainedEmbedding | None,
+                       concept_processes: dict[str, str | None], base: BaseModel, adapter: MotionAdapter,
+                       base_model: dict[str, Any], params: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     from machining_t2v.generation.generator import build_generator
-    from machining_t2v.generation.loras import load_lora, set_lora_scales
+    from machining_t2v.generation.loras import load_lora, load_textual_inversion, set_lora_scales
     from machining_t2v.generation.video import generate_video
     from machining_t2v.instructions.tokenizer_words import warn_unknown_words
 
     sampling = params["sampling"]
     started = time.perf_counter()
     generator = build_generator(base, adapter, base_spec=base_model["pretrained"],
-                                motion_adapter_spec=base_model["motion_adapter"], scheduler=sampling["scheduler"])
+                                motion_adapter_spec=base_model["motion_adapter"], scheduler=sampling["scheduler"],
+                                clip_skip=base_model.get("clip_skip", 1))
     for row in prompts.itertuples(index=False):
         warn_unknown_words(generator.tokenizer, row.prompt, what=f"evaluation prompt {row.prompt_id}")
-    scales = {"image": float(params["lora_scales"]["image"])}
-    if image_lora is not None:
-        load_lora(generator, _lora_folder(image_lora, "image"), "image")
+    # The DreamBooth LoRA is an image LoRA: it runs at the image LoRA's scale.
+    scales = {"image": float(params["lora_scales"]["image"]), "dreambooth": float(params["lora_scales"]["image"])}
+    for kind, lora in (("image", image_lora), ("dreambooth", dreambooth_lora)):
+        if lora is not None:
+            load_lora(generator, _lora_folder(lora, kind), kind)
     for concept, lora in motion_loras.items():
         scales[motion_adapter_name(concept)] = float(params["lora_scales"]["motion"])
         if lora is not None:
             load_lora(generator, _lora_folder(lora, "motion"), motion_adapter_name(concept))
+    if embedding is not None:
+        load_textual_inversion(generator, embedding.path, embedding.token)
     variants, skipped, variant_prompts = [], {}, {}
     for plain in params["variants"]:
         concepts = [None, *concept_processes] if "motion" in VARIANT_ADAPTERS[plain] else [None]
@@ -191,6 +200,8 @@ def _generate_variants(prompts: pd.DataFrame, image_lora: TrainedLora | None,
             chosen = prompts if concept is None else prompts[prompts["process"] == concept_processes[concept]]
             if missing:
                 skipped[variant] = f"no trained {' and '.join(missing)} LoRA"
+            elif variant in EMBEDDING_VARIANTS and embedding is None:
+                skipped[variant] = "no trained textual-inversion embedding"
             elif chosen.empty:
                 skipped[variant] = f"no evaluation prompt of its process ({concept_processes[concept]})"
             else:
@@ -202,8 +213,9 @@ def _generate_variants(prompts: pd.DataFrame, image_lora: TrainedLora | None,
         set_lora_scales(generator, {kind: scales[kind] for kind in variant_adapters(variant)})
         for row in variant_prompts[variant].itertuples(index=False):
             for seed in seeds:
+                prompt = embedding.prompt(row.prompt) if variant in EMBEDDING_VARIANTS else row.prompt
                 clips[clip_key(variant, row.prompt_id, seed)] = generate_video(
-                    generator, row.prompt, negative_prompt=sampling.get("negative_prompt"),
+                    generator, prompt, negative_prompt=sampling.get("negative_prompt"),
                     num_frames=int(sampling["num_frames"]), num_inference_steps=int(sampling["num_inference_steps"]),
                     guidance_scale=float(sampling["guidance_scale"]), seed=seed, size=sampling.get("size"),
                 )  # fmt: skip

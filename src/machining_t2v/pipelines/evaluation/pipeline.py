@@ -30,16 +30,17 @@ from .nodes import (
 )
 
 
-def _generation_inputs(concepts: Sequence[str]) -> list[str] | dict[str, str]:
-    """The generation node's inputs: with motion concepts, also each concept's LoRA (by concept name)
-    and the reference table that tells each concept's process."""
-    plain = ["evaluation_prompts", "image_lora", "motion_lora", "base_model", "motion_adapter", "params:base_model",
-             "params:evaluation"]
-    if not concepts:
-        return plain
-    names = ["prompts", "image_lora", "motion_lora", "base", "adapter", "base_model", "params"]
-    return {**dict(zip(names, plain, strict=True)), "reference_table": "evaluation_reference_table",
-            **{concept: f"{concept}.motion_lora" for concept in concepts}}
+def _generation_inputs(concepts: Sequence[str]) -> dict[str, str]:
+    """The generation node's inputs by argument name: with motion concepts, also each concept's LoRA
+    (by concept name) and the reference table that tells each concept's process."""
+    inputs = {"prompts": "evaluation_prompts", "image_lora": "image_lora", "motion_lora": "motion_lora",
+              "base": "base_model", "adapter": "motion_adapter", "base_model": "params:base_model",
+              "params": "params:evaluation", "dreambooth_lora": "image_dreambooth_lora",
+              "image_embedding": "image_embedding"}
+    if concepts:
+        inputs |= {"reference_table": "evaluation_reference_table",
+                   **{concept: f"{concept}.motion_lora" for concept in concepts}}
+    return inputs
 
 
 def create_pipeline(concepts: Sequence[str] = (), **kwargs) -> Pipeline:

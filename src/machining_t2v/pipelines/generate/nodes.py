@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from machining_t2v.kedro_glue import tracking
-from machining_t2v.kedro_glue.datasets import TrainedLora
+from machining_t2v.kedro_glue.datasets import TrainedEmbedding, TrainedLora
 
 # machining_t2v.generation.generator (torch, diffusers) is imported where it is used: registering the pipelines
 # must not pay for it.
@@ -65,6 +65,7 @@ def generate_clip(
     base_model: dict[str, Any],
     trigger: str | None,
     params: dict[str, Any],
+    image_embedding: TrainedEmbedding | None = None,
     **concept_loras: TrainedLora | None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Generate ``generate.prompt`` with the LoRAs applied through diffusers' loaders.
@@ -76,7 +77,9 @@ def generate_clip(
     LoRAs: ``image_lora_path``/``motion_lora_path`` when set (any file or folder), else the
     project's trained LoRAs when ``use_image_lora``/``use_motion_lora`` are on and they exist.
     ``motion_concept`` picks the motion LoRA of that motion concept (``concept_loras``: concept
-    name -> its LoRA, from the ``<concept>.motion_lora`` datasets) instead of ``motion_lora``.
+    name -> its LoRA, from the ``<concept>.motion_lora`` datasets) instead of ``motion_lora``. The
+    project's textual-inversion embedding (``use_image_embedding``, when trained) is loaded and its
+    token put in the prompt in place of the trigger word.
 
     Returns:
         ``{name: frames}`` for the video dataset (GIF + H.264) and a record of the prompt,
@@ -88,20 +91,25 @@ def generate_clip(
     concept = params.get("motion_concept")
     if concept:
         motion_lora = _concept_lora(str(concept), concept_loras)
+    embedding = image_embedding if params.get("use_image_embedding", True) else None
     with cpu_threads(params.get("cpu_threads")):
-        return _generate(prompt, image_lora, motion_lora, base, adapter, base_model, params)
+        return _generate(prompt, image_lora, motion_lora, base, adapter, base_model, params, embedding)
 
 
 def _generate(prompt: str, image_lora: TrainedLora | None, motion_lora: TrainedLora | None, base: BaseModel,
-              adapter: MotionAdapter, base_model: dict[str, Any],
-              params: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+              adapter: MotionAdapter, base_model: dict[str, Any], params: dict[str, Any],
+              embedding: TrainedEmbedding | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     from machining_t2v.generation.generator import build_generator
-    from machining_t2v.generation.loras import load_lora, set_lora_scales
+    from machining_t2v.generation.loras import load_lora, load_textual_inversion, set_lora_scales
     from machining_t2v.generation.video import generate_video, prompt_slug
     from machining_t2v.instructions.tokenizer_words import warn_unknown_words
 
     generator = build_generator(base, adapter, base_spec=base_model["pretrained"],
-                                motion_adapter_spec=base_model["motion_adapter"], scheduler=params["scheduler"])
+                                motion_adapter_spec=base_model["motion_adapter"], scheduler=params["scheduler"],
+                                clip_skip=base_model.get("clip_skip", 1))
+    if embedding is not None:
+        load_textual_inversion(generator, embedding.path, embedding.token)
+        prompt = embedding.prompt(prompt)
     warn_unknown_words(generator.tokenizer, prompt)
     scales = {}
     for kind, project in (("image", image_lora), ("motion", motion_lora)):

@@ -12,15 +12,13 @@ from kedro.pipeline import Node, Pipeline
 from .nodes import generate_clip
 
 
-def _inputs(concepts: Sequence[str]) -> list[str] | dict[str, str]:
-    """The node's inputs: with motion concepts, also each concept's LoRA, by concept name
-    (``generate.motion_concept`` picks one)."""
-    plain = ["image_lora", "motion_lora", "base_model", "motion_adapter", "params:base_model",
-             "params:captions.trigger", "params:generate"]
-    if not concepts:
-        return plain
-    names = ["image_lora", "motion_lora", "base", "adapter", "base_model", "trigger", "params"]
-    return {**dict(zip(names, plain, strict=True)), **{concept: f"{concept}.motion_lora" for concept in concepts}}
+def _inputs(concepts: Sequence[str]) -> dict[str, str]:
+    """The node's inputs by argument name: with motion concepts, also each concept's LoRA, by concept
+    name (``generate.motion_concept`` picks one)."""
+    inputs = {"image_lora": "image_lora", "motion_lora": "motion_lora", "base": "base_model",
+              "adapter": "motion_adapter", "base_model": "params:base_model", "trigger": "params:captions.trigger",
+              "params": "params:generate", "image_embedding": "image_embedding"}
+    return inputs | {concept: f"{concept}.motion_lora" for concept in concepts}
 
 
 def create_pipeline(concepts: Sequence[str] = (), **kwargs) -> Pipeline:

@@ -1,4 +1,5 @@
-"""``image_ft`` pipeline: stills + captions -> image LoRA, validation grids and a run summary.
+"""``image_ft`` pipeline: stills + captions -> image LoRA (or DreamBooth LoRA, or textual-inversion
+embedding, by ``image_ft.method``), validation grids and a run summary.
 
 Registered on its own and, in ``pipeline_registry``, chained after sample data, frames and
 captions, so ``kedro run --pipelines=image_ft`` runs the whole chain.
@@ -14,8 +15,10 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 train_image_lora,
-                inputs=["stills", "captions", "base_model", "params:base_model", "params:image_ft"],
-                outputs=["image_lora", "image_ft_samples", "image_ft_summary"],
+                inputs=["stills", "captions", "base_model", "params:base_model", "params:image_ft",
+                        "params:captions.trigger"],
+                outputs=["image_lora", "image_ft_samples", "image_ft_summary", "image_dreambooth_lora",
+                         "image_embedding"],
                 name="train_image_lora",
             )
         ]

@@ -164,11 +164,12 @@ def train_motion_lora(
                           optimizer=config.optimizer, what="motion LoRA training")
 
     # Encode every clip (and still) and caption once.
-    cache = build_cache(base.tokenizer, base.text_encoder, base.vae, clip_frames, clip_texts)
+    clip_skip = base_model.get("clip_skip", 1)
+    cache = build_cache(base.tokenizer, base.text_encoder, base.vae, clip_frames, clip_texts, clip_skip)
     loss_config = LossConfig(**params.get("loss", {}))
     compute_loss = None
     if mode == "dual":
-        still_cache = build_cache(base.tokenizer, base.text_encoder, base.vae, still_frames, still_texts)
+        still_cache = build_cache(base.tokenizer, base.text_encoder, base.vae, still_frames, still_texts, clip_skip)
         compute_loss = dual_path_loss(cache, still_cache, noise_scheduler, loss_config, motion_params,
                                       spatial_params, float(dual["appearance_debias"]), float(dual["spatial_dropout"]),
                                       device)
@@ -182,7 +183,7 @@ def train_motion_lora(
         pipe = video_pipeline(base, unet, adapter)
         options = {"seed": int(validation["seed"]), "num_inference_steps": int(validation["num_inference_steps"]),
                    "guidance_scale": float(validation["guidance_scale"]), "num_frames": clip_frames.shape[1],
-                   "resolution": clip_frames.shape[2]}
+                   "resolution": clip_frames.shape[2], "clip_skip": clip_skip}
         with finetune.inference_autocast(device, frozen_dtype):
             unet.disable_adapters()
             base_videos = sample_videos(pipe, validation["prompts"], **options)
