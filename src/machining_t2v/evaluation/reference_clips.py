@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["REFERENCE_COLUMNS", "choose_reference_clips", "process_of"]
+__all__ = ["REFERENCE_COLUMNS", "choose_reference_clips", "concept_processes", "process_of"]
 
 REFERENCE_COLUMNS = ["sample_id", "video", "caption", "process", "direction"]
 
@@ -83,3 +83,14 @@ def choose_reference_clips(
     loaded = {sample_id: np.asarray(clips[sample_id]()) for sample_id in table["sample_id"]}
     logger.info("Reference clips: %s", table["process"].value_counts().to_dict())
     return loaded, table
+
+
+def concept_processes(reference_table: pd.DataFrame | None, concepts: list[str]) -> dict[str, str | None]:
+    """The process most of each concept's reference clips show; None for a concept without any."""
+    processes: dict[str, str | None] = {}
+    for concept in concepts:
+        rows = pd.DataFrame() if reference_table is None else reference_table[
+            reference_table["concepts"].map(lambda names, c=concept: c in names)]
+        counts = rows["process"].value_counts() if len(rows) else pd.Series(dtype=int)
+        processes[concept] = str(counts.index[0]) if len(counts) else None
+    return processes

@@ -31,7 +31,7 @@ from machining_t2v.evaluation.inworld_scoring import (
     label_every_clip,
 )
 from machining_t2v.evaluation.prompt_table import prompt_table
-from machining_t2v.evaluation.reference_clips import choose_reference_clips
+from machining_t2v.evaluation.reference_clips import choose_reference_clips, concept_processes
 from machining_t2v.evaluation.report import bar_chart, frame_strip, to_html, to_markdown
 from machining_t2v.evaluation.report_sections import report_blocks, report_title
 from machining_t2v.evaluation.scoring import CLIP_METRICS, METRICS, metric_means, score_every_clip
@@ -147,27 +147,17 @@ def generate_evaluation_clips(
         raise ValueError(f"evaluation.variants: unknown {unknown}; choose from {list(VARIANT_ADAPTERS)}")
     from machining_t2v.generation.generator import cpu_threads
 
-    processes = _concept_processes(reference_table, list(concept_loras))
+    processes = concept_processes(reference_table, list(concept_loras))
     with cpu_threads(params.get("cpu_threads")):
         return _generate_variants(prompts, image_lora, dreambooth_lora, {None: motion_lora, **concept_loras},
                                   image_embedding, processes, base, adapter, base_model, params)
 
 
-def _concept_processes(reference_table: pd.DataFrame | None, concepts: list[str]) -> dict[str, str | None]:
-    """The process most of each concept's reference clips show; None for a concept without any."""
-    processes: dict[str, str | None] = {}
-    for concept in concepts:
-        rows = pd.DataFrame() if reference_table is None else reference_table[
-            reference_table["concepts"].map(lambda names, c=concept: c in names)]
-        counts = rows["process"].value_counts() if len(rows) else pd.Series(dtype=int)
-        processes[concept] = str(counts.index[0]) if len(counts) else None
-    return processes
-
-
 def _generate_variants(prompts: pd.DataFrame, image_lora: TrainedLora | None, dreambooth_lora: TrainedLora | None,
                        motion_loras: dict[str | None, TrainedLora | None], embedding: TrainedEmbedding | None,
-                       concept_processes: dict[str, str | None], base: BaseModel, adapter: MotionAdapter,
-                       base_model: dict[str, Any], params: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                       processes: dict[str, str | None], base: BaseModel, adapter: MotionAdapter,
+                       base_model: dict[str, Any],
+                       params: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     from machining_t2v.generation.generator import build_generator
     from machining_t2v.generation.loras import load_lora, load_textual_inversion, set_lora_scales
     from machining_t2v.generation.video import generate_video
@@ -193,17 +183,17 @@ def _generate_variants(prompts: pd.DataFrame, image_lora: TrainedLora | None, dr
         load_textual_inversion(generator, embedding.path, embedding.token)
     variants, skipped, variant_prompts = [], {}, {}
     for plain in params["variants"]:
-        concepts = [None, *concept_processes] if "motion" in VARIANT_ADAPTERS[plain] else [None]
+        concepts = [None, *processes] if "motion" in VARIANT_ADAPTERS[plain] else [None]
         for concept in concepts:
             variant = plain if concept is None else concept_variant(plain, concept)
             missing = [kind for kind in variant_adapters(variant) if kind not in generator.loras]
-            chosen = prompts if concept is None else prompts[prompts["process"] == concept_processes[concept]]
+            chosen = prompts if concept is None else prompts[prompts["process"] == processes[concept]]
             if missing:
                 skipped[variant] = f"no trained {' and '.join(missing)} LoRA"
             elif variant in EMBEDDING_VARIANTS and embedding is None:
                 skipped[variant] = "no trained textual-inversion embedding"
             elif chosen.empty:
-                skipped[variant] = f"no evaluation prompt of its process ({concept_processes[concept]})"
+                skipped[variant] = f"no evaluation prompt of its process ({processes[concept]})"
             else:
                 variants.append(variant)
                 variant_prompts[variant] = chosen
