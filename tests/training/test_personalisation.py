@@ -213,7 +213,7 @@ def test_the_evaluation_runs_the_textual_inversion_variant_with_the_token_in_its
     base_model = {"pretrained": "builtin:tiny", "motion_adapter": "builtin:tiny", "clip_skip": 1}
     adapter = load_motion_adapter(tiny_model_source("builtin:tiny", tiny_dir, motion_adapter=True))
     clips, record = generate_evaluation_clips(prompts, None, None, load_base_model(str(tiny_dir)), adapter, base_model,
-                                              params, None, dataset.load())
+                                              params, dreambooth_lora=None, image_embedding=dataset.load())
     assert record["variants"] == ["base", "textual_inversion"]
     assert record["skipped_variants"] == {"dreambooth": "no trained dreambooth LoRA"}
     assert record["embeddings"] == {TOKEN: str(tmp_path / "embedding" / ti.DIFFUSERS_FILENAME)}
