@@ -177,6 +177,33 @@ def test_both_access_patterns_decode_the_same_frames(sample_folder, long_h264, p
         assert all(np.array_equal(frames[i], reference[k]) for k, i in enumerate(wanted)), (path.name, pattern)
 
 
+def test_the_sequential_pattern_reads_again_from_the_start_with_the_same_reader(long_h264):
+    video = OpenVideo(next(long_h264.glob("*.mp4")))
+    wanted = [0, 1, 31, 299, 300]
+    first = dict(video.iter_frames(wanted, pattern=SEQUENTIAL))
+    assert video.info.width == 320  # decodes frame 0 with the reader the sequential pattern uses
+    again = dict(video.iter_frames(wanted[1:], pattern=SEQUENTIAL))
+    reference = OpenVideo(video.path).frames(wanted)
+    assert all(np.array_equal(first[i], reference[k]) for k, i in enumerate(wanted))
+    assert all(np.array_equal(again[i], reference[k + 1]) for k, i in enumerate(wanted[1:]))
+
+
+@pytest.mark.parametrize("pattern", [SEQUENTIAL, SPARSE])
+def test_a_video_damaged_mid_stream_gives_its_good_frames_then_an_error_naming_it(tmp_path, pattern):
+    path = _write_h264(tmp_path / "damaged.mp4", 60, 64, 64, gop=30)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) * 7 // 10] = bytes(len(data) * 7 // 10 - len(data) // 2)
+    path.write_bytes(bytes(data))
+    reference = OpenVideo(_write_h264(tmp_path / "intact.mp4", 60, 64, 64, gop=30)).frames(list(range(60)))
+    decoded = {}
+    with pytest.raises(VideoReadError, match="damaged.mp4: decoding failed"):
+        for index, frame in OpenVideo(path).iter_frames(list(range(60)), pattern=pattern):
+            decoded[index] = frame
+    # The sequential pattern stops at the damage and leaves the rest to the seeking reader, which reports it.
+    assert 8 <= len(decoded) < 60 and list(decoded) == list(range(len(decoded)))
+    assert all(np.array_equal(frame, reference[index]) for index, frame in decoded.items())
+
+
 def test_small_chunks_give_the_same_outputs_as_one(sample_folder, monkeypatch):
     folder = VideoFolderDataset(path=str(sample_folder)).load()
 

@@ -36,10 +36,11 @@ def test_quick_decode_and_evaluate_benchmarks_write_report(tmp_path):
         f"{files}.{pattern}.{decoder}"
         for files in ("sample_videos", "long_h264")
         for pattern, decoders in (("full", ("decord_get_batch", "decord_next", "cv2_read", "ffmpeg_pipe")),
-                                  ("pipeline", ("decord_get_batch", "cv2_grab", "cv2_seek", "ffmpeg_select",
-                                                "extract_frames_and_clips")))
+                                  ("pipeline", ("decord_get_batch", "decord_skip", "cv2_grab", "cv2_seek",
+                                                "ffmpeg_select", "extract_frames_and_clips")))
         for decoder in decoders
-    } | {f"long_h264.sparse30.{d}" for d in ("decord_get_batch", "cv2_grab", "cv2_seek", "ffmpeg_select")}
+    } | {f"long_h264.sparse30.{d}" for d in ("decord_get_batch", "decord_skip", "cv2_grab", "cv2_seek",
+                                           "ffmpeg_select")}
     assert expected <= set(decode["metrics"])
     for key, value in decode["metrics"].items():
         assert math.isfinite(value) and value > 0, key

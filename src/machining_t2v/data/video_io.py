@@ -2,9 +2,9 @@
 
 Reading opens every file with decord (frame count, frame rate, keyframes, clear errors for files
 that are not videos) and decodes the frames a caller needs with the faster access pattern for
-that file: OpenCV reading sequentially up to the last frame needed (dense sampling, short files)
-or decord seeking from keyframe to keyframe (sparse sampling of long files); both return the same
-pixels. Writing goes through OpenCV for the training-data containers (mp4v .mp4, VP9 .webm, MJPG .avi) and
+that file: reading on from the first frame up to the last one needed, skipping the others (dense
+sampling, short files), or seeking from keyframe to keyframe (sparse sampling of long files); both
+return the same pixels. Writing goes through OpenCV for the training-data containers (mp4v .mp4, VP9 .webm, MJPG .avi) and
 through the ffmpeg binary shipped by ``imageio-ffmpeg`` for browser-playable H.264 .mp4.
 Nothing here imports Kedro, so it also runs in notebooks and under ``accelerate launch``.
 """
@@ -84,11 +84,10 @@ class OpenVideo:
     # at most this many times the frames wanted (measured in benchmarks/decode.py).
     DENSE_RANGE_FACTOR = 3
     # What decord spends on a frame it decodes after a seek (its get_batch, seeks included), in frames
-    # OpenCV decodes in the same time reading sequentially. Measured by benchmarks/decode.py on the
+    # it decodes in the same time reading on sequentially. Measured by benchmarks/decode.py on the
     # 640x480 H.264 file (keyframe every 30 frames), `pipeline` pattern: the frames node with the sparse
-    # pattern forced spends 1.39 ms per frame decord decodes, with the sequential pattern forced 0.58 ms
-    # per frame up to the last one wanted (2.4x); decord's plain get_batch vs cv2 grab gives 2.35x.
-    # `access_pattern` compares the two costs per file.
+    # pattern forced spends 0.94 ms per frame decord decodes, with the sequential pattern forced 0.40 ms
+    # per frame up to the last one wanted (2.4x). `access_pattern` compares the two costs per file.
     SPARSE_FRAME_COST = 2.4
     # Frames decoded at once on the sparse path: bounds the full-size frames held in memory.
     SPARSE_BATCH = 8
@@ -96,7 +95,7 @@ class OpenVideo:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         # Opened for its index (frame count, rate, keyframes) with one thread, which opens faster; the
-        # sparse path decodes with a reader of its own, with a thread per core.
+        # sequential path decodes with it too, the sparse path with a reader of its own, a thread per core.
         self._index = _open_reader(self.path, num_threads=1)
         self._decoder = None
         self.num_frames = len(self._index)
@@ -131,7 +130,7 @@ class OpenVideo:
         return self._info
 
     def decode_cost(self, indices: list[int]) -> dict[str, float]:
-        """Estimated cost of decoding ``indices`` per access pattern, in frames OpenCV decodes sequentially.
+        """Estimated cost of decoding ``indices`` per access pattern, in frames decoded sequentially.
 
         ``sequential`` decodes every frame up to the last one wanted. ``sparse`` decodes, for each
         frame wanted, from the frame before it when that is in the same keyframe interval (no seek)
@@ -170,42 +169,38 @@ class OpenVideo:
         index order, each index once, at full size.
 
         ``pattern`` forces an access pattern (``sequential`` or ``sparse``); by default the cheaper one
-        for this file. Both return the same pixels; a file OpenCV reads differently from decord (another
-        frame count) is read with decord.
+        for this file. Both return the same pixels.
         """
         wanted = sorted(set(indices))
         if not wanted:
             return
         pattern = self._checked_pattern(wanted, pattern)
-        for index, frame, bgr in self._decode(wanted, pattern):
-            yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if bgr else frame
+        yield from self._decode(wanted, pattern)
 
     def iter_squares(self, sizes: dict[int, list[int]], pattern: str | None = None
                      ) -> Iterator[tuple[int, int, np.ndarray]]:
         """Decode the frames ``sizes`` names and reduce each to square RGB frames of the sizes listed for
         it (see :func:`square_frame`): ``(index, size, square)`` in increasing index order.
 
-        The same pixels as ``square_frame`` of ``iter_frames``' frames, with less work: OpenCV's BGR
-        frames are converted to RGB after resizing (resizing treats the channels alike), not at full
-        size. ``pattern`` as in ``iter_frames``.
+        Each full-size frame is dropped once it is reduced, so only a few are held at a time.
+        ``pattern`` as in ``iter_frames``.
         """
         wanted = sorted(index for index, wanted_sizes in sizes.items() if wanted_sizes)
         if not wanted:
             return
         pattern = self._checked_pattern(wanted, pattern)
-        for index, frame, bgr in self._decode(wanted, pattern):
+        for index, frame in self._decode(wanted, pattern):
             for size in dict.fromkeys(sizes[index]):
-                square = square_frame(frame, size)
-                yield index, size, cv2.cvtColor(square, cv2.COLOR_BGR2RGB) if bgr else square
+                yield index, size, square_frame(frame, size)
 
-    def _decode(self, wanted: list[int], pattern: str) -> Iterator[tuple[int, np.ndarray, bool]]:
-        """``(index, full-size frame, whether it is BGR)`` for the sorted indices ``wanted``."""
+    def _decode(self, wanted: list[int], pattern: str) -> Iterator[tuple[int, np.ndarray]]:
+        """``(index, full-size RGB frame)`` for the sorted indices ``wanted``."""
         done = 0
         if pattern == SEQUENTIAL:
             for index, frame in self._read_sequentially(wanted):
                 done += 1
                 self._frame_size = (frame.shape[1], frame.shape[0])
-                yield index, frame, True
+                yield index, frame
         for start in range(done, len(wanted), self.SPARSE_BATCH):
             batch = wanted[start : start + self.SPARSE_BATCH]
             try:
@@ -213,32 +208,28 @@ class OpenVideo:
             except Exception as error:
                 raise VideoReadError(self.path, f"decoding failed ({str(error).strip()[:160]})") from error
             self._frame_size = (frames.shape[2], frames.shape[1])
-            for index, frame in zip(batch, frames, strict=True):
-                yield index, frame, False
+            yield from zip(batch, frames, strict=True)
 
     def _read_sequentially(self, wanted: list[int]) -> Iterator[tuple[int, np.ndarray]]:
-        """OpenCV from the first frame on, BGR: frames not wanted are only grabbed (decoded, not
-        converted). Stops early (the caller goes on with decord) where OpenCV's stream disagrees with
-        decord's."""
-        capture = cv2.VideoCapture(str(self.path))
+        """decord from the first frame on, with the reader already open for the index: frames not
+        wanted are skipped (decoded, not converted to RGB). Its one decoding thread leaves the other
+        cores to the resizing and to other videos. Stops early (the caller goes on with the seeking
+        reader, which reports the error) where decoding fails or the stream ends before the index says."""
+        reader = self._index
         try:
-            # decord does not apply rotation metadata; neither may this path, so both give the same frames.
-            capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 0)
-            if not capture.isOpened() or int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) != self.num_frames:
+            reader.seek(0)  # ``info`` may have moved it
+        except Exception:  # decord raises its own DECORDError and plain RuntimeErrors
+            return
+        position = 0
+        for index in wanted:
+            try:
+                if index > position:
+                    reader.skip_frames(index - position)
+                frame = reader.next().asnumpy()
+            except Exception:  # StopIteration at the end of the stream, or a decoding error
                 return
-            position = 0
-            for index in wanted:
-                while position < index:
-                    if not capture.grab():
-                        return
-                    position += 1
-                ok, frame = capture.read()
-                if not ok:
-                    return
-                position += 1
-                yield index, frame
-        finally:
-            capture.release()
+            position = index + 1
+            yield index, frame
 
     def frames(self, indices: list[int], resolution: int | None = None) -> np.ndarray:
         """Decode the frames at ``indices`` as uint8 RGB (N, H, W, 3).
