@@ -2,6 +2,7 @@
 
 from kedro.config import OmegaConfigLoader
 
+from machining_t2v.kedro_glue import config_loading
 from machining_t2v.kedro_glue.hooks import (
     MlflowArtifactHooks,
     ModelDatasetBinding,
@@ -25,15 +26,5 @@ HOOKS = (ProjectRunLock(), ResilientMlflowHook(), ModelDatasetBinding(), ModelSo
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
-CONFIG_LOADER_ARGS = {
-    "base_env": "base",
-    "default_run_env": "local",
-    # An environment's parameter files deep-merge over base (conf/sd15 changes some values and
-    # keeps the rest; so does the starter project's conf/gpu), instead of replacing whole
-    # top-level keys.
-    "merge_strategy": {"parameters": "soft"},
-    "config_patterns": {
-        "parameters": ["parameters*", "parameters*/**", "**/parameters*"],
-        "mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"],
-    },
-}
+# Shared with the pipeline registry, which reads the motion concepts from the conf files.
+CONFIG_LOADER_ARGS = config_loading.CONFIG_LOADER_ARGS

@@ -17,9 +17,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported by the nodes that select clips, not when pipelines are registered
+    import pandas as pd
 
 __all__ = ["CONCEPT_NAME", "RULES", "check_concept_name", "concept_mask", "describe_rule"]
 

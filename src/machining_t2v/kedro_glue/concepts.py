@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from machining_t2v.data.concepts import check_concept_name
+from machining_t2v.kedro_glue.config_loading import CONF_SOURCE, CONFIG_LOADER_ARGS
 
 __all__ = ["RESERVED_NAMES", "check_registered_concepts", "configured_concepts", "registered_concepts"]
 
@@ -26,14 +27,14 @@ RESERVED_NAMES = frozenset({"prompts", "image_lora", "motion_lora", "base", "ada
 def configured_concepts(project_path: str | Path | None = None) -> list[str]:
     """Names of ``motion_ft.concepts`` in the conf files of the project at ``project_path``
     (the working directory by default), in their order; [] when there is no conf folder."""
-    from kedro.config import MissingConfigException
-    from kedro.framework.project import settings
+    # The loader settings.py names, built here: importing kedro.framework.project for it would
+    # double what registering the pipelines costs.
+    from kedro.config import MissingConfigException, OmegaConfigLoader
 
-    conf = Path(project_path or Path.cwd()) / settings.CONF_SOURCE
+    conf = Path(project_path or Path.cwd()) / CONF_SOURCE
     if not conf.is_dir():
         return []
-    loader = settings.CONFIG_LOADER_CLASS(conf_source=str(conf), env=os.environ.get("KEDRO_ENV"),
-                                          **settings.CONFIG_LOADER_ARGS)
+    loader = OmegaConfigLoader(conf_source=str(conf), env=os.environ.get("KEDRO_ENV"), **CONFIG_LOADER_ARGS)
     try:
         parameters = loader["parameters"]
     except MissingConfigException:
