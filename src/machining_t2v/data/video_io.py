@@ -86,7 +86,7 @@ class OpenVideo:
     # What decord spends on a frame it decodes after a seek (its get_batch, seeks included), in frames
     # it decodes in the same time reading on sequentially. Measured by benchmarks/decode.py on the
     # 640x480 H.264 file (keyframe every 30 frames), `pipeline` pattern: the frames node with the sparse
-    # pattern forced spends 0.94 ms per frame decord decodes, with the sequential pattern forced 0.40 ms
+    # pattern forced spends 0.91 ms per frame decord decodes, with the sequential pattern forced 0.38 ms
     # per frame up to the last one wanted (2.4x). `access_pattern` compares the two costs per file.
     SPARSE_FRAME_COST = 2.4
     # Frames decoded at once on the sparse path: bounds the full-size frames held in memory.
