@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from machining_t2v.lora.files import DIFFUSERS_LORA_FILENAME, LORA_INFO_FILENAME
 from machining_t2v.lora.formats import (
-    DIFFUSERS_LORA_FILENAME,
     canonical_layers,
     in_motion_module,
     lora_layout,
@@ -259,7 +259,7 @@ def _quiet_diffusers_loaders() -> Iterator[None]:
 
 def _read_lora_info(weights_file: Path) -> dict[str, Any]:
     """The ``lora_info.json`` beside a weight file; ``{}`` when there is none or it is unreadable."""
-    info_path = weights_file.parent / "lora_info.json"
+    info_path = weights_file.parent / LORA_INFO_FILENAME
     try:
         return json.loads(info_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -26,6 +26,13 @@ from kedro.io import AbstractDataset, DatasetError
 from kedro_datasets.partitions import PartitionedDataset
 
 from machining_t2v.data.video_io import VIDEO_EXTENSIONS, write_video
+from machining_t2v.lora.files import (
+    ANIMATEDIFF_MOTION_LORA_FILENAME,
+    DIFFUSERS_LORA_FILENAME,
+    KOHYA_IMAGE_LORA_FILENAME,
+    LORA_FILES,
+    LORA_INFO_FILENAME,
+)
 
 if TYPE_CHECKING:
     from machining_t2v.publishing.model_card import ModelCard
@@ -33,9 +40,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "metadata.csv"
-# What a LoRA folder holds; only these are ever removed from it.
-LORA_FILES = ("pytorch_lora_weights.safetensors", "image_lora_kohya.safetensors",
-              "motion_lora_animatediff.safetensors", "lora_info.json")
 
 
 @dataclass(frozen=True)
@@ -299,41 +303,40 @@ class LoraFolderDataset(AbstractDataset[TrainedLora, TrainedLora | None]):
         alpha = float(data.lora_config["lora_alpha"])
         if self._kind == "image":
             formats.save_safetensors_atomic(
-                formats.to_kohya(data.state_dict, alpha), self._path / formats.KOHYA_IMAGE_LORA_FILENAME,
+                formats.to_kohya(data.state_dict, alpha), self._path / KOHYA_IMAGE_LORA_FILENAME,
                 metadata=formats.kohya_metadata(rank=int(data.lora_config["r"]), alpha=alpha),
             )  # fmt: skip
         else:
             formats.save_safetensors_atomic(
                 formats.to_animatediff_motion_lora(data.state_dict, alpha),
-                self._path / formats.ANIMATEDIFF_MOTION_LORA_FILENAME,
+                self._path / ANIMATEDIFF_MOTION_LORA_FILENAME,
             )
         config_dict = {k: sorted(v) if isinstance(v, set) else v for k, v in config.to_dict().items()}
         info = {"kind": self._kind, "lora_config": config_dict, **data.info}
-        tmp = self._path / f".lora_info.json.tmp-{os.getpid()}"
+        tmp = self._path / f".{LORA_INFO_FILENAME}.tmp-{os.getpid()}"
         tmp.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
-        os.replace(tmp, self._path / "lora_info.json")
+        os.replace(tmp, self._path / LORA_INFO_FILENAME)
 
     def _load(self) -> TrainedLora | None:
         import json
 
         from safetensors.torch import load_file
 
-        from machining_t2v.lora.formats import DIFFUSERS_LORA_FILENAME
 
         weights = self._path / DIFFUSERS_LORA_FILENAME
-        info_path = self._path / "lora_info.json"
+        info_path = self._path / LORA_INFO_FILENAME
         if self._allow_missing and not info_path.is_file():
             return None
         if not weights.is_file() or not info_path.is_file():
             raise DatasetError(f"{self._path}: no trained {self._kind} LoRA here (expected "
-                               f"{DIFFUSERS_LORA_FILENAME} and lora_info.json); run the {self._kind}_ft pipeline")
+                               f"{DIFFUSERS_LORA_FILENAME} and {LORA_INFO_FILENAME}); run the {self._kind}_ft pipeline")
         info = json.loads(info_path.read_text(encoding="utf-8"))
         state_dict = {key.removeprefix("unet."): value for key, value in load_file(weights).items()}
         return TrainedLora(state_dict=state_dict, lora_config=info.pop("lora_config"), kind=info.pop("kind"),
                            info=info, path=self._path)
 
     def _exists(self) -> bool:
-        return (self._path / "lora_info.json").is_file()
+        return (self._path / LORA_INFO_FILENAME).is_file()
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path), "kind": self._kind}

@@ -31,11 +31,7 @@ from peft import LoraConfig
 from safetensors.torch import save_file
 from torch import Tensor
 
-DIFFUSERS_LORA_FILENAME = "pytorch_lora_weights.safetensors"
-KOHYA_IMAGE_LORA_FILENAME = "image_lora_kohya.safetensors"
-"""The image LoRA in the kohya layout (A1111, ComfyUI's ``LoraLoader``), beside the diffusers file."""
-ANIMATEDIFF_MOTION_LORA_FILENAME = "motion_lora_animatediff.safetensors"
-"""The motion LoRA in the original AnimateDiff MotionLoRA layout, beside the diffusers file."""
+from machining_t2v.lora.files import DIFFUSERS_LORA_FILENAME
 
 _LORA_KINDS = ("image", "motion")
 _COMPONENT_PREFIXES = ("unet", "text_encoder")

@@ -16,10 +16,11 @@ import pandas as pd
 
 from machining_t2v.evaluation.scoring import CLIP_METRICS, METRICS
 from machining_t2v.evaluation.variants import REFERENCE, VARIANT_LABELS, clip_key, parse_clip_key
-from machining_t2v.lora.formats import (
+from machining_t2v.lora.files import (
     ANIMATEDIFF_MOTION_LORA_FILENAME,
     DIFFUSERS_LORA_FILENAME,
     KOHYA_IMAGE_LORA_FILENAME,
+    LORA_INFO_FILENAME,
 )
 
 __all__ = ["README_FILE", "SAMPLE_FILE", "WORKFLOW_FILE", "CardFacts", "ModelCard", "model_card_text",
@@ -28,7 +29,6 @@ __all__ = ["README_FILE", "SAMPLE_FILE", "WORKFLOW_FILE", "CardFacts", "ModelCar
 README_FILE = "README.md"
 SAMPLE_FILE = "sample.gif"
 WORKFLOW_FILE = "comfyui_workflow.json"
-LORA_INFO_FILE = "lora_info.json"
 
 _WHAT = {
     "image": "An image (spatial) LoRA: it changes the spatial attention of the base model's UNet so that machines, "
@@ -138,7 +138,7 @@ def _files(facts: CardFacts) -> list[str]:
              f"- `{DIFFUSERS_LORA_FILENAME}`: diffusers layout (`pipe.load_lora_weights(this_folder)`), "
              "with its LoRA config in the metadata",
              f"- `{export}`: {use}",
-             f"- `{LORA_INFO_FILE}`: the LoRA config and what produced it"]
+             f"- `{LORA_INFO_FILENAME}`: the LoRA config and what produced it"]
     if facts.sample_seed is not None:
         lines.append(f"- `{SAMPLE_FILE}`: the sample below")
     if facts.with_workflow:

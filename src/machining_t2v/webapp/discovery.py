@@ -15,7 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from machining_t2v.lora.formats import DIFFUSERS_LORA_FILENAME, in_motion_module
+from machining_t2v.lora.files import DIFFUSERS_LORA_FILENAME, LORA_INFO_FILENAME
+from machining_t2v.lora.formats import in_motion_module
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class TrainedLoras:
 
 def _read_info(folder: Path) -> dict:
     try:
-        info = json.loads((folder / "lora_info.json").read_text(encoding="utf-8"))
+        info = json.loads((folder / LORA_INFO_FILENAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}

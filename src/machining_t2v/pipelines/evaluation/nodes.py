@@ -463,10 +463,7 @@ def _model_card(kind: str, lora: TrainedLora, with_image_lora: bool, summary: pd
 def _pair_workflow(motion_lora: TrainedLora, with_image_lora: bool, sampling: dict[str, Any], prompt: str, seed: int,
                    params: dict[str, Any]) -> dict[str, Any]:
     """The ComfyUI workflow of the image + motion LoRA pair with the evaluation's prompt and sampler."""
-    from machining_t2v.lora.formats import (
-        ANIMATEDIFF_MOTION_LORA_FILENAME,
-        KOHYA_IMAGE_LORA_FILENAME,
-    )
+    from machining_t2v.lora.files import ANIMATEDIFF_MOTION_LORA_FILENAME, KOHYA_IMAGE_LORA_FILENAME
     from machining_t2v.publishing.comfyui_workflow import WorkflowSettings, comfyui_workflow
 
     comfyui = params["model_cards"]["comfyui"]
