@@ -1,7 +1,5 @@
 """Kedro project settings for machining_t2v."""
 
-from kedro.config import OmegaConfigLoader
-
 from machining_t2v.kedro_glue import config_loading
 from machining_t2v.kedro_glue.hooks import (
     MlflowArtifactHooks,
@@ -25,6 +23,6 @@ HOOKS = (ProjectRunLock(), ResilientMlflowHook(), ModelDatasetBinding(), ModelSo
          MlflowArtifactHooks())
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
-CONFIG_LOADER_CLASS = OmegaConfigLoader
 # Shared with the pipeline registry, which reads the motion concepts from the conf files.
+CONFIG_LOADER_CLASS = config_loading.CONFIG_LOADER_CLASS
 CONFIG_LOADER_ARGS = config_loading.CONFIG_LOADER_ARGS

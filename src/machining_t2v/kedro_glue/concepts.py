@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from machining_t2v.data.concepts import check_concept_name
-from machining_t2v.kedro_glue.config_loading import CONF_SOURCE, CONFIG_LOADER_ARGS
+from machining_t2v.kedro_glue.config_loading import (
+    CONF_SOURCE,
+    CONFIG_LOADER_ARGS,
+    CONFIG_LOADER_CLASS,
+)
 
 __all__ = ["RESERVED_NAMES", "check_registered_concepts", "configured_concepts", "registered_concepts"]
 
@@ -29,12 +33,12 @@ def configured_concepts(project_path: str | Path | None = None) -> list[str]:
     (the working directory by default), in their order; [] when there is no conf folder."""
     # The loader settings.py names, built here: importing kedro.framework.project for it would
     # double what registering the pipelines costs.
-    from kedro.config import MissingConfigException, OmegaConfigLoader
+    from kedro.config import MissingConfigException
 
     conf = Path(project_path or Path.cwd()) / CONF_SOURCE
     if not conf.is_dir():
         return []
-    loader = OmegaConfigLoader(conf_source=str(conf), env=os.environ.get("KEDRO_ENV"), **CONFIG_LOADER_ARGS)
+    loader = CONFIG_LOADER_CLASS(conf_source=str(conf), env=os.environ.get("KEDRO_ENV"), **CONFIG_LOADER_ARGS)
     try:
         parameters = loader["parameters"]
     except MissingConfigException:

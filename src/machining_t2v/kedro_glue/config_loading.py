@@ -1,4 +1,4 @@
-"""How the project's conf files are read: the arguments settings.py gives Kedro's OmegaConfigLoader.
+"""How the project's conf files are read: the loader class and arguments settings.py gives Kedro.
 
 They live here, not in settings.py, so that registering the pipelines can read the conf files
 (see ``concepts.configured_concepts``) without importing ``kedro.framework.project`` and the hooks.
@@ -6,6 +6,9 @@ They live here, not in settings.py, so that registering the pipelines can read t
 
 from __future__ import annotations
 
+from kedro.config import OmegaConfigLoader
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONF_SOURCE = "conf"
 """The conf folder, relative to the project root (Kedro's default, which settings.py keeps)."""
 
