@@ -104,6 +104,19 @@ def test_the_evaluation_scores_each_concept_on_prompts_of_its_process(project):
     assert "+motion LoRA (mill_feed_right)" in report
 
 
+def test_each_concepts_lora_has_its_own_model_card(project):
+    for concept in ("mill_feed_right", "turn_towards_chuck"):
+        folder = project / "data/06_models/motion_concepts" / concept / "motion_lora"
+        card = (folder / "README.md").read_text()
+        assert f"# Motion LoRA `{concept}`" in card and "| Steps | 3 |" in card
+        assert f"| metric | base | +motion LoRA ({concept}) | reference clips (ceiling) |" in card
+        assert f"--motion-lora data/06_models/motion_concepts/{concept}/motion_lora" in card
+        assert (folder / "sample.gif").is_file()
+        workflow = json.loads((folder / "comfyui_workflow.json").read_text())
+        assert any(node["class_type"] == "KSampler" for node in workflow.values())
+    assert not (project / "data/06_models/motion_lora/README.md").exists()  # no LoRA on every clip, no card
+
+
 def test_concepts_given_only_with_params_are_refused(project):
     cwd = os.getcwd()
     os.chdir(project)

@@ -81,6 +81,26 @@ def test_in_world_accuracies_appear_when_there_are_any():
     assert "| style | 0.000 | 1.000 |" in text and "| accuracy | base | +image LoRA |" in text
 
 
+def test_a_motion_concepts_card_shows_its_own_variants_and_folder():
+    concept_variants = ["base", "motion:mill_feed_right", "both:mill_feed_right", "motion", "reference"]
+    table = summary().assign(variant=lambda t: t["variant"].map(dict(zip(VARIANTS, concept_variants, strict=True))))
+    text = model_card_text(facts("motion", summary=table, concept="mill_feed_right",
+                                 folder="data/06_models/motion_concepts/mill_feed_right/motion_lora",
+                                 sample_variants=["base", "motion:mill_feed_right"]))
+    assert "# Motion LoRA `mill_feed_right` for machine-tool process videos" in text
+    assert "one motion concept, `mill_feed_right`" in text
+    header = next(line for line in text.splitlines() if line.startswith("| metric |"))
+    assert header == ("| metric | base | +motion LoRA (mill_feed_right) | +image +motion LoRA (mill_feed_right) | "
+                      "reference clips (ceiling) |")  # not the plain motion LoRA's column
+    row = next(line for line in text.splitlines() if line.startswith("| flicker |"))
+    expected = [f"{table.set_index(['variant', 'split']).loc[(v, 'all'), 'flicker']:.3f}"
+                for v in ("base", "motion:mill_feed_right", "both:mill_feed_right", "reference")]
+    assert row == "| flicker | " + " | ".join(expected) + " |"
+    assert "left to right: base, +motion LoRA (mill_feed_right)" in text
+    assert "--motion-lora data/06_models/motion_concepts/mill_feed_right/motion_lora --scale-motion 0.8" in text
+    assert "`generate.motion_concept: mill_feed_right`" in text
+
+
 def test_a_lora_left_out_of_the_evaluation_says_so_and_has_no_sample():
     table = summary()[summary()["variant"].isin(["base", "reference"])]
     text = model_card_text(facts(summary=table, sample_seed=None, sample_variants=[]))

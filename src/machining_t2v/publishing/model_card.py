@@ -15,7 +15,13 @@ import numpy as np
 import pandas as pd
 
 from machining_t2v.evaluation.scoring import CLIP_METRICS, METRICS
-from machining_t2v.evaluation.variants import REFERENCE, VARIANT_LABELS, clip_key, parse_clip_key
+from machining_t2v.evaluation.variants import (
+    REFERENCE,
+    clip_key,
+    concept_variant,
+    parse_clip_key,
+    variant_label,
+)
 from machining_t2v.lora.files import (
     ANIMATEDIFF_MOTION_LORA_FILENAME,
     DIFFUSERS_LORA_FILENAME,
@@ -77,6 +83,22 @@ class CardFacts:
     sample_variants: list[str]  # left to right in the sample GIF
     with_workflow: bool = False
     workflow_models: dict[str, str] = field(default_factory=dict)  # checkpoint / motion_module file names
+    concept: str | None = None  # the motion concept (motion_ft.concepts) the LoRA was trained on; None: every clip
+    folder: str = ""  # the LoRA folder, relative to the project; "" = data/06_models/<kind>_lora
+
+    @property
+    def variant(self) -> str:
+        """The evaluation variant with this LoRA alone: ``image``, ``motion`` or ``motion:<concept>``."""
+        return self.kind if self.concept is None else concept_variant(self.kind, self.concept)
+
+    @property
+    def pair_variant(self) -> str:
+        """The evaluation variant with the image and the motion LoRA: ``both`` or ``both:<concept>``."""
+        return "both" if self.concept is None else concept_variant("both", self.concept)
+
+    @property
+    def lora_folder(self) -> str:
+        return self.folder or f"data/06_models/{self.kind}_lora"
 
 
 def _number(value: Any) -> str:
@@ -147,20 +169,19 @@ def _files(facts: CardFacts) -> list[str]:
 
 
 def _variants(facts: CardFacts, present: set[str]) -> list[str]:
-    own = facts.kind
-    return [variant for variant in ("base", own, "both", REFERENCE) if variant in present]
+    return [variant for variant in ("base", facts.variant, facts.pair_variant, REFERENCE) if variant in present]
 
 
 def _evaluation(facts: CardFacts) -> list[str]:
     overall = facts.summary[facts.summary["split"] == "all"].set_index("variant")
     variants = _variants(facts, set(overall.index))
     lines = ["## Evaluation", ""]
-    if not variants or facts.kind not in variants:
+    if facts.variant not in variants:
         return [*lines, "This LoRA was not part of the last evaluation.", ""]
     clip_note = (facts.evaluation.get("clip_model") or {}).get("note") or ""
-    lines += [f"Means over {int(overall.loc[facts.kind, 'n_clips'])} clips per variant (every evaluation prompt "
+    lines += [f"Means over {int(overall.loc[facts.variant, 'n_clips'])} clips per variant (every evaluation prompt "
               "and seed; `data/08_reporting/evaluation_report.md` has the details).", "",
-              "| metric | " + " | ".join(VARIANT_LABELS[v] for v in variants) + " |",
+              "| metric | " + " | ".join(variant_label(v) for v in variants) + " |",
               "|---|" + "---:|" * len(variants)]
     for metric in METRICS:
         mark = " (stand-in CLIP)" if clip_note and metric in CLIP_METRICS else ""
@@ -182,7 +203,7 @@ def _inworld(facts: CardFacts) -> list[str]:
     variants = [v for v in _variants(facts, set(table.index)) if v != REFERENCE]
     keys = [column for column in table.columns if column.endswith("_accuracy")]
     lines = ["In-world accuracy (the base model's own evaluator labels every clip):", "",
-             "| accuracy | " + " | ".join(VARIANT_LABELS[v] for v in variants) + " |",
+             "| accuracy | " + " | ".join(variant_label(v) for v in variants) + " |",
              "|---|" + "---:|" * len(variants)]
     for key in keys:
         lines.append(f"| {key.removesuffix('_accuracy')} | " + " | ".join(_number(table.loc[v, key]) for v in variants)
@@ -196,7 +217,9 @@ def _usage(facts: CardFacts) -> list[str]:
     lines = ["## Use", "", "With the console script, from the project folder:", "", "```bash",
              f"machining-t2v generate \"{facts.sample_prompt}\" \\",
              f"    --base {evaluation.get('base_model')} --motion-adapter {evaluation.get('motion_adapter')} \\",
-             f"    {flag} data/06_models/{facts.kind}_lora --scale-{facts.kind} {facts.scale:g}", "```", ""]
+             f"    {flag} {facts.lora_folder} --scale-{facts.kind} {facts.scale:g}", "```", ""]
+    if facts.concept is not None:
+        lines += [f"The `generate` pipeline picks it by name: `generate.motion_concept: {facts.concept}`.", ""]
     if facts.kind == "image":
         lines += [f"ComfyUI: `LoraLoader` reads `{KOHYA_IMAGE_LORA_FILENAME}` from `models/loras/`; a workflow "
                   f"with both LoRAs lies beside the motion LoRA (`../motion_lora/{WORKFLOW_FILE}`) once motion_ft "
@@ -208,7 +231,7 @@ def _usage(facts: CardFacts) -> list[str]:
             "ComfyUI-VideoHelperSuite, and these files in ComfyUI's `models/` folder: "
             f"`{models.get('checkpoint')}` in `checkpoints/`, `{models.get('motion_module')}` in "
             f"`animatediff_models/`, `{ANIMATEDIFF_MOTION_LORA_FILENAME}` (this folder) in "
-            f"`animatediff_motion_lora/`, and `{KOHYA_IMAGE_LORA_FILENAME}` (../image_lora) in `loras/`. The "
+            f"`animatediff_motion_lora/`, and `{KOHYA_IMAGE_LORA_FILENAME}` (data/06_models/image_lora) in `loras/`. The "
             "checkpoint and motion module must be the base model and adapter these LoRAs were trained on "
             "(`--env sd15`: SD1.5 and AnimateDiff v3; the file names are `evaluation.model_cards.comfyui` "
             "parameters). A base given as a diffusers folder (such as the starter model) has no ComfyUI checkpoint.",
@@ -219,8 +242,13 @@ def _usage(facts: CardFacts) -> list[str]:
 def model_card_text(facts: CardFacts) -> str:
     """The card as Markdown with Hugging Face front matter (see the module docstring)."""
     title = "Image LoRA" if facts.kind == "image" else "Motion LoRA"
+    what = [_WHAT[facts.kind], ""]
+    if facts.concept is not None:
+        title += f" `{facts.concept}`"
+        what += [f"It was trained on the clips of one motion concept, `{facts.concept}` (`motion_ft.concepts`), so "
+                 "it holds that one motion, as MotionDirector's LoRAs do.", ""]
     lines = [*_front_matter(), f"# {title} for machine-tool process videos (machining-t2v)", "",
-             _WHAT[facts.kind], "", *_facts_table(facts), *_files(facts), *_evaluation(facts),
+             *what, *_facts_table(facts), *_files(facts), *_evaluation(facts),
              *_sample(facts), *_usage(facts)]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -228,7 +256,7 @@ def model_card_text(facts: CardFacts) -> str:
 def _sample(facts: CardFacts) -> list[str]:
     if facts.sample_seed is None:
         return []
-    order = ", ".join(VARIANT_LABELS[variant] for variant in facts.sample_variants)
+    order = ", ".join(variant_label(variant) for variant in facts.sample_variants)
     return ["## Sample", "", f"![sample]({SAMPLE_FILE})", "",
             f"Evaluation prompt \"{facts.sample_prompt}\", seed {facts.sample_seed}; left to right: {order} "
             "(same seed).", ""]

@@ -430,9 +430,33 @@ def build_model_cards(
     return cards["image"], cards["motion"]
 
 
+def build_concept_model_card(
+    concept_lora: TrainedLora | None,
+    image_lora: TrainedLora | None,
+    summary: pd.DataFrame,
+    inworld: pd.DataFrame,
+    models: dict[str, Any],
+    generated: dict[str, np.ndarray],
+    prompts: pd.DataFrame,
+    trigger: str | None,
+    params: dict[str, Any],
+) -> ModelCard:
+    """The model card of one motion concept's LoRA (``<concept>.motion_lora``), as
+    :func:`build_model_cards` writes the motion LoRA's, with the figures of its variants
+    ``motion:<concept>`` and ``both:<concept>``. The concept is the one the LoRA's info records."""
+    from machining_t2v.publishing.model_card import ModelCard
+
+    if concept_lora is None:
+        return ModelCard()
+    concept = concept_lora.info["concept"]
+    return _model_card("motion", concept_lora, image_lora is not None, summary, inworld, models, generated, prompts,
+                       trigger or "", params, concept=concept,
+                       folder=f"data/06_models/motion_concepts/{concept}/motion_lora")
+
+
 def _model_card(kind: str, lora: TrainedLora, with_image_lora: bool, summary: pd.DataFrame, inworld: pd.DataFrame,
                 models: dict[str, Any], generated: dict[str, np.ndarray], prompts: pd.DataFrame, trigger: str,
-                params: dict[str, Any]) -> ModelCard:
+                params: dict[str, Any], concept: str | None = None, folder: str = "") -> ModelCard:
     from machining_t2v.diffusion.sampling import side_by_side
     from machining_t2v.lora.formats import group_by_module
     from machining_t2v.publishing.model_card import (
@@ -443,8 +467,9 @@ def _model_card(kind: str, lora: TrainedLora, with_image_lora: bool, summary: pd
     )
 
     texts = dict(zip(prompts["prompt_id"], prompts["prompt"], strict=True))
-    evaluated = any(parse_clip_key(key)[0] == kind for key in generated)
-    prompt_id, seed, clips = sample_clips(generated, kind) if evaluated else (prompts["prompt_id"].iloc[0], None, {})
+    variant = kind if concept is None else concept_variant(kind, concept)
+    evaluated = any(parse_clip_key(key)[0] == variant for key in generated)
+    prompt_id, seed, clips = sample_clips(generated, variant) if evaluated else (prompts["prompt_id"].iloc[0], None, {})
     comfyui = params["model_cards"]["comfyui"]
     facts = CardFacts(
         kind=kind, info=lora.info, lora_config=lora.lora_config, num_layers=len(group_by_module(lora.state_dict)),
@@ -452,6 +477,7 @@ def _model_card(kind: str, lora: TrainedLora, with_image_lora: bool, summary: pd
         inworld=inworld, sample_prompt=texts[prompt_id], sample_seed=seed, sample_variants=list(clips),
         with_workflow=kind == "motion",
         workflow_models={"checkpoint": comfyui["checkpoint"], "motion_module": comfyui["motion_module"]},
+        concept=concept, folder=folder,
     )  # fmt: skip
     workflow = None
     if kind == "motion":
@@ -480,6 +506,7 @@ def _pair_workflow(motion_lora: TrainedLora, with_image_lora: bool, sampling: di
     ))  # fmt: skip
 
 __all__ = [
+    "build_concept_model_card",
     "build_model_cards",
     "build_prompt_table",
     "build_report",

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from kedro.pipeline import Node, Pipeline
 
 from .nodes import (
+    build_concept_model_card,
     build_model_cards,
     build_prompt_table,
     build_report,
@@ -41,6 +42,20 @@ def _generation_inputs(concepts: Sequence[str]) -> dict[str, str]:
         inputs |= {"reference_table": "evaluation_reference_table",
                    **{concept: f"{concept}.motion_lora" for concept in concepts}}
     return inputs
+
+
+def _concept_card_nodes(concepts: Sequence[str]) -> list[Node]:
+    """One model-card node per motion concept, writing ``<concept>.motion_lora_card`` beside the
+    concept's LoRA. Outside the concept's namespace: the evaluation's generation node, which the card
+    reads, lies between it and the concept's training, and Kedro wants a namespace's nodes contiguous."""
+    return [
+        Node(build_concept_model_card,
+             inputs=[f"{concept}.motion_lora", "image_lora", "evaluation_summary", "evaluation_inworld",
+                     "evaluation_models", "evaluation_clips", "evaluation_prompts", "params:captions.trigger",
+                     "params:evaluation"],
+             outputs=f"{concept}.motion_lora_card", name=f"build_{concept}_model_card")
+        for concept in concepts
+    ]
 
 
 def create_pipeline(concepts: Sequence[str] = (), **kwargs) -> Pipeline:
@@ -83,5 +98,6 @@ def create_pipeline(concepts: Sequence[str] = (), **kwargs) -> Pipeline:
                  inputs=["image_lora", "motion_lora", "evaluation_summary", "evaluation_inworld", "evaluation_models",
                          "evaluation_clips", "evaluation_prompts", "params:captions.trigger", "params:evaluation"],
                  outputs=["image_lora_card", "motion_lora_card"], name="build_model_cards"),
+            *_concept_card_nodes(concepts),
         ]
     )
