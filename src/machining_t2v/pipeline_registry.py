@@ -18,6 +18,8 @@ maintainers, in ``tools/starter``; nothing here imports it.
 
 from __future__ import annotations
 
+import warnings
+
 from kedro.pipeline import Pipeline
 
 from machining_t2v.kedro_glue.concepts import configured_concepts
@@ -35,10 +37,17 @@ from machining_t2v.pipelines import (
 def register_pipelines() -> dict[str, Pipeline]:
     """Register the project's pipelines."""
     concepts = configured_concepts()
+    with warnings.catch_warnings():
+        # The evaluation and generate nodes read each concept's LoRA by its namespaced name
+        # (<concept>.motion_lora) from outside the namespace. Kedro warns about dotted dataset names
+        # because they look like namespace outputs; these are namespace outputs.
+        warnings.filterwarnings("ignore", message="One or more dataset names contain '.'", category=UserWarning)
+        evaluation_pipeline = evaluation.create_pipeline(concepts)
+        generate_pipeline = generate.create_pipeline(concepts)
     data_prep = sample_data.create_pipeline() + frames.create_pipeline() + captions.create_pipeline()
     # Each training chain ends with the evaluation of the LoRAs on disk (what it just trained).
-    image_chain = data_prep + image_ft.create_pipeline() + evaluation.create_pipeline(concepts)
-    motion_chain = data_prep + motion_ft.create_pipeline(concepts) + evaluation.create_pipeline(concepts)
+    image_chain = data_prep + image_ft.create_pipeline() + evaluation_pipeline
+    motion_chain = data_prep + motion_ft.create_pipeline(concepts) + evaluation_pipeline
     return {
         "sample_data": sample_data.create_pipeline(),
         "frames": frames.create_pipeline(),
@@ -46,8 +55,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         "data_prep": data_prep,
         "image_ft": image_chain,
         "motion_ft": motion_chain,
-        "evaluation": evaluation.create_pipeline(concepts),
-        "generate": generate.create_pipeline(concepts),
+        "evaluation": evaluation_pipeline,
+        "generate": generate_pipeline,
         # image_ft runs before motion_ft: its LoRA is merged into the motion training's base.
         # The evaluation nodes appear once and run last (they read both LoRAs).
         "__default__": image_chain + motion_chain,

@@ -57,6 +57,17 @@ def test_the_registry_reads_the_concepts_from_conf(project, tmp_path):
     assert configured_concepts(make_project(tmp_path / "plain")) == []
 
 
+def test_registering_concepts_raises_no_dotted_name_warning(project):
+    # A fresh interpreter: Kedro gives that warning once per process.
+    registered = subprocess.run(
+        [sys.executable, "-W", "default", "-c",
+         "from machining_t2v.pipeline_registry import register_pipelines; "
+         "print(sorted(register_pipelines()['motion_ft'].datasets()))"],
+        cwd=project, capture_output=True, text=True, check=True)
+    assert "mill_feed_right.motion_lora_card" in registered.stdout
+    assert "dataset names contain" not in registered.stderr
+
+
 def test_one_lora_per_concept_with_its_own_exports(project):
     models = project / "data/06_models"
     assert not (models / "motion_lora/lora_info.json").exists()  # no LoRA on every clip
