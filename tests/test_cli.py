@@ -165,3 +165,33 @@ def test_generate_warns_about_prompt_words_the_tokenizer_does_not_know(tiny_dir,
     warnings = [r.getMessage() for r in caplog.records if "tokenizer does not know" in r.getMessage()]
     assert len(warnings) == 1 and "엔드밀로, 알루미늄" in warnings[0]
     assert "machining-t2v prompt" in warnings[0]  # the way out: the instruction command
+
+
+def test_generate_uses_a_textual_inversion_embedding_folder_or_file(tiny_dir, tmp_path, capsys, caplog):
+    import json
+
+    from machining_t2v.kedro_glue.datasets import EmbeddingDataset, TrainedEmbedding
+
+    width = json.loads((tiny_dir / "text_encoder" / "config.json").read_text())["hidden_size"]
+    folder = tmp_path / "image_embedding"
+    EmbeddingDataset(str(folder)).save(TrainedEmbedding(
+        token="<mtv>", vector=3 * torch.randn(width, generator=torch.Generator().manual_seed(1)), replaces="mtv"))
+
+    def frames(name: str, *args: str) -> list:
+        assert run_main([*args, "--out", str(tmp_path / f"{name}.mp4")], tiny_dir) == 0
+        return read_frames(tmp_path / f"{name}.mp4", [0, 1]).tolist()
+
+    with caplog.at_level(logging.INFO, logger="machining_t2v.cli"):
+        with_folder = frames("folder", "mtv turning on a lathe", "--embedding", str(folder))
+    assert "Prompt with the embedding's token: <mtv> turning on a lathe" in caplog.text  # the trigger replaced
+    # The file alone has no trigger word to replace: its token goes in front.
+    assert frames("file", "turning on a lathe", "--embedding", str(folder / "learned_embeds.safetensors")) == with_folder
+    assert frames("plain", "mtv turning on a lathe") != with_folder
+
+    capsys.readouterr()
+    assert run_main(["mtv turning", "--embedding", str(tmp_path)], tiny_dir) == 1
+    assert f"{tmp_path} holds no textual-inversion embedding (embedding_info.json is missing)" in capsys.readouterr().err
+    a1111 = next(p for p in folder.glob("*.safetensors") if p.name != "learned_embeds.safetensors")
+    assert run_main(["mtv turning", "--embedding", str(a1111)], tiny_dir) == 1
+    assert "expected one token's vector in the diffusers layout ({token: vector}), found ['emb_params']" in \
+        capsys.readouterr().err

@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "trigger word the LoRAs were trained with)")
     gen.add_argument("--image-lora", metavar="PATH", help="image (spatial) LoRA: .safetensors file or folder")
     gen.add_argument("--motion-lora", metavar="PATH", help="motion (temporal) LoRA: .safetensors file or folder")
+    gen.add_argument("--embedding", metavar="PATH", help="textual-inversion embedding: the folder image_ft wrote "
+                     "(data/06_models/image_embedding; its token takes the trigger word's place in the prompt) or a "
+                     "diffusers-layout .safetensors file (its token goes in front unless the prompt holds it)")
     gen.add_argument("--scale-image", type=_non_negative_float, default=1.0, metavar="S",
                      help="image LoRA strength (default 1.0)")
     gen.add_argument("--scale-motion", type=_non_negative_float, default=1.0, metavar="S",
@@ -292,18 +295,22 @@ def generate_command(args: argparse.Namespace) -> int:
         if path is not None and not Path(path).expanduser().exists():
             raise FileNotFoundError(f"{flag}: LoRA not found: {path}")
     from machining_t2v.generation.generator import cpu_threads
+    from machining_t2v.generation.loras import embedding_token
+
+    # The embedding file is read (not loaded) here, so a wrong one fails before the model loads.
+    embedding = embedding_token(args.embedding) if args.embedding else None
     from machining_t2v.generation.video import prompt_slug, require_text
 
     require_text(args.prompt)  # an empty prompt fails before any model loads
     out = Path(args.out) if args.out else Path(prompt_slug(args.prompt))
     out = out.with_suffix(".mp4") if out.suffix == "" else out
     with cpu_threads(args.threads):
-        return _generate(args, out)
+        return _generate(args, out, embedding)
 
 
-def _generate(args: argparse.Namespace, out: Path) -> int:
+def _generate(args: argparse.Namespace, out: Path, embedding: tuple[Path, str, str | None] | None) -> int:
     from machining_t2v.generation.generator import open_generator
-    from machining_t2v.generation.loras import use_loras
+    from machining_t2v.generation.loras import load_textual_inversion, use_loras
     from machining_t2v.generation.video import check_num_frames, generate_video, save_video
     from machining_t2v.instructions.tokenizer_words import warn_unknown_words
 
@@ -321,12 +328,20 @@ def _generate(args: argparse.Namespace, out: Path) -> int:
     check_num_frames(generator, num_frames)
     scales = use_loras(generator, {"image": (args.image_lora, args.scale_image),
                                    "motion": (args.motion_lora, args.scale_motion)})
+    prompt = args.prompt
+    if embedding is not None:
+        from machining_t2v.training.textual_inversion import with_placeholder
+
+        file, token, replaces = embedding
+        load_textual_inversion(generator, file, token)
+        prompt = with_placeholder(prompt, replaces, token)
+        log.info("Prompt with the embedding's token: %s", prompt)
     generator.pipe.set_progress_bar_config(disable=args.quiet or not sys.stderr.isatty())
     log.info("Generating %d frames, %d steps, guidance %g, seed %d with base %s%s", num_frames, args.steps,
              guidance, args.seed, generator.base_source,
              "".join(f", {name} LoRA x{scale}" for name, scale in scales.items()))
     frames = generate_video(
-        generator, args.prompt, negative_prompt=args.negative_prompt, num_frames=num_frames,
+        generator, prompt, negative_prompt=args.negative_prompt, num_frames=num_frames,
         num_inference_steps=args.steps, guidance_scale=guidance, seed=args.seed, size=args.size,
     )  # fmt: skip
     mp4, gif = save_video(frames, out, fps=args.fps)

@@ -377,3 +377,40 @@ def load_textual_inversion(generator: VideoGenerator, path: str | Path, token: s
                          f"{generator.base_source}: {error}") from error
     generator.embeddings[token] = str(path)
     logger.info("Loaded textual-inversion embedding %s as %r", path, token)
+
+
+def embedding_token(path: str | Path) -> tuple[Path, str, str | None]:
+    """The diffusers-layout file, token and replaced caption word of a textual-inversion embedding
+    given as the folder ``image_ft`` writes (``data/06_models/image_embedding``: the word comes from
+    its ``embedding_info.json``) or as a diffusers-layout ``.safetensors`` file (``{token: vector}``,
+    no replaced word).
+
+    Raises:
+        FileNotFoundError: no such file, or a folder without an embedding.
+        ValueError: the file does not hold exactly one token's vector in the diffusers layout.
+    """
+    from safetensors import safe_open
+
+    from machining_t2v.lora.files import EMBEDDING_FILENAME, EMBEDDING_INFO_FILENAME
+
+    path = Path(path).expanduser()
+    replaces = None
+    if path.is_dir():
+        info_file = path / EMBEDDING_INFO_FILENAME
+        if not info_file.is_file():
+            raise FileNotFoundError(f"{path} holds no textual-inversion embedding ({EMBEDDING_INFO_FILENAME} is "
+                                    "missing): train one with image_ft.method=textual_inversion")
+        replaces = json.loads(info_file.read_text(encoding="utf-8")).get("replaces")
+        path = path / EMBEDDING_FILENAME
+    if not path.is_file():
+        raise FileNotFoundError(f"textual-inversion embedding {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            keys = list(file.keys())
+    except Exception as error:  # safetensors raises its own error types for a file that is not one
+        raise ValueError(f"textual-inversion embedding {path} is not a .safetensors file: {error}") from error
+    if len(keys) != 1 or keys[0] in ("emb_params", "string_to_param"):
+        raise ValueError(f"textual-inversion embedding {path}: expected one token's vector in the diffusers layout "
+                         f"({{token: vector}}), found {keys}; give the folder image_ft wrote or its "
+                         f"{EMBEDDING_FILENAME}")
+    return path, keys[0], replaces

@@ -29,6 +29,7 @@ from machining_t2v.data.video_io import VIDEO_EXTENSIONS, write_video
 from machining_t2v.lora.files import (
     ANIMATEDIFF_MOTION_LORA_FILENAME,
     DIFFUSERS_LORA_FILENAME,
+    EMBEDDING_INFO_FILENAME,
     KOHYA_IMAGE_LORA_FILENAME,
     LORA_FILES,
     LORA_INFO_FILENAME,
@@ -363,16 +364,16 @@ class EmbeddingDataset(AbstractDataset[TrainedEmbedding, TrainedEmbedding | None
         files = save_embedding(data.token, data.vector, self._path, data.info.get("steps"))
         info = {"token": data.token, "replaces": data.replaces, "files": {k: p.name for k, p in files.items()},
                 **data.info}
-        tmp = self._path / f".embedding_info.json.tmp-{os.getpid()}"
+        tmp = self._path / f".{EMBEDDING_INFO_FILENAME}.tmp-{os.getpid()}"
         tmp.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
-        os.replace(tmp, self._path / "embedding_info.json")
+        os.replace(tmp, self._path / EMBEDDING_INFO_FILENAME)
 
     def _load(self) -> TrainedEmbedding | None:
         import json
 
         from machining_t2v.training.textual_inversion import DIFFUSERS_FILENAME, load_embedding
 
-        info_path = self._path / "embedding_info.json"
+        info_path = self._path / EMBEDDING_INFO_FILENAME
         if not info_path.is_file():
             return None
         info = json.loads(info_path.read_text(encoding="utf-8"))
@@ -383,7 +384,7 @@ class EmbeddingDataset(AbstractDataset[TrainedEmbedding, TrainedEmbedding | None
                                 path=self._path / DIFFUSERS_FILENAME)
 
     def _exists(self) -> bool:
-        return (self._path / "embedding_info.json").is_file()
+        return (self._path / EMBEDDING_INFO_FILENAME).is_file()
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}

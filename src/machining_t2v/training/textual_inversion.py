@@ -18,11 +18,12 @@ import torch
 from torch import nn
 
 from machining_t2v.diffusion.text_encoding import text_hidden_states
+from machining_t2v.lora.files import EMBEDDING_FILENAME
 
 __all__ = ["DIFFUSERS_FILENAME", "PlaceholderEmbedding", "add_placeholder_token", "caption_encoder", "learned_vector",
            "load_embedding", "save_embedding", "with_placeholder"]
 
-DIFFUSERS_FILENAME = "learned_embeds.safetensors"
+DIFFUSERS_FILENAME = EMBEDDING_FILENAME
 """diffusers' name for a textual-inversion file (``pipe.load_textual_inversion(folder, token=...)``)."""
 
 
