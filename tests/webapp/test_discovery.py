@@ -25,6 +25,19 @@ def test_the_lora_folders_in_the_models_folder_are_found_by_kind(trained_loras, 
     assert found.notes == []
 
 
+def test_each_motion_concepts_lora_is_found_under_its_name(trained_loras, tmp_path):
+    models = tmp_path / "06_models"
+    copy_loras(trained_loras, models)
+    for concept in ("turn_towards_chuck", "mill_feed_right"):  # where motion_ft writes them
+        shutil.copytree(trained_loras["motion"], models / "motion_concepts" / concept / "motion_lora")
+    (models / "motion_concepts" / "empty").mkdir()  # a concept not trained yet: nothing offered
+    motion = find_trained_loras(models).of_kind("motion")
+    assert [(c.path.relative_to(models), c.concept) for c in motion] == [
+        (Path("motion_lora"), None), (Path("motion_concepts/mill_feed_right/motion_lora"), "mill_feed_right"),
+        (Path("motion_concepts/turn_towards_chuck/motion_lora"), "turn_towards_chuck")]
+    assert motion[1].label == f"motion_lora of motion concept mill_feed_right ({models})"
+
+
 def test_without_lora_info_the_kind_comes_from_the_layer_names(trained_loras, tmp_path):
     copied = copy_loras(trained_loras, tmp_path)
     assert not (copied["image"] / "lora_info.json").exists()

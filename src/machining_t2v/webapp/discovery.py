@@ -3,7 +3,9 @@
 (``mlflow.db`` with its ``mlruns`` folder), newest run first.
 
 A LoRA folder is one that holds ``pytorch_lora_weights.safetensors``; its kind (image or motion)
-comes from the ``lora_info.json`` beside it, else from its layer names.
+comes from the ``lora_info.json`` beside it, else from its layer names. Besides the folders directly
+inside those places, each motion concept's are found in ``motion_concepts/<concept>/``, where
+``motion_ft`` writes them (and MLflow logs them), labelled with the concept's name.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from machining_t2v.lora.formats import in_motion_module
 logger = logging.getLogger(__name__)
 
 KINDS = ("image", "motion")
+CONCEPTS_FOLDER = "motion_concepts"
+"""The sub-folder holding one folder per motion concept (``motion_ft.concepts``), each with its LoRA folders."""
 #: How many MLflow runs are looked through (newest first); older runs' LoRAs are rarely wanted.
 MAX_RUNS = 50
 
@@ -34,12 +38,15 @@ class LoraChoice:
     source: str
     """Where it was found: ``data/06_models`` or ``MLflow run <name> (<date>)``."""
     steps: int | None = None
+    concept: str | None = None
+    """The motion concept the LoRA was trained on; None for one trained on every clip."""
 
     @property
     def label(self) -> str:
         """What the page's chooser shows."""
         steps = f", {self.steps} steps" if self.steps else ""
-        return f"{self.path.name} ({self.source}{steps})"
+        concept = f" of motion concept {self.concept}" if self.concept else ""
+        return f"{self.path.name}{concept} ({self.source}{steps})"
 
 
 @dataclass
@@ -80,15 +87,20 @@ def lora_kind(folder: Path) -> str | None:
 
 
 def lora_folders(root: Path, source: str) -> list[LoraChoice]:
-    """The LoRA folders directly inside ``root`` (sorted by name), labelled with ``source``."""
+    """The LoRA folders directly inside ``root`` (sorted by name), then those of each motion concept in
+    ``root/motion_concepts/<concept>/`` (sorted by concept), labelled with ``source``."""
     if not root.is_dir():
         return []
+    candidates = [(folder, None) for folder in sorted(root.iterdir())]
+    candidates += [(folder, folder.parent.name) for folder in sorted(root.glob(f"{CONCEPTS_FOLDER}/*/*"))]
     found = []
-    for folder in sorted(path for path in root.iterdir() if (path / DIFFUSERS_LORA_FILENAME).is_file()):
+    for folder, concept in candidates:
+        if not (folder / DIFFUSERS_LORA_FILENAME).is_file():
+            continue
         kind = lora_kind(folder)
         if kind is not None:
             steps = _read_info(folder).get("steps")
-            found.append(LoraChoice(kind, folder, source, int(steps) if isinstance(steps, int) else None))
+            found.append(LoraChoice(kind, folder, source, int(steps) if isinstance(steps, int) else None, concept))
     return found
 
 
