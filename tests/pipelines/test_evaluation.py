@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import shutil
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -138,6 +139,14 @@ def test_mlflow_runs_hold_eval_metrics_and_report(project):
     assert {"evaluation_report.md", "evaluation_report.html", "evaluation_metrics.csv", "evaluation_summary.csv",
             "evaluation_models.json", "evaluation_plots", "evaluation_strips", "evaluation_videos"} <= artifacts
     assert len(client.list_artifacts(run.info.run_id, "evaluation_strips")) == 16
+    # The model cards are logged beside the LoRAs' files: the training run holds both, the
+    # evaluation-only run the cards alone (the LoRA folder is not logged again).
+    for name, run in runs.items():
+        for kind, card_files in (("image", {"README.md", "sample.gif"}),
+                                 ("motion", {"README.md", "sample.gif", "comfyui_workflow.json"})):
+            logged = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, f"{kind}_lora")}
+            lora_files = {"pytorch_lora_weights.safetensors", "lora_info.json"} if name == "__default__" else set()
+            assert card_files | lora_files <= logged and (name == "__default__" or logged == card_files), (name, logged)
 
 
 def test_model_cards_and_the_comfyui_workflow_lie_beside_the_loras(project):

@@ -98,6 +98,8 @@ def test_each_concept_has_its_own_mlflow_entries(project):
         folder = f"motion_concepts/{concept}"
         assert {a.path for a in client.list_artifacts(run.info.run_id, folder)} >= {
             f"{folder}/motion_lora", f"{folder}/motion_ft_samples", f"{folder}/motion_ft_summary.json"}
+        assert {a.path for a in client.list_artifacts(run.info.run_id, f"{folder}/motion_lora")} >= {
+            f"{folder}/motion_lora/README.md", f"{folder}/motion_lora/pytorch_lora_weights.safetensors"}
 
 
 def test_the_evaluation_scores_each_concept_on_prompts_of_its_process(project):

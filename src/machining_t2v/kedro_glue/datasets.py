@@ -483,6 +483,13 @@ class ModelCardDataset(AbstractDataset["ModelCard", "ModelCard"]):
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path), "fps": self._fps}
 
+    def artifact_files(self) -> list[Path]:
+        """The card's files on disk: what the MLflow hook logs, rather than the folder, which also holds
+        the LoRA (logged by the run that trained it)."""
+        from machining_t2v.publishing.model_card import README_FILE, SAMPLE_FILE, WORKFLOW_FILE
+
+        return [self._path / name for name in (README_FILE, SAMPLE_FILE, WORKFLOW_FILE) if (self._path / name).is_file()]
+
 
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

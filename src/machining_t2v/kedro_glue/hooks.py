@@ -460,6 +460,10 @@ class MlflowArtifactHooks:
         options = (getattr(dataset, "metadata", None) or {}).get("machining_t2v", {})
         if not options.get("log_to_mlflow"):
             return
+        if hasattr(dataset, "artifact_files"):  # a dataset that shares its folder with another one's files
+            for file in dataset.artifact_files():
+                log_artifact(file, artifact_path=options.get("artifact_path"))
+            return
         description = dataset._describe()
         path = description.get("filepath") or description.get("path")
         if path:
