@@ -160,6 +160,7 @@ def test_model_cards_and_the_comfyui_workflow_lie_beside_the_loras(project):
         row = next(line for line in card.splitlines() if line.startswith("| flicker |"))
         assert row == "| flicker | " + " | ".join(f"{flicker[v]:.3f}" for v in ("base", kind, "both", "reference")) + " |"
         assert "stand-in CLIP" in card and "random weights (untrained)" in card
+        assert f"--{kind}-lora data/06_models/{kind}_lora --scale-{kind} 1" in card  # relative to the project
         with Image.open(models / f"{kind}_lora/sample.gif") as gif:
             assert (gif.n_frames, gif.size) == (6, (2 * 64 + 2, 64))  # base | +LoRA
     assert not (models / "image_lora/comfyui_workflow.json").exists()

@@ -404,34 +404,8 @@ def build_report(
 # --------------------------------------------------------------------------- beside the LoRAs
 
 
-def build_model_cards(
-    image_lora: TrainedLora | None,
-    motion_lora: TrainedLora | None,
-    summary: pd.DataFrame,
-    inworld: pd.DataFrame,
-    models: dict[str, Any],
-    generated: dict[str, np.ndarray],
-    prompts: pd.DataFrame,
-    trigger: str | None,
-    params: dict[str, Any],
-) -> tuple[ModelCard, ModelCard]:
-    """The model cards of the image and the motion LoRA, to be written beside them: ``README.md``
-    with the evaluation's figures, a sample GIF (base | +LoRA, the first prompt and seed) and,
-    beside the motion LoRA, the ComfyUI workflow of the pair (:mod:`machining_t2v.publishing`).
-
-    A LoRA that does not exist gets an empty card (its folder's old card files are removed).
-    """
-    from machining_t2v.publishing.model_card import ModelCard
-
-    cards = {}
-    for kind, lora in (("image", image_lora), ("motion", motion_lora)):
-        cards[kind] = ModelCard() if lora is None else _model_card(
-            kind, lora, image_lora is not None, summary, inworld, models, generated, prompts, trigger or "", params)
-    return cards["image"], cards["motion"]
-
-
-def build_concept_model_card(
-    concept_lora: TrainedLora | None,
+def build_model_card(
+    lora: TrainedLora | None,
     image_lora: TrainedLora | None,
     summary: pd.DataFrame,
     inworld: pd.DataFrame,
@@ -441,17 +415,23 @@ def build_concept_model_card(
     trigger: str | None,
     params: dict[str, Any],
 ) -> ModelCard:
-    """The model card of one motion concept's LoRA (``<concept>.motion_lora``), as
-    :func:`build_model_cards` writes the motion LoRA's, with the figures of its variants
-    ``motion:<concept>`` and ``both:<concept>``. The concept is the one the LoRA's info records."""
+    """The model card of one LoRA (image, motion, or a motion concept's), to be written beside it:
+    ``README.md`` with the evaluation's figures of its variants, a sample GIF (base | +LoRA, the first
+    prompt and seed) and, beside a motion LoRA, the ComfyUI workflow of the pair with ``image_lora``
+    (:mod:`machining_t2v.publishing`). A motion concept's LoRA (its info names the concept) is
+    described by the variants ``motion:<concept>`` and ``both:<concept>``.
+
+    A LoRA that does not exist gets an empty card (its folder's old card files are removed).
+    """
     from machining_t2v.publishing.model_card import ModelCard
 
-    if concept_lora is None:
+    if lora is None:
         return ModelCard()
-    concept = concept_lora.info["concept"]
-    return _model_card("motion", concept_lora, image_lora is not None, summary, inworld, models, generated, prompts,
-                       trigger or "", params, concept=concept,
-                       folder=f"data/06_models/motion_concepts/{concept}/motion_lora")
+    # The usage lines name the folder relative to the project (a run's working directory) when it lies inside.
+    path, project = (Path(lora.path).resolve() if lora.path else None), Path.cwd().resolve()
+    folder = "" if path is None else str(path.relative_to(project) if path.is_relative_to(project) else path)
+    return _model_card(lora.kind, lora, image_lora is not None, summary, inworld, models, generated, prompts,
+                       trigger or "", params, concept=lora.info.get("concept"), folder=folder)
 
 
 def _model_card(kind: str, lora: TrainedLora, with_image_lora: bool, summary: pd.DataFrame, inworld: pd.DataFrame,
@@ -506,8 +486,7 @@ def _pair_workflow(motion_lora: TrainedLora, with_image_lora: bool, sampling: di
     ))  # fmt: skip
 
 __all__ = [
-    "build_concept_model_card",
-    "build_model_cards",
+    "build_model_card",
     "build_prompt_table",
     "build_report",
     "describe_models",
