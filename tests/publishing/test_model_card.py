@@ -13,7 +13,7 @@ from PIL import Image
 from machining_t2v.evaluation.inworld_scoring import INWORLD_COLUMNS
 from machining_t2v.evaluation.scoring import METRICS
 from machining_t2v.evaluation.variants import clip_key
-from machining_t2v.kedro_glue.datasets import ModelCardDataset
+from machining_t2v.kedro_glue.card_datasets import ModelCardDataset
 from machining_t2v.publishing.model_card import CardFacts, ModelCard, model_card_text, sample_clips
 
 VARIANTS = ["base", "image", "motion", "both", "reference"]

@@ -423,20 +423,6 @@ def build_model_card(
 
     A LoRA that does not exist gets an empty card (its folder's old card files are removed).
     """
-    from machining_t2v.publishing.model_card import ModelCard
-
-    if lora is None:
-        return ModelCard()
-    # The usage lines name the folder relative to the project (a run's working directory) when it lies inside.
-    path, project = (Path(lora.path).resolve() if lora.path else None), Path.cwd().resolve()
-    folder = "" if path is None else str(path.relative_to(project) if path.is_relative_to(project) else path)
-    return _model_card(lora.kind, lora, image_lora is not None, summary, inworld, models, generated, prompts,
-                       trigger or "", params, concept=lora.info.get("concept"), folder=folder)
-
-
-def _model_card(kind: str, lora: TrainedLora, with_image_lora: bool, summary: pd.DataFrame, inworld: pd.DataFrame,
-                models: dict[str, Any], generated: dict[str, np.ndarray], prompts: pd.DataFrame, trigger: str,
-                params: dict[str, Any], concept: str | None = None, folder: str = "") -> ModelCard:
     from machining_t2v.diffusion.sampling import side_by_side
     from machining_t2v.lora.formats import group_by_module
     from machining_t2v.publishing.model_card import (
@@ -446,6 +432,12 @@ def _model_card(kind: str, lora: TrainedLora, with_image_lora: bool, summary: pd
         sample_clips,
     )
 
+    if lora is None:
+        return ModelCard()
+    kind, concept = lora.kind, lora.info.get("concept")
+    # The usage lines name the folder relative to the project (a run's working directory) when it lies inside.
+    path, project = (Path(lora.path).resolve() if lora.path else None), Path.cwd().resolve()
+    folder = "" if path is None else str(path.relative_to(project) if path.is_relative_to(project) else path)
     texts = dict(zip(prompts["prompt_id"], prompts["prompt"], strict=True))
     variant = kind if concept is None else concept_variant(kind, concept)
     evaluated = any(parse_clip_key(key)[0] == variant for key in generated)
@@ -453,7 +445,7 @@ def _model_card(kind: str, lora: TrainedLora, with_image_lora: bool, summary: pd
     comfyui = params["model_cards"]["comfyui"]
     facts = CardFacts(
         kind=kind, info=lora.info, lora_config=lora.lora_config, num_layers=len(group_by_module(lora.state_dict)),
-        trigger=trigger, scale=float(params["lora_scales"][kind]), evaluation=models, summary=summary,
+        trigger=trigger or "", scale=float(params["lora_scales"][kind]), evaluation=models, summary=summary,
         inworld=inworld, sample_prompt=texts[prompt_id], sample_seed=seed, sample_variants=list(clips),
         with_workflow=kind == "motion",
         workflow_models={"checkpoint": comfyui["checkpoint"], "motion_module": comfyui["motion_module"]},
@@ -461,7 +453,7 @@ def _model_card(kind: str, lora: TrainedLora, with_image_lora: bool, summary: pd
     )  # fmt: skip
     workflow = None
     if kind == "motion":
-        workflow = _pair_workflow(lora, with_image_lora, models["sampling"], texts[prompt_id], seed or 0, params)
+        workflow = _pair_workflow(lora, image_lora is not None, models["sampling"], texts[prompt_id], seed or 0, params)
     sample = side_by_side(list(clips.values())) if clips else None
     return ModelCard(readme=model_card_text(facts), sample=sample, workflow=workflow)
 
@@ -484,6 +476,7 @@ def _pair_workflow(motion_lora: TrainedLora, with_image_lora: bool, sampling: di
         # The motion LoRA trained under the video sampler's schedule, which the workflow must sample with.
         beta_schedule=motion_lora.info.get("beta_schedule", "linear"), frame_rate=float(comfyui["frame_rate"]),
     ))  # fmt: skip
+
 
 __all__ = [
     "build_model_card",
