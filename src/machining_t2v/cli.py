@@ -296,12 +296,11 @@ def generate_command(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{flag}: LoRA not found: {path}")
     from machining_t2v.generation.generator import cpu_threads
     from machining_t2v.generation.loras import embedding_token
-
-    # The embedding file is read (not loaded) here, so a wrong one fails before the model loads.
-    embedding = embedding_token(args.embedding) if args.embedding else None
     from machining_t2v.generation.video import prompt_slug, require_text
 
     require_text(args.prompt)  # an empty prompt fails before any model loads
+    # The embedding file is read (not loaded) here, so a wrong one fails before the model loads too.
+    embedding = embedding_token(args.embedding) if args.embedding else None
     out = Path(args.out) if args.out else Path(prompt_slug(args.prompt))
     out = out.with_suffix(".mp4") if out.suffix == "" else out
     with cpu_threads(args.threads):

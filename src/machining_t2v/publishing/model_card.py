@@ -84,7 +84,7 @@ class CardFacts:
     with_workflow: bool = False
     workflow_models: dict[str, str] = field(default_factory=dict)  # checkpoint / motion_module file names
     concept: str | None = None  # the motion concept (motion_ft.concepts) the LoRA was trained on; None: every clip
-    folder: str = ""  # the LoRA folder, relative to the project; "" = data/06_models/<kind>_lora
+    folder: str = ""  # the LoRA folder as the usage lines name it; "" = data/06_models/<kind>_lora
 
     @property
     def variant(self) -> str:
@@ -98,6 +98,7 @@ class CardFacts:
 
     @property
     def lora_folder(self) -> str:
+        """Where the usage lines say the LoRA is."""
         return self.folder or f"data/06_models/{self.kind}_lora"
 
 
@@ -245,8 +246,8 @@ def model_card_text(facts: CardFacts) -> str:
     what = [_WHAT[facts.kind], ""]
     if facts.concept is not None:
         title += f" `{facts.concept}`"
-        what += [f"It was trained on the clips of one motion concept, `{facts.concept}` (`motion_ft.concepts`), so "
-                 "it holds that one motion, as MotionDirector's LoRAs do.", ""]
+        what += [f"It was trained only on the clips of one motion concept, `{facts.concept}` (`motion_ft.concepts`): "
+                 "one motion per LoRA, MotionDirector's protocol.", ""]
     lines = [*_front_matter(), f"# {title} for machine-tool process videos (machining-t2v)", "",
              *what, *_facts_table(facts), *_files(facts), *_evaluation(facts),
              *_sample(facts), *_usage(facts)]
