@@ -7,10 +7,18 @@ import pandas as pd
 from machining_t2v.evaluation.variants import (
     REFERENCE,
     clip_key,
+    concept_of,
+    concept_variant,
     parse_clip_key,
     strip_name,
     variant_split_groups,
 )
+
+
+def test_a_concept_variant_names_its_concept_and_none_is_the_plain_variant():
+    assert concept_variant("both", "mill_feed_right") == "both:mill_feed_right"
+    assert concept_of("both:mill_feed_right") == "mill_feed_right"
+    assert concept_variant("motion", None) == "motion" and concept_of("motion") is None
 
 
 def test_clip_key_round_trips_and_strips_are_named_prompt_first():

@@ -55,9 +55,10 @@ _CLIP_KEY_SEP = "__"
 _CONCEPT_SEP = ":"
 
 
-def concept_variant(variant: str, concept: str) -> str:
-    """A motion variant with one concept's LoRA, e.g. ``both:mill_feed_right``."""
-    return f"{variant}{_CONCEPT_SEP}{concept}"
+def concept_variant(variant: str, concept: str | None) -> str:
+    """A motion variant with one concept's LoRA, e.g. ``both:mill_feed_right``; ``variant`` itself
+    for ``None`` (the LoRA on every clip)."""
+    return variant if concept is None else f"{variant}{_CONCEPT_SEP}{concept}"
 
 
 def concept_of(variant: str) -> str | None:

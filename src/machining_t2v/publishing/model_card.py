@@ -89,12 +89,12 @@ class CardFacts:
     @property
     def variant(self) -> str:
         """The evaluation variant with this LoRA alone: ``image``, ``motion`` or ``motion:<concept>``."""
-        return self.kind if self.concept is None else concept_variant(self.kind, self.concept)
+        return concept_variant(self.kind, self.concept)
 
     @property
     def pair_variant(self) -> str:
         """The evaluation variant with the image and the motion LoRA: ``both`` or ``both:<concept>``."""
-        return "both" if self.concept is None else concept_variant("both", self.concept)
+        return concept_variant("both", self.concept)
 
     @property
     def lora_folder(self) -> str:

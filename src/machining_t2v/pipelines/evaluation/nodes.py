@@ -185,7 +185,7 @@ def _generate_variants(prompts: pd.DataFrame, image_lora: TrainedLora | None, dr
     for plain in params["variants"]:
         concepts = [None, *processes] if "motion" in VARIANT_ADAPTERS[plain] else [None]
         for concept in concepts:
-            variant = plain if concept is None else concept_variant(plain, concept)
+            variant = concept_variant(plain, concept)
             missing = [kind for kind in variant_adapters(variant) if kind not in generator.loras]
             chosen = prompts if concept is None else prompts[prompts["process"] == processes[concept]]
             if missing:
@@ -439,7 +439,7 @@ def build_model_card(
     path, project = (Path(lora.path).resolve() if lora.path else None), Path.cwd().resolve()
     folder = "" if path is None else str(path.relative_to(project) if path.is_relative_to(project) else path)
     texts = dict(zip(prompts["prompt_id"], prompts["prompt"], strict=True))
-    variant = kind if concept is None else concept_variant(kind, concept)
+    variant = concept_variant(kind, concept)
     evaluated = any(parse_clip_key(key)[0] == variant for key in generated)
     prompt_id, seed, clips = sample_clips(generated, variant) if evaluated else (prompts["prompt_id"].iloc[0], None, {})
     comfyui = params["model_cards"]["comfyui"]
