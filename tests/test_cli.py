@@ -195,3 +195,7 @@ def test_generate_uses_a_textual_inversion_embedding_folder_or_file(tiny_dir, tm
     assert run_main(["mtv turning", "--embedding", str(a1111)], tiny_dir) == 1
     assert "expected one token's vector in the diffusers layout ({token: vector}), found ['emb_params']" in \
         capsys.readouterr().err
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file" * 10)
+    assert run_main(["mtv turning", "--embedding", str(garbage)], tiny_dir) == 1
+    assert f"textual-inversion embedding {garbage} is not a .safetensors file" in capsys.readouterr().err

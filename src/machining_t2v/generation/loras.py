@@ -387,11 +387,13 @@ def embedding_token(path: str | Path) -> tuple[Path, str, str | None]:
 
     Raises:
         FileNotFoundError: no such file, or a folder without an embedding.
-        ValueError: the file does not hold exactly one token's vector in the diffusers layout.
+        ValueError: the file is not a .safetensors file or does not hold exactly one token's vector in the
+            diffusers layout.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError
 
     from machining_t2v.lora.files import EMBEDDING_FILENAME, EMBEDDING_INFO_FILENAME
+    from machining_t2v.training.textual_inversion import load_embedding
 
     path = Path(path).expanduser()
     replaces = None
@@ -405,12 +407,11 @@ def embedding_token(path: str | Path) -> tuple[Path, str, str | None]:
     if not path.is_file():
         raise FileNotFoundError(f"textual-inversion embedding {path} does not exist")
     try:
-        with safe_open(str(path), framework="pt") as file:
-            keys = list(file.keys())
-    except Exception as error:  # safetensors raises its own error types for a file that is not one
+        token, _ = load_embedding(path)  # the one key of the file; a ValueError names them when there are more
+    except SafetensorError as error:
         raise ValueError(f"textual-inversion embedding {path} is not a .safetensors file: {error}") from error
-    if len(keys) != 1 or keys[0] in ("emb_params", "string_to_param"):
+    if token in ("emb_params", "string_to_param"):  # A1111's and the original textual-inversion's key
         raise ValueError(f"textual-inversion embedding {path}: expected one token's vector in the diffusers layout "
-                         f"({{token: vector}}), found {keys}; give the folder image_ft wrote or its "
+                         f"({{token: vector}}), found [{token!r}]; give the folder image_ft wrote or its "
                          f"{EMBEDDING_FILENAME}")
-    return path, keys[0], replaces
+    return path, token, replaces
