@@ -169,7 +169,7 @@ def test_default_view_renders_both_trainings_with_layers(viz_project, viz_url):
     assert active_pipeline(dom) == "__default__"
     assert {"train_image_lora", "train_motion_lora", "extract_frames_and_clips", "build_captions",
             "raw_videos", "image_lora", "motion_lora"} <= labels
-    assert {"build_image_lora_card", "build_motion_lora_card", "image_lora_card", "motion_lora_card"} <= labels  # the cards beside the LoRAs
+    assert {"build_model_cards", "image_lora_card", "motion_lora_card"} <= labels  # the cards beside the LoRAs
     layers = layer_bands(dom)
     assert {"raw", "primary", "model_input", "models", "reporting"} <= layers
     assert layers <= _catalog_layers(viz_project), "a layer band that no catalog entry declares"

@@ -404,9 +404,9 @@ def build_report(
 # --------------------------------------------------------------------------- beside the LoRAs
 
 
-def build_model_card(
-    lora: TrainedLora | None,
+def build_model_cards(
     image_lora: TrainedLora | None,
+    motion_lora: TrainedLora | None,
     summary: pd.DataFrame,
     inworld: pd.DataFrame,
     models: dict[str, Any],
@@ -414,15 +414,20 @@ def build_model_card(
     prompts: pd.DataFrame,
     trigger: str | None,
     params: dict[str, Any],
-) -> ModelCard:
-    """The model card of one LoRA (image, motion, or a motion concept's), to be written beside it:
-    ``README.md`` with the evaluation's figures of its variants, a sample GIF (base | +LoRA, the first
-    prompt and seed) and, beside a motion LoRA, the ComfyUI workflow of the pair with ``image_lora``
-    (:mod:`machining_t2v.publishing`). A motion concept's LoRA (its info names the concept) is
-    described by the variants ``motion:<concept>`` and ``both:<concept>``.
+    *concept_loras: TrainedLora | None,
+) -> list[ModelCard]:
+    """The model cards of the image, the motion and then each motion concept's LoRA, to be written beside
+    them (:mod:`machining_t2v.publishing`): ``README.md`` with the figures of the LoRA's variants (a
+    concept's: ``motion:<concept>``, ``both:<concept>``), a sample GIF (base | +LoRA, the first prompt and
+    seed) and, beside a motion LoRA, the ComfyUI workflow of the pair with ``image_lora``. A LoRA that
+    does not exist gets an empty card (its folder's old card files are removed)."""
+    return [_model_card(lora, image_lora is not None, summary, inworld, models, generated, prompts, trigger, params)
+            for lora in (image_lora, motion_lora, *concept_loras)]
 
-    A LoRA that does not exist gets an empty card (its folder's old card files are removed).
-    """
+
+def _model_card(lora: TrainedLora | None, with_image_lora: bool, summary: pd.DataFrame, inworld: pd.DataFrame,
+                models: dict[str, Any], generated: dict[str, np.ndarray], prompts: pd.DataFrame, trigger: str | None,
+                params: dict[str, Any]) -> ModelCard:
     from machining_t2v.diffusion.sampling import side_by_side
     from machining_t2v.lora.formats import group_by_module
     from machining_t2v.publishing.model_card import (
@@ -453,7 +458,7 @@ def build_model_card(
     )  # fmt: skip
     workflow = None
     if kind == "motion":
-        workflow = _pair_workflow(lora, image_lora is not None, models["sampling"], texts[prompt_id], seed or 0, params)
+        workflow = _pair_workflow(lora, with_image_lora, models["sampling"], texts[prompt_id], seed or 0, params)
     sample = side_by_side(list(clips.values())) if clips else None
     return ModelCard(readme=model_card_text(facts), sample=sample, workflow=workflow)
 
@@ -479,7 +484,7 @@ def _pair_workflow(motion_lora: TrainedLora, with_image_lora: bool, sampling: di
 
 
 __all__ = [
-    "build_model_card",
+    "build_model_cards",
     "build_prompt_table",
     "build_report",
     "describe_models",

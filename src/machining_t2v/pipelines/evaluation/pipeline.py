@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from kedro.pipeline import Node, Pipeline
 
 from .nodes import (
-    build_model_card,
+    build_model_cards,
     build_prompt_table,
     build_report,
     describe_models,
@@ -41,14 +41,6 @@ def _generation_inputs(concepts: Sequence[str]) -> dict[str, str]:
         inputs |= {"reference_table": "evaluation_reference_table",
                    **{concept: f"{concept}.motion_lora" for concept in concepts}}
     return inputs
-
-
-def _model_card_node(lora: str, card: str, name: str) -> Node:
-    """The node writing ``card`` (README.md, sample.gif, ComfyUI workflow) beside the LoRA ``lora``."""
-    return Node(build_model_card,
-                inputs=[lora, "image_lora", "evaluation_summary", "evaluation_inworld", "evaluation_models",
-                        "evaluation_clips", "evaluation_prompts", "params:captions.trigger", "params:evaluation"],
-                outputs=card, name=name)
 
 
 def create_pipeline(concepts: Sequence[str] = (), **kwargs) -> Pipeline:
@@ -87,11 +79,14 @@ def create_pipeline(concepts: Sequence[str] = (), **kwargs) -> Pipeline:
                          "evaluation_plots", "evaluation_strips", "evaluation_inworld",
                          "evaluation_inworld_predictions", "params:evaluation"],
                  outputs=["evaluation_report", "evaluation_report_html"], name="build_evaluation_report"),
-            _model_card_node("image_lora", "image_lora_card", "build_image_lora_card"),
-            _model_card_node("motion_lora", "motion_lora_card", "build_motion_lora_card"),
-            # Outside the concept's namespace: the generation node the card reads lies between it and the
-            # concept's training, and Kedro wants a namespace's nodes contiguous.
-            *(_model_card_node(f"{concept}.motion_lora", f"{concept}.motion_lora_card", f"build_{concept}_motion_lora_card")
-              for concept in concepts),
+            # One node for every card, so the evaluation's clips are read once; outside the concepts'
+            # namespaces, which Kedro wants contiguous (the generation node lies between their training
+            # and their cards).
+            Node(build_model_cards,
+                 inputs=["image_lora", "motion_lora", "evaluation_summary", "evaluation_inworld", "evaluation_models",
+                         "evaluation_clips", "evaluation_prompts", "params:captions.trigger", "params:evaluation",
+                         *(f"{concept}.motion_lora" for concept in concepts)],
+                 outputs=["image_lora_card", "motion_lora_card", *(f"{concept}.motion_lora_card" for concept in concepts)],
+                 name="build_model_cards"),
         ]
     )
